@@ -1,0 +1,23 @@
+"""LLaVA-OV-Manager for Hugging Face LLaVA-OneVision models (Xu, Qin, Che, Kan, TCSVT 2025)."""
+
+from ._compat import check_transformers
+
+check_transformers()
+
+from .config import ManagerConfig  # noqa: E402
+from .patch import apply_manager, get_managers, has_manager, manager_config, manager_plan, remove_manager  # noqa: E402
+from .saum import Manager, ManagerStack  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ManagerConfig",
+    "Manager",
+    "ManagerStack",
+    "apply_manager",
+    "remove_manager",
+    "get_managers",
+    "has_manager",
+    "manager_config",
+    "manager_plan",
+]

@@ -1,0 +1,290 @@
+"""`apply_manager` / `remove_manager`: instance-only, reversible patching of a LLaVA-OneVision model.
+
+What a patch adds to one model instance, and nothing else:
+- `model.model.managers`: a `ManagerStack` (the only new parameters);
+- forward hooks on the aggregated SigLIP layers, which record their outputs while the model encodes images;
+- instance wrappers of `get_image_features` (also builds the managers' multi-layer features and returns them as
+  `deepstack_features`, a field that `generate()` repeats for beams and slices for chunked prefill) and of
+  `get_placeholder_mask` (records where the image tokens are);
+- forward pre-hooks on the managed decoder layers, which add the manager terms at the image positions, and a
+  pre/post hook pair on `model.model` that scopes those positions to one forward call;
+- `config.manager_config`, so that `save_pretrained` records the patch.
+Decode steps carry no image tokens: every hook returns at its first line.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
+from transformers.utils import ModelOutput
+
+from .config import ManagerConfig
+from .features import (
+    GroupedFeatures,
+    ManagedImageOutput,
+    build_grouped_features,
+    count_grouped_rows,
+    resolve_feature_layer,
+    vision_encoder_layers,
+)
+from .saum import Manager, ManagerStack
+
+_RUNTIME_ATTR = "_llava_manager_runtime"
+CONFIG_KEY = "manager_config"
+
+
+class ManagerPlan:
+    """Where the managers of `config` go in a given model; computed (and every check run) before patching."""
+
+    def __init__(self, model: nn.Module, config: ManagerConfig) -> None:
+        inner = _inner_model(model)
+        if getattr(inner, _RUNTIME_ATTR, None) is not None:
+            raise RuntimeError("apply_manager: this model already has managers; call remove_manager(model) first.")
+        self.inner = inner
+        self.config = config
+        self.vision_layer_modules = vision_encoder_layers(inner.vision_tower)
+        self.decoder_layers = inner.language_model.layers
+        self.num_decoder_layers = len(self.decoder_layers)
+        self.hidden_size = inner.config.text_config.hidden_size
+        self.feature_layer = resolve_feature_layer(inner.config.vision_feature_layer, len(self.vision_layer_modules))
+        self.inject_layers = config.resolve_inject_layers(self.num_decoder_layers)
+        self.vision_layers = config.resolve_vision_layers(self.feature_layer)
+
+    @property
+    def num_parameters(self) -> int:
+        return len(self.inject_layers) * len(self.vision_layers) * self.hidden_size
+
+    def describe(self) -> dict[str, Any]:
+        """What a saved manager must agree with to load into this model."""
+        return {
+            "text_hidden_size": self.hidden_size,
+            "num_decoder_layers": self.num_decoder_layers,
+            "inject_layers": list(self.inject_layers),
+            "vision_layers": list(self.vision_layers),
+        }
+
+
+def apply_manager(model: nn.Module, config: ManagerConfig | None = None, **overrides: Any) -> nn.Module:
+    """Patch a LLaVA-OneVision model in place with zero-initialised managers and return it.
+
+    `config` is a `ManagerConfig`; keyword arguments override its fields (`apply_manager(model, interval=1)`).
+    Every check runs before the model is touched, so a failure never leaves it half-patched.
+    """
+    if config is None:
+        config = ManagerConfig(**overrides)
+    elif overrides:
+        config = ManagerConfig.from_dict({**config.to_dict(), **overrides})
+    plan = ManagerPlan(model, config)
+    _Runtime(plan).install()
+    return model
+
+
+def remove_manager(model: nn.Module) -> nn.Module:
+    """Undo `apply_manager`: hooks, wrappers, parameters and the config entry go; the base model is left."""
+    runtime = _runtime_of(model)
+    if not isinstance(runtime.inner._modules.get("managers"), ManagerStack):
+        raise RuntimeError(
+            "remove_manager: `model.model.managers` is wrapped (peft modules_to_save?); unload the peft model first."
+        )
+    runtime.uninstall()
+    return model
+
+
+def get_managers(model: nn.Module) -> list[Manager]:
+    """The active managers in injection order (the trainable copies when peft wraps them)."""
+    return list(_runtime_of(model).active_stack())
+
+
+def has_manager(model: nn.Module) -> bool:
+    return _find_runtime(model) is not None
+
+
+def manager_plan(model: nn.Module) -> dict[str, Any]:
+    """The resolved layout of the patched `model` (see `ManagerPlan.describe`)."""
+    return _runtime_of(model).plan.describe()
+
+
+def manager_config(model: nn.Module) -> ManagerConfig:
+    return _runtime_of(model).plan.config
+
+
+class _Runtime:
+    """Hooks, wrappers and per-forward state of one patched model."""
+
+    def __init__(self, plan: ManagerPlan) -> None:
+        self.plan = plan
+        self.inner = plan.inner
+        self.slot_of_layer = {layer: slot for slot, layer in enumerate(plan.inject_layers)}
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.recording: dict[int, torch.Tensor] | None = None  # vision layer -> output, while encoding images
+        self.in_forward = False
+        self.pending: GroupedFeatures | None = None  # manager features of the images of the current forward
+        self.positions: torch.Tensor | None = None  # flat (batch * seq) indices of their image tokens
+
+    # ---- install / uninstall -------------------------------------------------------------------------------
+    def install(self) -> None:
+        plan, inner = self.plan, self.inner
+        embed = inner.language_model.get_input_embeddings().weight
+        managers = []
+        for layer in plan.inject_layers:
+            device = next(plan.decoder_layers[layer].parameters(), embed).device
+            managers.append(
+                Manager(layer, plan.vision_layers, plan.hidden_size, plan.config.jitter, device=device, dtype=embed.dtype)
+            )
+        inner.managers = ManagerStack(managers)
+
+        for vision_layer in plan.vision_layers:
+            module = plan.vision_layer_modules[vision_layer - 1]
+            self.handles.append(module.register_forward_hook(functools.partial(self._record, vision_layer)))
+        for layer in plan.inject_layers:
+            hook = functools.partial(self._inject, self.slot_of_layer[layer])
+            self.handles.append(plan.decoder_layers[layer].register_forward_pre_hook(hook, with_kwargs=True))
+        self.handles.append(inner.register_forward_pre_hook(self._begin_forward, with_kwargs=True))
+        self.handles.append(inner.register_forward_hook(self._end_forward, always_call=True))
+        inner.get_image_features = self._wrap_get_image_features(inner.get_image_features)
+        inner.get_placeholder_mask = self._wrap_get_placeholder_mask(inner.get_placeholder_mask)
+        inner.config.manager_config = plan.config.to_dict()
+        object.__setattr__(inner, _RUNTIME_ATTR, self)
+
+    def uninstall(self) -> None:
+        inner = self.inner
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        del inner.managers
+        for name in ("get_image_features", "get_placeholder_mask"):
+            inner.__dict__.pop(name, None)
+        if hasattr(inner.config, CONFIG_KEY):
+            delattr(inner.config, CONFIG_KEY)
+        object.__delattr__(inner, _RUNTIME_ATTR)
+        self._reset()
+
+    def active_stack(self) -> ManagerStack:
+        stack = self.inner._modules["managers"]
+        if isinstance(stack, ManagerStack):
+            return stack
+        # peft ModulesToSaveWrapper: the trainable copy of the active adapter, or the original when disabled.
+        if stack.disable_adapters or not stack.active_adapters:
+            return stack.original_module
+        return stack.modules_to_save[stack.active_adapters[0]]
+
+    # ---- hooks -----------------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.in_forward = False
+        self.pending = None
+        self.positions = None
+        self.recording = None
+
+    def _begin_forward(self, module, args, kwargs):
+        self._reset()
+        self.in_forward = True
+        encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image")
+        if encoded is not None:
+            self.pending = getattr(encoded, "deepstack_features", None)
+
+    def _end_forward(self, module, args, output):
+        self._reset()
+
+    def _record(self, vision_layer: int, module, args, output) -> None:
+        if self.recording is not None:
+            self.recording[vision_layer] = output[0] if isinstance(output, tuple) else output
+
+    def _inject(self, slot: int, module, args, kwargs):
+        positions = self.positions
+        if positions is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        term = self.inner.managers(self.pending, slot)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        hidden = flat.index_add(0, positions.to(hidden.device), term.to(hidden.device, hidden.dtype)).view_as(hidden)
+        if args:
+            return (hidden,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def _wrap_get_image_features(self, original):
+        signature = inspect.signature(original)
+        config = self.inner.config
+
+        @functools.wraps(original)
+        def get_image_features(*args, **kwargs):
+            self.recording = {}
+            try:
+                output = original(*args, **kwargs)
+                recorded = self.recording
+            finally:
+                self.recording = None
+            if not isinstance(output, ModelOutput):
+                return output  # return_dict=False: nothing to attach the features to
+            call = signature.bind(*args, **kwargs).arguments
+            grouped = build_grouped_features(
+                self.inner,
+                [recorded[layer] for layer in self.plan.vision_layers],
+                call["image_sizes"],
+                call.get("vision_feature_select_strategy") or config.vision_feature_select_strategy,
+                call.get("vision_aspect_ratio") or config.vision_aspect_ratio,
+                call.get("batch_num_images"),
+                self.plan.config.manage,
+            )
+            output = ManagedImageOutput(**dict(output.items()), deepstack_features=grouped)
+            if self.in_forward:
+                self.pending = grouped
+            return output
+
+        return get_image_features
+
+    def _wrap_get_placeholder_mask(self, original):
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def get_placeholder_mask(*args, **kwargs):
+            image_mask, video_mask = original(*args, **kwargs)
+            if self.in_forward and signature.bind(*args, **kwargs).arguments.get("image_features") is not None:
+                if self.pending is None:
+                    raise RuntimeError(
+                        "LLaVA-OV-Manager: image features reached the LLM without the managers' multi-layer "
+                        "features. Pass `pixel_values`, or `mm_encoder_outputs` made by this patched model's "
+                        "`get_image_features`."
+                    )
+                positions = image_mask.reshape(image_mask.shape[0], -1).flatten().nonzero().squeeze(1)
+                rows = count_grouped_rows(self.pending)
+                if positions.numel() != rows:
+                    raise RuntimeError(
+                        f"LLaVA-OV-Manager: {positions.numel()} image tokens but manager features for {rows}."
+                    )
+                self.positions = positions
+            return image_mask, video_mask
+
+        return get_placeholder_mask
+
+
+def _inner_model(model: nn.Module) -> LlavaOnevisionModel:
+    if isinstance(model, LlavaOnevisionForConditionalGeneration):
+        return model.model
+    if isinstance(model, LlavaOnevisionModel):
+        return model
+    if hasattr(model, "peft_config"):
+        raise TypeError("apply_manager: call it on the transformers model before get_peft_model, not on a PeftModel.")
+    raise TypeError(
+        f"apply_manager supports LlavaOnevisionForConditionalGeneration and LlavaOnevisionModel, "
+        f"got {type(model).__name__}."
+    )
+
+
+def _find_runtime(model: nn.Module) -> _Runtime | None:
+    for module in model.modules():
+        runtime = module.__dict__.get(_RUNTIME_ATTR)
+        if runtime is not None:
+            return runtime
+    return None
+
+
+def _runtime_of(model: nn.Module) -> _Runtime:
+    runtime = _find_runtime(model)
+    if runtime is None:
+        raise ValueError(f"This {type(model).__name__} has no managers; call apply_manager(model) first.")
+    return runtime
