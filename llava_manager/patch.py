@@ -136,7 +136,7 @@ class _Runtime:
             managers.append(
                 Manager(layer, plan.vision_layers, plan.hidden_size, plan.config.jitter, device=device, dtype=embed.dtype)
             )
-        inner.managers = ManagerStack(managers)
+        inner.managers = ManagerStack(managers).train(inner.training)
 
         for vision_layer in plan.vision_layers:
             module = plan.vision_layer_modules[vision_layer - 1]

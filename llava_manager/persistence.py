@@ -1,0 +1,136 @@
+"""Saving and loading managers: on their own (`save_manager` / `load_manager`, like a peft adapter) or inside a
+whole patched model saved with `save_pretrained` (`from_pretrained`). safetensors + JSON only, no pickle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from torch import nn
+
+from .config import ManagerConfig
+from .patch import CONFIG_KEY, ManagerPlan, _Runtime, _runtime_of, apply_manager
+
+CONFIG_NAME = "manager_config.json"
+WEIGHTS_NAME = "manager_model.safetensors"
+FORMAT_VERSION = 1
+# from_pretrained keyword arguments that say where a checkpoint is, as opposed to how to build the model.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def _weight_key(slot: int) -> str:
+    return f"managers.{slot}.weight"
+
+
+def save_manager(model: nn.Module, save_directory: str | Path) -> Path:
+    """Write only what the patch added: `manager_config.json` and `manager_model.safetensors`."""
+    runtime = _runtime_of(model)
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "manager_config": runtime.plan.config.to_dict(),
+        "model": runtime.plan.describe(),
+    }
+    (out / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+    tensors = {_weight_key(i): m.weight.detach().to("cpu").contiguous() for i, m in enumerate(runtime.active_stack())}
+    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    return out
+
+
+def load_manager(model: nn.Module, load_directory: str | Path) -> nn.Module:
+    """Re-apply saved managers to a base model and load their weights strictly; returns the model.
+
+    Everything is checked before the model is touched: the saved layout must match what the saved config
+    resolves to on this model, and the weights file must hold exactly the expected tensors and shapes.
+    """
+    directory = Path(load_directory)
+    config_file, weights_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for path in (config_file, weights_file):
+        if not path.is_file():
+            raise FileNotFoundError(f"load_manager: {path} not found (a manager directory holds {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    payload = json.loads(config_file.read_text())
+    config = ManagerConfig.from_dict(payload["manager_config"])
+    plan = ManagerPlan(model, config)
+    saved, here = payload.get("model", {}), plan.describe()
+    mismatched = [f"{key}: saved {saved.get(key)}, this model {here[key]}" for key in here if saved.get(key) != here[key]]
+    if mismatched:
+        raise ValueError(f"load_manager: {directory} was saved for a different model; " + "; ".join(mismatched) + ".")
+
+    expected = {_weight_key(i): (len(plan.vision_layers), plan.hidden_size) for i in range(len(plan.inject_layers))}
+    with safe_open(str(weights_file), framework="pt") as f:
+        state = {key: f.get_tensor(key) for key in f.keys()}
+    check_manager_state(state, expected, str(weights_file))
+
+    _Runtime(plan).install()
+    with torch.no_grad():
+        for i, manager in enumerate(_runtime_of(model).active_stack()):
+            manager.weight.copy_(state[_weight_key(i)])
+    return model
+
+
+def check_manager_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str) -> None:
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    misshaped = [
+        f"{k} has shape {tuple(state[k].shape)}, expected {expected[k]}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if extra:
+        problems.append(f"unexpected {extra}")
+    if misshaped:
+        problems.append("; ".join(misshaped))
+    if problems:
+        raise ValueError(f"Manager weights in {source} do not match the managers: " + "; ".join(problems) + ".")
+
+
+class LlavaOnevisionManagerForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+    """LLaVA-OneVision built with the managers its config records (`config.manager_config`), so that
+    transformers' own `from_pretrained` loads base and manager weights together (dtype, device_map, shards)."""
+
+    def __init__(self, config: LlavaOnevisionConfig) -> None:
+        super().__init__(config)
+        if not hasattr(config, CONFIG_KEY):
+            raise ValueError(f"{type(self).__name__} needs a config with `{CONFIG_KEY}` (written by apply_manager).")
+        apply_manager(self, ManagerConfig.from_dict(getattr(config, CONFIG_KEY)))
+
+
+# transformers renames checkpoint keys (legacy LLaVA layouts) by class name, and skips classes defined outside it
+# unless they are registered: give the subclass the base model's renaming so both read the same files.
+register_checkpoint_conversion_mapping(
+    LlavaOnevisionManagerForConditionalGeneration.__name__,
+    get_checkpoint_conversion_mapping(LlavaOnevisionConfig.model_type) or [],
+    overwrite=True,
+)
+
+
+def from_pretrained(pretrained_model_name_or_path: str | Path, **kwargs: Any) -> LlavaOnevisionForConditionalGeneration:
+    """Load a model saved with `save_pretrained`: patched if its config records managers, plain otherwise.
+
+    Takes the keyword arguments of transformers' `from_pretrained` (dtype, device_map, revision, ...).
+    Manager weights missing from a patched checkpoint are an error, not a silent zero-initialisation.
+    """
+    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    config = kwargs.get("config") or LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+    if not hasattr(config, CONFIG_KEY):
+        return LlavaOnevisionForConditionalGeneration.from_pretrained(pretrained_model_name_or_path, **kwargs)
+    want_info = kwargs.pop("output_loading_info", False)
+    model, info = LlavaOnevisionManagerForConditionalGeneration.from_pretrained(
+        pretrained_model_name_or_path, output_loading_info=True, **kwargs
+    )
+    missing = sorted(k for k in info["missing_keys"] if ".managers." in f".{k}")
+    if missing:
+        raise ValueError(
+            f"{pretrained_model_name_or_path} records managers in its config but its weights lack {missing}."
+        )
+    return (model, info) if want_info else model
