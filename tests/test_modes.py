@@ -18,14 +18,14 @@ def loss_and_grads(model, batch):
     return loss.detach(), [m.weight.grad.clone() for m in get_managers(model)]
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_manager_grads():
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_loss_and_manager_grads(reentrant):
     model = apply_manager(tiny_model()).train()
     batch = make_batch(model, IMAGES)
     randomize(model)
     torch.manual_seed(0)
     loss, grads = loss_and_grads(model, batch)
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable({"use_reentrant": reentrant})
     assert all(layer.gradient_checkpointing for layer in model.model.language_model.layers)
     torch.manual_seed(0)
     loss_ckpt, grads_ckpt = loss_and_grads(model, batch)
