@@ -6,6 +6,7 @@ check_transformers()
 
 from .config import ManagerConfig  # noqa: E402
 from .patch import apply_manager, get_managers, has_manager, manager_config, manager_plan, remove_manager  # noqa: E402
+from .persistence import from_pretrained, load_manager, save_manager, LlavaOnevisionManagerForConditionalGeneration  # noqa: E402
 from .saum import Manager, ManagerStack  # noqa: E402
 
 __version__ = "0.1.0"
@@ -20,4 +21,8 @@ __all__ = [
     "has_manager",
     "manager_config",
     "manager_plan",
+    "save_manager",
+    "load_manager",
+    "from_pretrained",
+    "LlavaOnevisionManagerForConditionalGeneration",
 ]
