@@ -1,0 +1,80 @@
+"""Demo: patch a LLaVA-OneVision model built in code, count what was added, generate with an image.
+
+    python -m llava_manager                 # tiny random model, a few seconds on a laptop CPU
+    python -m llava_manager --interval 1    # a manager before every decoder layer
+    python -m llava_manager --shape 0.5b    # the real 0.5B-SI shape (random weights, ~4 GB RAM, slower)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import LlavaOnevisionForConditionalGeneration
+
+from . import ManagerConfig, apply_manager, get_managers, manager_plan, remove_manager
+from .shapes import onevision_0_5b_config, tiny_config
+
+
+def demo_inputs(model, height: int, width: int, prompt_tokens: int = 8) -> dict:
+    """One image of `height` x `width` px (random pixels) and a random prompt, laid out as the processor would."""
+    from .features import crops_per_image
+
+    cfg = model.config
+    size = cfg.vision_config.image_size
+    image_sizes = torch.tensor([[height, width]])
+    crops = crops_per_image(cfg, image_sizes, None)[0]
+    pixel_values = torch.randn(1, crops, 3, size, size, dtype=model.dtype)
+    with torch.no_grad():
+        n_image = len(model.model.get_image_features(pixel_values, image_sizes).pooler_output[0])
+    text = torch.randint(0, min(cfg.text_config.vocab_size, cfg.image_token_id) - 1, (prompt_tokens,))
+    input_ids = torch.cat([text[:2], torch.full((n_image,), cfg.image_token_id), text[2:]])[None]
+    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values=pixel_values,
+                image_sizes=image_sizes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=["tiny", "0.5b"], default="tiny")
+    parser.add_argument("--interval", type=int, default=4)
+    parser.add_argument("--vision-layers", default="top_half", help="top_half | bottom_half | all")
+    parser.add_argument("--manage", default="both", choices=["both", "base", "grids"])
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    config = tiny_config() if args.shape == "tiny" else onevision_0_5b_config()
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    size = config.vision_config.image_size
+    inputs = demo_inputs(model, int(size * 1.5), size * 2)
+    base_params = sum(p.numel() for p in model.parameters())
+    base_tokens = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+
+    apply_manager(model, ManagerConfig(interval=args.interval, vision_layers=args.vision_layers, manage=args.manage))
+    plan = manager_plan(model)
+    added = sum(p.numel() for p in model.parameters()) - base_params
+    print(f"model: {args.shape} (LLM {plan['num_decoder_layers']} layers x {plan['text_hidden_size']}), "
+          f"image {tuple(inputs['image_sizes'][0].tolist())} px -> {int((inputs['input_ids'] == config.image_token_id).sum())} image tokens")
+    print(f"managers before decoder layers {plan['inject_layers']}, aggregating vision layers {plan['vision_layers']}")
+    print(f"parameters: base {base_params:,} + managers {added:,} "
+          f"(= {len(plan['inject_layers'])} x {len(plan['vision_layers'])} x {plan['text_hidden_size']})")
+
+    start = time.perf_counter()
+    tokens = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    elapsed = time.perf_counter() - start
+    print(f"zero-initialised managers: same tokens as the base model: {torch.equal(tokens, base_tokens)}")
+    with torch.no_grad():
+        for manager in get_managers(model):
+            manager.weight.normal_(std=0.5)
+    moved = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    n = inputs["input_ids"].shape[1]
+    print(f"generated ({elapsed:.2f} s): {tokens[0, n:].tolist()}")
+    print(f"with non-zero managers:      {moved[0, n:].tolist()}")
+    remove_manager(model)
+    restored = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(f"after remove_manager, same tokens as the base model: {torch.equal(restored, base_tokens)}")
+
+
+if __name__ == "__main__":
+    main()
