@@ -4,9 +4,9 @@
     python benchmarks/overhead.py --device cuda --dtype bfloat16
 
 One 384 x 384 image (anyres: base crop + one grid crop, 1,485 image tokens) and a 40-token prompt. Prints, for
-each measurement, the median time of the base model, of the patched model, their ratio, and the method's FLOP
-floor: 1 + (aggregated layers x crop tokens x projector FLOPs) / (base FLOPs), base FLOPs counted by torch's
-flop counter. Runs alternate base / patched to cancel drift.
+each measurement, the median time of the base model, of the patched model, the median of the per-pair ratios, and
+the method's FLOP floor: 1 + (aggregated layers x crop tokens x projector FLOPs) / (base FLOPs), base FLOPs counted
+by torch's flop counter. Base and patched runs come in adjacent pairs, in alternating order, to cancel drift.
 """
 
 from __future__ import annotations
@@ -74,19 +74,25 @@ def count_flops(fn) -> int:
 
 
 def compare(name, base_fn, patched_fn, repeats, device, floor, results):
+    """Pairs of adjacent runs, the order alternating between pairs; the ratio is the median of the per-pair ratios,
+    so that slow drifts of the machine (clock, other load) cancel within each pair."""
     base, patched = [], []
-    for _ in tqdm(range(repeats), desc=name, leave=False):
-        base.append(base_fn())
-        patched.append(patched_fn())
-    b, p = statistics.median(base), statistics.median(patched)
-    results.append((name, b, p, p / b, floor))
+    for i in tqdm(range(repeats), desc=name, leave=False):
+        if i % 2:
+            patched.append(patched_fn())
+            base.append(base_fn())
+        else:
+            base.append(base_fn())
+            patched.append(patched_fn())
+    ratio = statistics.median(p / b for b, p in zip(base, patched))
+    results.append((name, statistics.median(base), statistics.median(patched), ratio, floor))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=40)
     parser.add_argument("--skip-train", action="store_true")

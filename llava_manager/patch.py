@@ -36,6 +36,7 @@ from .saum import Manager, ManagerStack
 
 _RUNTIME_ATTR = "_llava_manager_runtime"
 CONFIG_KEY = "manager_config"
+_WRAPPED = ("get_image_features", "get_placeholder_mask")
 
 
 class ManagerPlan:
@@ -121,6 +122,7 @@ class _Runtime:
         self.inner = plan.inner
         self.slot_of_layer = {layer: slot for slot, layer in enumerate(plan.inject_layers)}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.originals: dict[str, Any] = {}  # instance-level methods that the wrappers replaced, if any
         self.recording: dict[int, torch.Tensor] | None = None  # vision layer -> output, while encoding images
         self.in_forward = False
         self.pending: GroupedFeatures | None = None  # manager features of the images of the current forward
@@ -146,8 +148,9 @@ class _Runtime:
             self.handles.append(plan.decoder_layers[layer].register_forward_pre_hook(hook, with_kwargs=True))
         self.handles.append(inner.register_forward_pre_hook(self._begin_forward, with_kwargs=True))
         self.handles.append(inner.register_forward_hook(self._end_forward, always_call=True))
-        inner.get_image_features = self._wrap_get_image_features(inner.get_image_features)
-        inner.get_placeholder_mask = self._wrap_get_placeholder_mask(inner.get_placeholder_mask)
+        for name in _WRAPPED:
+            self.originals[name] = inner.__dict__.get(name)
+            setattr(inner, name, _InstanceMethod(self, name))
         inner.config.manager_config = plan.config.to_dict()
         object.__setattr__(inner, _RUNTIME_ATTR, self)
 
@@ -157,8 +160,11 @@ class _Runtime:
             handle.remove()
         self.handles.clear()
         del inner.managers
-        for name in ("get_image_features", "get_placeholder_mask"):
-            inner.__dict__.pop(name, None)
+        for name in _WRAPPED:
+            if self.originals[name] is None:
+                del inner.__dict__[name]
+            else:
+                inner.__dict__[name] = self.originals[name]
         if hasattr(inner.config, CONFIG_KEY):
             delattr(inner.config, CONFIG_KEY)
         object.__delattr__(inner, _RUNTIME_ATTR)
@@ -206,60 +212,82 @@ class _Runtime:
             return (hidden,) + tuple(args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
 
-    def _wrap_get_image_features(self, original):
-        signature = inspect.signature(original)
+    def _call_original(self, name: str, *args, **kwargs):
+        original = self.originals[name]
+        if original is not None:
+            return original(*args, **kwargs)
+        return getattr(type(self.inner), name)(self.inner, *args, **kwargs)
+
+    def get_image_features(self, *args, **kwargs):
+        self.recording = {}
+        try:
+            output = self._call_original("get_image_features", *args, **kwargs)
+            recorded = self.recording
+        finally:
+            self.recording = None
+        if not isinstance(output, ModelOutput):
+            return output  # return_dict=False: nothing to attach the features to
+        call = _signature(self.inner, "get_image_features").bind(*args, **kwargs).arguments
         config = self.inner.config
+        grouped = build_grouped_features(
+            self.inner,
+            [recorded[layer] for layer in self.plan.vision_layers],
+            call["image_sizes"],
+            call.get("vision_feature_select_strategy") or config.vision_feature_select_strategy,
+            call.get("vision_aspect_ratio") or config.vision_aspect_ratio,
+            call.get("batch_num_images"),
+            self.plan.config.manage,
+        )
+        output = ManagedImageOutput(**dict(output.items()), deepstack_features=grouped)
+        if self.in_forward:
+            self.pending = grouped
+        return output
 
-        @functools.wraps(original)
-        def get_image_features(*args, **kwargs):
-            self.recording = {}
-            try:
-                output = original(*args, **kwargs)
-                recorded = self.recording
-            finally:
-                self.recording = None
-            if not isinstance(output, ModelOutput):
-                return output  # return_dict=False: nothing to attach the features to
-            call = signature.bind(*args, **kwargs).arguments
-            grouped = build_grouped_features(
-                self.inner,
-                [recorded[layer] for layer in self.plan.vision_layers],
-                call["image_sizes"],
-                call.get("vision_feature_select_strategy") or config.vision_feature_select_strategy,
-                call.get("vision_aspect_ratio") or config.vision_aspect_ratio,
-                call.get("batch_num_images"),
-                self.plan.config.manage,
-            )
-            output = ManagedImageOutput(**dict(output.items()), deepstack_features=grouped)
-            if self.in_forward:
-                self.pending = grouped
-            return output
+    def get_placeholder_mask(self, *args, **kwargs):
+        image_mask, video_mask = self._call_original("get_placeholder_mask", *args, **kwargs)
+        call = _signature(self.inner, "get_placeholder_mask").bind(*args, **kwargs).arguments
+        if self.in_forward and call.get("image_features") is not None:
+            if self.pending is None:
+                raise RuntimeError(
+                    "LLaVA-OV-Manager: image features reached the LLM without the managers' multi-layer "
+                    "features. Pass `pixel_values`, or `mm_encoder_outputs` made by this patched model's "
+                    "`get_image_features`."
+                )
+            positions = image_mask.reshape(image_mask.shape[0], -1).flatten().nonzero().squeeze(1)
+            rows = count_grouped_rows(self.pending)
+            if positions.numel() != rows:
+                raise RuntimeError(f"LLaVA-OV-Manager: {positions.numel()} image tokens but manager features for {rows}.")
+            self.positions = positions
+        return image_mask, video_mask
 
-        return get_image_features
 
-    def _wrap_get_placeholder_mask(self, original):
-        signature = inspect.signature(original)
+class _InstanceMethod:
+    """Stands in for a method of the patched model and forwards to the runtime. A small object rather than a
+    closure so that `copy.deepcopy(model)` gives the copy its own runtime, and `inspect.signature` (which
+    `generate()` uses to pick the encoder's arguments) sees the original signature."""
 
-        @functools.wraps(original)
-        def get_placeholder_mask(*args, **kwargs):
-            image_mask, video_mask = original(*args, **kwargs)
-            if self.in_forward and signature.bind(*args, **kwargs).arguments.get("image_features") is not None:
-                if self.pending is None:
-                    raise RuntimeError(
-                        "LLaVA-OV-Manager: image features reached the LLM without the managers' multi-layer "
-                        "features. Pass `pixel_values`, or `mm_encoder_outputs` made by this patched model's "
-                        "`get_image_features`."
-                    )
-                positions = image_mask.reshape(image_mask.shape[0], -1).flatten().nonzero().squeeze(1)
-                rows = count_grouped_rows(self.pending)
-                if positions.numel() != rows:
-                    raise RuntimeError(
-                        f"LLaVA-OV-Manager: {positions.numel()} image tokens but manager features for {rows}."
-                    )
-                self.positions = positions
-            return image_mask, video_mask
+    def __init__(self, runtime: _Runtime, name: str) -> None:
+        self.runtime = runtime
+        self.name = name
 
-        return get_placeholder_mask
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return _signature(self.runtime.inner, self.name)
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self.runtime, self.name)(*args, **kwargs)
+
+
+_SIGNATURES: dict[tuple[type, str], inspect.Signature] = {}
+
+
+def _signature(inner: nn.Module, name: str) -> inspect.Signature:
+    """The signature of the class's method without `self`, computed once per class."""
+    key = (type(inner), name)
+    if key not in _SIGNATURES:
+        signature = inspect.signature(getattr(type(inner), name))
+        _SIGNATURES[key] = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return _SIGNATURES[key]
 
 
 def _inner_model(model: nn.Module) -> LlavaOnevisionModel:

@@ -3,7 +3,7 @@
 import torch
 
 from helpers import make_batch, tiny_model
-from llava_manager import apply_manager, has_manager, remove_manager
+from llava_manager import apply_manager, get_managers, has_manager, remove_manager
 from test_math import randomize
 
 
@@ -52,3 +52,21 @@ def test_manager_parameters_registered_once_and_counted():
     added = sum(model.get_parameter(n).numel() for n in names)
     assert added == 2 * 3 * 32  # managers x vision layers x text hidden size
     assert set(model.state_dict()) - set(tiny_model().state_dict()) == set(names)
+
+
+def test_deepcopy_gives_an_independent_patched_model():
+    import copy
+
+    model = apply_manager(tiny_model())
+    batch = make_batch(model, [(40, 80)])
+    randomize(model)
+    with torch.no_grad():
+        expected = model(**batch).logits
+        clone = copy.deepcopy(model)
+        assert torch.equal(clone(**batch).logits, expected)
+        for m in get_managers(clone):
+            m.weight.zero_()
+        assert torch.equal(clone(**batch).logits, tiny_model()(**batch).logits)
+        assert torch.equal(model(**batch).logits, expected)
+    remove_manager(clone)
+    assert has_manager(model) and not has_manager(clone)
