@@ -1,0 +1,299 @@
+"""Supervised data for the recipes: LLaVA conversation JSON (+ image folder) and LLaVA-NeXT data YAML mixtures,
+tokenised with the loss on answer tokens only.
+
+A sample is `{"id", "image" (optional; a file name or a list of them), "conversations": [{"from": "human" | "gpt" |
+"system", "value": "..."}]}`. Human turns hold one `<image>` placeholder per image (one is put in front of the first
+turn when missing, as LLaVA does). Labels: the text of each assistant turn and its end-of-turn token; everything else
+is -100. A sample that cannot be used (missing or corrupt image, malformed conversation, longer than the maximum
+length, no answer tokens) is skipped and reported with the batch, or raises at once with `strict=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@dataclass(frozen=True)
+class Template:
+    """How turns become text. Assistant text followed by `end_of_turn` is what the model learns to write."""
+
+    name: str
+    system: str  # the system block with "{}" for its text, or "" for none
+    default_system: str
+    user: str  # with "{}" where the turn's text goes
+    assistant: str  # the header before the assistant's text
+    end_of_turn: str  # labelled: the model must learn to stop
+    after_turn: str  # not labelled
+    keep_user_text: bool = True  # "plain" keeps only the image of the human turn
+
+
+# LLaVA-NeXT `conv_qwen` ("qwen_1_5"), used by LLaVA-OneVision for Stage-1.5 and Stage-2.
+QWEN = Template(
+    name="qwen_1_5",
+    system="<|im_start|>system\n{}<|im_end|>\n",
+    default_system="You are a helpful assistant.",
+    user="<|im_start|>user\n{}<|im_end|>\n",
+    assistant="<|im_start|>assistant\n",
+    end_of_turn="<|im_end|>",
+    after_turn="\n",
+)
+# LLaVA's `conv_llava_plain`, used for Stage-1 alignment: the image, then the caption.
+PLAIN = Template(name="plain", system="", default_system="", user="{}", assistant="", end_of_turn="\n",
+                 after_turn="", keep_user_text=False)
+TEMPLATES = {t.name: t for t in (QWEN, PLAIN)}
+
+
+class SampleError(ValueError):
+    """A sample that cannot be trained on; `reason` is a short category for the summary."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading: JSON / JSONL files and YAML mixtures
+
+
+def read_records(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.suffix == ".jsonl":
+        with path.open() as f:
+            return [json.loads(line) for line in f if line.strip()]
+    records = json.loads(path.read_text())
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of samples, got {type(records).__name__}.")
+    return records
+
+
+def sample_records(records: list, strategy: str, seed: int = 0) -> list:
+    """LLaVA-NeXT's `sampling_strategy`: `all`, `first:N%`, `end:N%`, `random:N%` (or a count instead of N%)."""
+    if strategy == "all":
+        return records
+    kind, _, amount = strategy.partition(":")
+    if kind not in ("first", "end", "random") or not amount:
+        raise ValueError(f"sampling_strategy {strategy!r}: use 'all', 'first:N%', 'end:N%' or 'random:N%' (or a count).")
+    try:
+        count = int(len(records) * float(amount[:-1]) / 100) if amount.endswith("%") else int(amount)
+    except ValueError:
+        raise ValueError(f"sampling_strategy {strategy!r}: the amount must be a percentage like 10% or a count.") from None
+    if kind == "first":
+        return records[:count]
+    if kind == "end":
+        return records[len(records) - count:] if count else []
+    return random.Random(seed).sample(records, min(count, len(records)))
+
+
+def load_records(data_path: str | Path, seed: int = 0) -> list[dict]:
+    """Samples from a LLaVA JSON/JSONL file, or from a YAML mixture `datasets: [{json_path, sampling_strategy}]`
+    (relative paths resolve against the YAML's folder; `random:` sampling is seeded)."""
+    data_path = Path(data_path)
+    if data_path.suffix not in (".yaml", ".yml"):
+        return read_records(data_path)
+    import yaml
+
+    spec = yaml.safe_load(data_path.read_text()) or {}
+    entries = spec.get("datasets") if isinstance(spec, dict) else None
+    if not entries:
+        raise ValueError(f"{data_path}: a data mixture needs a non-empty 'datasets:' list of {{json_path, sampling_strategy}}.")
+    records = []
+    for entry in entries:
+        if "json_path" not in entry:
+            raise ValueError(f"{data_path}: every entry of 'datasets' needs a json_path; got {entry}.")
+        path = Path(entry["json_path"])
+        path = path if path.is_absolute() else data_path.parent / path
+        chosen = sample_records(read_records(path), str(entry.get("sampling_strategy", "all")), seed)
+        logger.info("data mixture: %d samples from %s (%s)", len(chosen), path, entry.get("sampling_strategy", "all"))
+        records += chosen
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One sample: images, conversation checks, tokens and labels
+
+
+def image_files(record: dict) -> list[str]:
+    image = record.get("image")
+    if image is None:
+        return []
+    files = image if isinstance(image, list) else [image]
+    if not all(isinstance(f, str) and f for f in files):
+        raise SampleError("malformed", f"'image' must be a file name or a list of them, got {image!r}")
+    return files
+
+
+def check_turns(record: dict, num_images: int) -> list[tuple[str, str]]:
+    """(role, text) pairs after the checks: alternating user/assistant turns after an optional system turn, ending
+    with the assistant, one `<image>` per image."""
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise SampleError("malformed", "'conversations' must be a non-empty list of {from, value}")
+    turns = []
+    for turn in conversations:
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+            raise SampleError("malformed", f"a turn must be {{'from': one of {sorted(ROLES)}, 'value': str}}, got {turn!r}")
+        turns.append((ROLES[turn["from"]], turn["value"]))
+    body = turns[1:] if turns[0][0] == "system" else turns
+    expected = ["user", "assistant"] * (len(body) // 2)
+    if len(body) < 2 or len(body) % 2 or [role for role, _ in body] != expected:
+        raise SampleError("malformed", "turns must alternate human, gpt, ... and end with gpt")
+    placeholders = sum(text.count(IMAGE_PLACEHOLDER) for _, text in body)
+    if placeholders == 0 and num_images:
+        first = 1 if turns[0][0] == "system" else 0
+        turns[first] = ("user", (IMAGE_PLACEHOLDER + "\n") * num_images + turns[first][1])
+    elif placeholders != num_images:
+        raise SampleError("malformed", f"{placeholders} <image> placeholders for {num_images} images")
+    return turns
+
+
+def tokenize(turns: list[tuple[str, str]], template: Template, tokenizer, image_tokens: list[str]) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a checked conversation. `image_tokens[k]` replaces the k-th `<image>` (the processor's
+    own expansion, so the count matches the model's packing)."""
+    images = iter(image_tokens)
+
+    def expand(text: str) -> str:
+        parts = text.split(IMAGE_PLACEHOLDER)
+        return parts[0] + "".join(next(images) + part for part in parts[1:])
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    input_ids, labels = [], []
+
+    def add(text: str, labelled: bool) -> None:
+        ids = encode(text)
+        input_ids.extend(ids)
+        labels.extend(ids if labelled else [IGNORE_INDEX] * len(ids))
+
+    system = [text for role, text in turns if role == "system"]
+    if template.system:
+        add(template.system.format(system[0] if system else template.default_system), False)
+    for role, text in turns:
+        if role == "user":
+            if not template.keep_user_text:
+                text = IMAGE_PLACEHOLDER * text.count(IMAGE_PLACEHOLDER)
+            add(template.user.format(expand(text)), False)
+        elif role == "assistant":
+            add(template.assistant, False)
+            add(text, True)
+            add(template.end_of_turn, True)
+            add(template.after_turn, False)
+    return input_ids, labels
+
+
+class SupervisedDataset(Dataset):
+    """LLaVA conversations, tokenised, with images through the processor's image processor.
+
+    `__getitem__` never raises for a bad sample unless `strict`: it records why the sample was skipped and returns
+    the next usable one (so batch sizes, and a resumed run, stay the same), with the skips under `"skipped"`.
+    """
+
+    def __init__(self, records: list[dict], processor, image_folder: str | Path | None = None,
+                 template: str = "qwen_1_5", max_length: int = 16384, strict: bool = False) -> None:
+        if template not in TEMPLATES:
+            raise ValueError(f"template {template!r}: use one of {sorted(TEMPLATES)}.")
+        if not records:
+            raise ValueError("the data set is empty.")
+        self.records = records
+        self.processor = processor
+        self.image_folder = Path(image_folder) if image_folder else None
+        self.template = TEMPLATES[template]
+        self.max_length = max_length
+        self.strict = strict
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped = []
+        for attempt in range(len(self.records)):
+            i = (index + attempt) % len(self.records)
+            try:
+                sample = self.build(self.records[i])
+            except SampleError as error:
+                name = self.records[i].get("id", "?") if isinstance(self.records[i], dict) else "?"
+                if self.strict:
+                    raise ValueError(f"sample {i} (id {name!r}): {error}. Run without --strict_data to skip such samples.") from error
+                skipped.append({"index": i, "id": str(name), "reason": error.reason, "detail": str(error)})
+                continue
+            sample["skipped"] = skipped
+            return sample
+        raise RuntimeError(f"no usable sample in the whole data set; the first problems: {skipped[:3]}")
+
+    def load_image(self, name: str) -> Image.Image:
+        path = self.image_folder / name if self.image_folder else Path(name)
+        if not path.exists():
+            raise SampleError("missing image", str(path))
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except Exception as error:  # PIL raises many types for a broken file
+            raise SampleError("corrupt image", f"{path}: {error}") from error
+
+    def build(self, record: dict) -> dict[str, Any]:
+        if not isinstance(record, dict):
+            raise SampleError("malformed", f"a sample must be a JSON object, got {type(record).__name__}")
+        files = image_files(record)
+        turns = check_turns(record, len(files))
+        out: dict[str, Any] = {}
+        image_tokens = []
+        if files:
+            images = [self.load_image(name) for name in files]
+            image_inputs = self.processor.image_processor([images], return_tensors="pt")
+            image_tokens = [self.processor.replace_image_token(image_inputs, k) for k in range(len(images))]
+            out.update(pixel_values=image_inputs["pixel_values"], image_sizes=image_inputs["image_sizes"])
+        input_ids, labels = tokenize(turns, self.template, self.processor.tokenizer, image_tokens)
+        if len(input_ids) > self.max_length:
+            raise SampleError("over-length", f"{len(input_ids)} tokens > max length {self.max_length}")
+        if all(label == IGNORE_INDEX for label in labels):
+            raise SampleError("malformed", "no answer tokens")
+        out.update(input_ids=torch.tensor(input_ids), labels=torch.tensor(labels))
+        return out
+
+
+@dataclass
+class Collator:
+    """Right-pads tokens (labels with -100), stacks images padded to the batch's largest crop count, and passes the
+    samples' skip records on as `"skipped"` for the trainer to count."""
+
+    pad_token_id: int
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        length = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((len(samples), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+        for row, s in enumerate(samples):
+            n = len(s["input_ids"])
+            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
+        batch: dict[str, Any] = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
+        with_images = [s for s in samples if "pixel_values" in s]
+        if with_images:
+            crops = max(s["pixel_values"].shape[1] for s in with_images)
+            pixel_values = []
+            for s in with_images:
+                pv = s["pixel_values"]
+                pad = pv.new_zeros((pv.shape[0], crops - pv.shape[1], *pv.shape[2:]))
+                pixel_values.append(torch.cat([pv, pad], dim=1))
+            batch["pixel_values"] = torch.cat(pixel_values)
+            batch["image_sizes"] = torch.cat([s["image_sizes"] for s in with_images])
+            batch["batch_num_images"] = torch.tensor([len(s.get("image_sizes", ())) for s in samples])
+        batch["skipped"] = [record for s in samples for record in s.get("skipped", ())]
+        return batch

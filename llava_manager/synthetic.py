@@ -1,0 +1,140 @@
+"""The embedded default for the training recipes: a synthetic "shapes" data set and a tiny processor, made offline.
+
+Each image is a coloured shape (circle, square, triangle, cross) on a plain background, at one of several sizes so
+that anyres gives 1 to 4 grid crops. Questions ask for the colour, the shape, or where it sits, so the answer needs
+the image; a few samples are multi-turn, a few have no image. `write_shapes_dataset` writes LLaVA conversation JSON
+(instruction data) and caption JSON (Stage-1 "plain" data) next to an image folder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 30)}
+SHAPES = ("circle", "square", "triangle", "cross")
+PLACES = ("left", "right", "top", "bottom", "middle")
+SIZES = ((28, 28), (28, 56), (56, 28), (56, 56), (42, 42))  # (height, width) px
+
+QUESTIONS = {
+    "colour": "What colour is the shape ?",
+    "shape": "What shape is in the image ?",
+    "place": "Where is the shape ?",
+}
+TEXT_ONLY = [
+    ("How many sides does a square have ?", "four ."),
+    ("How many sides does a triangle have ?", "three ."),
+    ("Is a circle round ?", "yes ."),
+]
+TEMPLATE_WORDS = "system user assistant You are a helpful assistant . A on background the image shows".split()
+
+
+def vocabulary() -> list[str]:
+    """Every word the synthetic data and the chat template use, for the tiny tokenizer."""
+    words = set(TEMPLATE_WORDS) | set(COLOURS) | set(SHAPES) | set(PLACES) | {"white", "black", "grey"}
+    for text in list(QUESTIONS.values()) + [t for pair in TEXT_ONLY for t in pair]:
+        words.update(text.split())
+    return sorted(words)
+
+
+def draw_shape(shape: str, colour: str, place: str, background: str, size: tuple[int, int]) -> Image.Image:
+    height, width = size
+    backgrounds = {"white": (250, 250, 250), "black": (10, 10, 10), "grey": (128, 128, 128)}
+    image = Image.new("RGB", (width, height), backgrounds[background])
+    r = min(height, width) // 4
+    cx = {"left": width // 4, "right": 3 * width // 4}.get(place, width // 2)
+    cy = {"top": height // 4, "bottom": 3 * height // 4}.get(place, height // 2)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    draw, fill = ImageDraw.Draw(image), COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    else:
+        draw.rectangle((cx - r, cy - r // 3, cx + r, cy + r // 3), fill=fill)
+        draw.rectangle((cx - r // 3, cy - r, cx + r // 3, cy + r), fill=fill)
+    return image
+
+
+def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int = 0) -> dict[str, Path]:
+    """Write `num_samples` samples under `folder`; returns the paths of `images/`, `instruct.json` (conversations)
+    and `captions.json` (image-caption pairs). Deterministic for a given seed; rewriting is a no-op."""
+    folder = Path(folder)
+    paths = {"image_folder": folder / "images", "instruct": folder / "instruct.json", "captions": folder / "captions.json"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    paths["image_folder"].mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    instruct, captions = [], []
+    for i in range(num_samples):
+        if i % 16 == 15:  # a text-only sample now and then
+            question, answer = rng.choice(TEXT_ONLY)
+            instruct.append({"id": f"text-{i}", "conversations": [
+                {"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+            continue
+        shape, colour, place = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(PLACES)
+        background = rng.choice(["white", "black", "grey"])
+        name = f"{i:05d}.png"
+        draw_shape(shape, colour, place, background, rng.choice(SIZES)).save(paths["image_folder"] / name)
+        answers = {"colour": f"{colour} .", "shape": f"{shape} .", "place": f"{place} ."}
+        asked = rng.sample(list(QUESTIONS), 2 if i % 4 == 0 else 1)  # every fourth sample is two turns
+        turns = []
+        for k, key in enumerate(asked):
+            prompt = ("<image>\n" if k == 0 else "") + QUESTIONS[key]
+            turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": answers[key]}]
+        instruct.append({"id": f"shape-{i}", "image": name, "conversations": turns})
+        caption = f"A {colour} {shape} on {background} background ."
+        captions.append({"id": f"caption-{i}", "image": name, "conversations": [
+            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption}]})
+    paths["instruct"].write_text(json.dumps(instruct, indent=1))
+    paths["captions"].write_text(json.dumps(captions, indent=1))
+    return paths
+
+
+def tiny_processor(vision_feature_select_strategy: str = "full"):
+    """A `LlavaOnevisionProcessor` for `shapes.tiny_config()` models: a word-level tokenizer over the synthetic
+    vocabulary with the Qwen chat tokens, and the PIL image processor at 28 px with the tiny pinpoints."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import LlavaOnevisionImageProcessorPil, PreTrainedTokenizerFast
+
+    from .processors import build_processor
+
+    from .shapes import TINY_IMAGE_SIZE, TINY_PINPOINTS
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<video>", "<image>"]
+    vocab = {token: i for i, token in enumerate(specials[:4] + ["\n"] + vocabulary())}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    # Words split on spaces; newlines and punctuation are tokens of their own, as in the Qwen tokenizer.
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
+        pre_tokenizers.Split(Regex(r"[\n.,?!]"), behavior="isolated"),
+    ])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}, image_grid_pinpoints=TINY_PINPOINTS,
+    )
+    patches = (TINY_IMAGE_SIZE // 7) ** 2
+    return build_processor(
+        image_processor, tokenizer, num_image_tokens=patches,
+        vision_feature_select_strategy=vision_feature_select_strategy, vision_aspect_ratio="anyres_max_9",
+    )
+
+
+def tiny_model_config(processor, **overrides):
+    """`shapes.tiny_config` sized to `processor`'s vocabulary, with its image and video token ids."""
+    from .shapes import tiny_config
+
+    tokenizer = processor.tokenizer
+    kwargs = dict(vocab_size=len(tokenizer), image_token_index=processor.image_token_id,
+                  video_token_index=processor.video_token_id)
+    kwargs.update(overrides)
+    return tiny_config(**kwargs)

@@ -1,0 +1,90 @@
+"""One training stage end to end: arguments -> model + managers -> data -> Trainer -> exported model.
+
+The recipes in `recipes/` call `run(stage)`; everything here is shared by the three stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import LlavaOnevisionForConditionalGeneration, set_seed
+
+from . import train_args
+from .data import Collator, SupervisedDataset, load_records
+from .patch import apply_manager, has_manager, manager_config
+from .persistence import from_pretrained
+from .processors import load_processor
+from .synthetic import tiny_model_config, tiny_processor, write_shapes_dataset
+from .trainer import ManagerTrainer, set_trainable
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(model_args, manager_args, training_args):
+    """The model and its processor: the tiny default built in code, or a checkpoint (plain: the managers are
+    applied; already patched: its managers are kept, and manager flags must agree with them)."""
+    if model_args.model_name_or_path is None:
+        processor = tiny_processor()
+        set_seed(training_args.seed)
+        model = LlavaOnevisionForConditionalGeneration(tiny_model_config(processor))
+    else:
+        processor = load_processor(model_args.model_name_or_path)
+        # DeepSpeed keeps fp32 master weights, so bf16 weights are fine there; a plain torch optimizer needs fp32.
+        dtype = torch.bfloat16 if training_args.bf16 and training_args.deepspeed else torch.float32
+        kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+        model = from_pretrained(model_args.model_name_or_path, dtype=dtype, **kwargs)
+    if has_manager(model):
+        saved = manager_config(model).to_dict()
+        clashes = {k: (v, saved[k]) for k, v in manager_args.config().to_dict().items()
+                   if k in manager_args.given() and saved[k] != v}
+        if clashes:
+            raise ValueError(f"{model_args.model_name_or_path} already has managers; the flags disagree with them "
+                             f"(flag, saved): {clashes}. Drop those flags or start from a plain model.")
+    else:
+        apply_manager(model, manager_args.config())
+    set_trainable(model, model_args.modules())
+    model.config.use_cache = False  # training; generation turns it back on
+    return model, processor
+
+
+def build_dataset(data_args, training_args, processor):
+    if data_args.data_path is None:
+        with training_args.main_process_first(desc="synthetic data"):
+            paths = write_shapes_dataset(Path(training_args.output_dir) / "shapes_data", data_args.synthetic_samples,
+                                         seed=training_args.seed)
+        data_path = paths["captions" if data_args.template == "plain" else "instruct"]
+        image_folder = paths["image_folder"]
+    else:
+        data_path, image_folder = data_args.data_path, data_args.image_folder
+    records = load_records(data_path, seed=training_args.data_seed or training_args.seed)
+    return SupervisedDataset(records, processor, image_folder, data_args.template, data_args.max_length,
+                             data_args.strict_data)
+
+
+def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
+    model_args, manager_args, data_args, training_args = train_args.parse(stage, argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model, processor = build_model(model_args, manager_args, training_args)
+    dataset = build_dataset(data_args, training_args, processor)
+    trainer = ManagerTrainer(
+        model=model, args=training_args, train_dataset=dataset,
+        data_collator=Collator(processor.tokenizer.pad_token_id), processing_class=processor.tokenizer,
+        vision_tower_lr=model_args.vision_tower_lr, manager_lr=model_args.manager_lr,
+    )
+    resume = training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+
+    skips = trainer.gather_skips()
+    trainer.save_model()  # under ZeRO-3 this gathers the 16-bit weights, managers included
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
+        (Path(training_args.output_dir) / "data_skipped.json").write_text(json.dumps(skips, indent=1))
+        logger.warning("data: %d samples skipped %s%s", skips["skipped"], skips["by_reason"],
+                       "" if not skips["skipped"] else f"; see {training_args.output_dir}/data_skipped.json")
+        logger.info("exported model: %s (load it with llava_manager.from_pretrained)", training_args.output_dir)
+    return trainer

@@ -1,0 +1,119 @@
+"""Arguments of the training recipes and the defaults of LLaVA-OneVision's three stages.
+
+Sources of the stage defaults (LLaVA-NeXT's public OneVision scripts, and the Manager paper, App. C):
+- Stage-1 (`scripts/train/pretrain_siglip.sh`): projector only, lr 1e-3, "plain" captions, batch 16 per GPU.
+- Stage-1.5 / Stage-2 (`scripts/train/finetune_si.sh`, `finetune_ov.sh`): vision tower + projector + LLM, lr 1e-5,
+  vision tower 2e-6, "qwen_1_5" chat format.
+- All stages: 1 epoch, cosine schedule, warmup ratio 0.03, weight decay 0, bf16 (when the GPU has it), gradient
+  checkpointing, anyres_max_9 (from the model's config), 4 data loader workers; max length 16,384 (the paper's;
+  LLaVA-OneVision used 32,768).
+- Managers (this package): trainable in every stage, at the stage's learning rate unless `--manager_lr` is given.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+from . import cpu_distributed
+from .config import ManagerConfig
+
+MODULES = ("vision_tower", "projector", "llm")
+
+COMMON = dict(
+    num_train_epochs=1, lr_scheduler_type="cosine", warmup_steps=0.03, weight_decay=0.0,
+    bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), logging_steps=1, save_strategy="steps",
+    dataloader_pin_memory=torch.cuda.is_available(),
+    save_steps=1000, save_total_limit=2, dataloader_num_workers=4,
+    remove_unused_columns=False,  # the collator passes skip records the model does not take
+)
+# transformers 5.x renamed gradient checkpointing to activation checkpointing (the old flags still parse).
+_CHECKPOINTING = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+    else "gradient_checkpointing"
+COMMON.update({_CHECKPOINTING: True, f"{_CHECKPOINTING}_kwargs": {"use_reentrant": False}})
+STAGES = {
+    "stage1": dict(learning_rate=1e-3, per_device_train_batch_size=16, train_modules="projector", template="plain",
+                   output_dir="runs/stage1"),
+    "stage1_5": dict(learning_rate=1e-5, vision_tower_lr=2e-6, train_modules="vision_tower,projector,llm",
+                     template="qwen_1_5", output_dir="runs/stage1_5"),
+    "stage2": dict(learning_rate=1e-5, vision_tower_lr=2e-6, train_modules="vision_tower,projector,llm",
+                   template="qwen_1_5", output_dir="runs/stage2"),
+}
+# The embedded default (no --model_name_or_path): a random tiny model learns nothing at 1e-5 in a few minutes.
+TINY = dict(learning_rate=3e-3, vision_tower_lr=6e-4, per_device_train_batch_size=8, save_steps=100, logging_steps=10,
+            num_train_epochs=3, dataloader_num_workers=2)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "A LLaVA-OneVision directory or Hub id (plain or already patched). Default: a tiny model built in code."})
+    train_modules: str = field(default="vision_tower,projector,llm", metadata={
+        "help": f"Comma list of {MODULES} to train; the managers always train."})
+    vision_tower_lr: float | None = field(default=None, metadata={"help": "Vision tower lr (default: the stage's lr)."})
+    manager_lr: float | None = field(default=None, metadata={"help": "Managers' lr (default: the stage's lr)."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2, eager."})
+
+    def modules(self) -> set[str]:
+        chosen = {m.strip() for m in self.train_modules.split(",") if m.strip()}
+        if not chosen <= set(MODULES):
+            raise ValueError(f"--train_modules {self.train_modules!r}: use a comma list of {', '.join(MODULES)}.")
+        return chosen
+
+
+@dataclass
+class ManagerArguments:
+    manager_interval: int | None = field(default=None, metadata={"help": "A manager every N decoder layers (paper: 4)."})
+    manager_start: int | None = field(default=None, metadata={"help": "First managed decoder layer (paper: 0)."})
+    manager_layers: str | None = field(default=None, metadata={"help": "Explicit comma list of decoder layers."})
+    manager_vision_layers: str | None = field(default=None, metadata={
+        "help": "top_half (paper), bottom_half, all, or a comma list of hidden_states indices."})
+    manager_manage: str | None = field(default=None, metadata={"help": "both (paper), base or grids."})
+    manager_jitter: float | None = field(default=None, metadata={"help": "Training noise amount (paper: 0.02)."})
+
+    def given(self) -> dict:
+        """The ManagerConfig fields set on the command line."""
+        ints = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
+        fields = dict(interval=self.manager_interval, start=self.manager_start,
+                      inject_layers=ints(self.manager_layers) if self.manager_layers else None,
+                      manage=self.manager_manage, jitter=self.manager_jitter)
+        if self.manager_vision_layers is not None:
+            named = self.manager_vision_layers in ("top_half", "bottom_half", "all")
+            fields["vision_layers"] = self.manager_vision_layers if named else ints(self.manager_vision_layers)
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def config(self) -> ManagerConfig:
+        return ManagerConfig(**self.given())
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = field(default=None, metadata={
+        "help": "LLaVA conversation JSON/JSONL or a data YAML mixture. Default: synthetic shapes data made offline."})
+    image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' image paths are relative to."})
+    template: str = field(default="qwen_1_5", metadata={"help": "qwen_1_5 (chat) or plain (Stage-1 captions)."})
+    max_length: int = field(default=16384, metadata={"help": "Longer samples are skipped, never cut."})
+    strict_data: bool = field(default=False, metadata={"help": "Stop at the first bad sample instead of skipping it."})
+    synthetic_samples: int = field(default=1024, metadata={"help": "Size of the synthetic default data set."})
+
+
+def parse(stage: str, argv: list[str] | None = None):
+    """(model, manager, data, training) arguments for `stage`: stage defaults, overridden by the command line."""
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r}: use one of {sorted(STAGES)}.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser((ModelArguments, ManagerArguments, DataArguments, TrainingArguments))
+    defaults = {**COMMON, **STAGES[stage]}
+    if not any(a == "--model_name_or_path" or a.startswith("--model_name_or_path=") for a in argv):
+        defaults.update(TINY)
+        if stage == "stage1":
+            defaults.update(learning_rate=5e-3)
+    defaults.update(cpu_distributed.prepare(argv))
+    parser.set_defaults(**defaults)
+    model_args, manager_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args.modules()  # check early
+    manager_args.config()
+    return model_args, manager_args, data_args, training_args

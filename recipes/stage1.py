@@ -1,0 +1,15 @@
+"""Stage-1, language-image alignment: projector + managers on image-caption pairs ("plain" format), lr 1e-3.
+
+    deepspeed --num_gpus 8 recipes/stage1.py --deepspeed recipes/zero3.json \
+        --model_name_or_path llava-hf/llava-onevision-qwen2-0.5b-si-hf --data_path blip_558k.json \
+        --image_folder IMAGES --output_dir runs/stage1
+
+With no model or data arguments it trains the embedded default (a tiny model, synthetic captions):
+
+    python recipes/stage1.py
+"""
+
+from llava_manager.train import run
+
+if __name__ == "__main__":
+    run("stage1")

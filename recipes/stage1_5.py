@@ -1,0 +1,14 @@
+"""Stage-1.5, high-quality knowledge: the whole model + managers, lr 1e-5 (vision tower 2e-6), chat format.
+
+    deepspeed --num_gpus 8 recipes/stage1_5.py --deepspeed recipes/zero3.json \
+        --model_name_or_path runs/stage1 --data_path mid_stage.yaml --image_folder IMAGES --output_dir runs/stage1_5
+
+With no model or data arguments it trains the embedded default (a tiny model, synthetic shapes questions):
+
+    python recipes/stage1_5.py
+"""
+
+from llava_manager.train import run
+
+if __name__ == "__main__":
+    run("stage1_5")

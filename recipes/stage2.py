@@ -1,0 +1,16 @@
+"""Stage-2, visual instruction tuning: the whole model + managers, lr 1e-5 (vision tower 2e-6), chat format.
+
+    deepspeed --num_gpus 8 recipes/stage2.py --deepspeed recipes/zero3.json \
+        --model_name_or_path runs/stage1_5 --data_path si_data.yaml --image_folder IMAGES --output_dir runs/stage2
+
+With no model or data arguments it trains the embedded default (a tiny model, synthetic shapes questions), also
+on a CPU-only machine, with or without DeepSpeed:
+
+    python recipes/stage2.py
+    deepspeed --num_gpus 2 recipes/stage2.py --deepspeed recipes/zero2.json
+"""
+
+from llava_manager.train import run
+
+if __name__ == "__main__":
+    run("stage2")
