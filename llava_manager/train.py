@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import LlavaOnevisionForConditionalGeneration, set_seed
+from transformers import AutoModelForImageTextToText, set_seed
 
 from . import train_args
 from .data import Collator, SupervisedDataset, load_records
@@ -29,7 +29,8 @@ def build_model(model_args, manager_args, training_args):
     if model_args.model_name_or_path is None:
         processor = tiny_processor()
         set_seed(training_args.seed)
-        model = LlavaOnevisionForConditionalGeneration(tiny_model_config(processor))
+        # from_config, not the constructor: under ZeRO-3 it builds the weights inside deepspeed.zero.Init.
+        model = AutoModelForImageTextToText.from_config(tiny_model_config(processor))
     else:
         processor = load_processor(model_args.model_name_or_path)
         # DeepSpeed keeps fp32 master weights, so bf16 weights are fine there; a plain torch optimizer needs fp32.
@@ -54,7 +55,7 @@ def build_dataset(data_args, training_args, processor):
     if data_args.data_path is None:
         with training_args.main_process_first(desc="synthetic data"):
             paths = write_shapes_dataset(Path(training_args.output_dir) / "shapes_data", data_args.synthetic_samples,
-                                         seed=training_args.seed)
+                                         seed=training_args.data_seed or training_args.seed)
         data_path = paths["captions" if data_args.template == "plain" else "instruct"]
         image_folder = paths["image_folder"]
     else:

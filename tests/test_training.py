@@ -153,3 +153,16 @@ def test_bad_samples_are_skipped_counted_and_summarised(tmp_path):
     assert logs[max(logs)]["data_skipped"] == summary["skipped"] > 0 and all(math.isfinite(e["loss"]) for e in logs.values())
     with pytest.raises(ValueError, match=r"id '(gone|bad-turns)'"):
         run("stage2", common + ["--output_dir", str(tmp_path / "strict"), "--strict_data", "true"])
+
+
+def test_a_patched_checkpoint_continues_with_its_own_managers(stage2_run, tmp_path):
+    """Stage chaining: the next stage starts from the previous stage's export; its managers are kept."""
+    out, _ = stage2_run
+    before = [m.weight.clone() for m in get_managers(llava_manager.from_pretrained(out))]
+    trainer = run("stage2", ["--model_name_or_path", str(out), "--output_dir", str(tmp_path), "--max_steps", "2",
+                             "--synthetic_samples", "16", "--dataloader_num_workers", "0", "--save_steps", "100",
+                             "--per_device_train_batch_size", "4", "--learning_rate", "1e-3"] + NO_CHECKPOINTING)
+    after = get_managers(trainer.model)
+    assert len(after) == len(before) and all(not torch.equal(a.weight.detach(), b) for a, b in zip(after, before))
+    with pytest.raises(ValueError, match="already has managers.*interval"):
+        run("stage2", ["--model_name_or_path", str(out), "--output_dir", str(tmp_path / "x"), "--manager_interval", "2"])
