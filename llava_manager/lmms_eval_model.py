@@ -1,0 +1,150 @@
+"""lmms-eval model `llava_ov_manager`: lmms-eval's own HF LLaVA model (`llava_hf`), loading through this package.
+
+    lmms-eval --model llava_ov_manager --model_args pretrained=DIR[,manager_path=MDIR][,dtype=bfloat16] --tasks ...
+
+`pretrained` is a model saved by this package (patched `save_pretrained`: the managers come back), a plain
+LLaVA-OneVision (scored as the baseline), or a plain one plus `manager_path` (a `save_manager` directory). What this
+class changes in `llava_hf`:
+- loading: `llava_manager.from_pretrained` (+ `load_manager`), and a processor that needs no torchvision;
+- `generate_until`: batches (`--batch_size N`), honours `until` stop strings and `max_new_tokens`;
+- `loglikelihood`: images go with the context, the continuation is tokenised on its own; returns the mean negative
+  log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from lmms_eval import utils
+from lmms_eval.api.instance import GenerationResult, Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.models.simple.llava_hf import LlavaHf
+from tqdm import tqdm
+
+from .data import IMAGE_PLACEHOLDER, QWEN
+from .patch import has_manager
+from .persistence import from_pretrained, load_manager
+from .processors import load_processor
+
+ARGS = ("pretrained", "manager_path", "revision", "device", "dtype", "batch_size", "device_map", "chat_template",
+        "use_cache", "attn_implementation", "max_frames_num", "ll_reduction", "max_batch_size")
+
+
+class LlavaOvManager(LlavaHf):
+    is_simple = True
+
+    def __init__(self, pretrained: str, manager_path: str | None = None, revision: str = "main",
+                 device: str | None = None, dtype: str = "auto", batch_size: int | str = 1,
+                 device_map: str | None = None, chat_template: str | None = None, use_cache: bool = True,
+                 attn_implementation: str | None = None, max_frames_num: int = 32, ll_reduction: str = "mean",
+                 **unknown) -> None:
+        lmms.__init__(self)
+        unknown.pop("max_batch_size", None)  # lmms-eval passes it along with batch_size
+        if unknown:
+            raise ValueError(f"llava_ov_manager: unknown model_args {sorted(unknown)}; allowed: {', '.join(ARGS)}.")
+        if ll_reduction not in ("mean", "sum"):
+            raise ValueError(f"llava_ov_manager: ll_reduction={ll_reduction!r}; use 'mean' (as llava_hf) or 'sum'.")
+        accelerator = Accelerator()
+        if accelerator.num_processes > 1:
+            self._device = accelerator.device
+        else:
+            self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device_map = device_map or str(self._device)  # transformers 5 rejects llava_hf's device_map=""
+        kwargs = {"revision": revision, "dtype": getattr(torch, dtype) if dtype != "auto" else "auto",
+                  "device_map": self.device_map}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = from_pretrained(pretrained, **kwargs)
+        if manager_path:
+            if has_manager(model):
+                raise ValueError(f"llava_ov_manager: {pretrained} already has managers; drop manager_path or load a "
+                                 "plain model.")
+            load_manager(model, manager_path)
+        self._model = model.eval()
+        self.pretrained, self.manager_path = pretrained, manager_path
+        self._image_processor = load_processor(pretrained, revision=revision)
+        self._tokenizer = self._image_processor.tokenizer
+        self._tokenizer.padding_side = "left"
+        self._config = self._model.config
+        self.batch_size_per_gpu = int(batch_size)
+        self.chat_template = chat_template
+        self.use_cache = use_cache
+        self.max_frames_num = max_frames_num
+        self.ll_reduction = ll_reduction
+        self.accelerator = accelerator
+        if accelerator.num_processes > 1:
+            self._model = accelerator.prepare_model(self._model, evaluation_mode=True)
+        self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
+
+    def prompt(self, context: str, num_images: int) -> str:
+        """The user turn (images first, as LLaVA-OneVision was trained) in the model's chat format: the tokenizer's
+        template when it has one, else the qwen_1_5 format the recipes train with."""
+        if IMAGE_PLACEHOLDER not in context:
+            context = f"{IMAGE_PLACEHOLDER}\n" * num_images + context
+        template = self.chat_template or self._tokenizer.chat_template
+        if template:
+            return self._tokenizer.apply_chat_template([{"role": "user", "content": context}], chat_template=template,
+                                                       tokenize=False, add_generation_prompt=True)
+        return QWEN.system.format(QWEN.default_system) + QWEN.user.format(context) + QWEN.assistant
+
+    def visuals(self, doc_to_visual, doc_id, task, split) -> list:
+        return self.flatten([doc_to_visual(self.task_dict[task][split][doc_id])]) if doc_to_visual else []
+
+    def encode(self, texts: list[str], images: list[list]) -> dict:
+        kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
+        if any(images):
+            kwargs["images"] = [group for group in images if group]
+        inputs = self._image_processor(**kwargs)
+        return {k: v.to(self._device, self.model.dtype) if v.is_floating_point() else v.to(self._device)
+                for k, v in inputs.items()}
+
+    def loglikelihood(self, requests: list[Instance]) -> list:
+        results = []
+        for context, continuation, doc_to_visual, doc_id, task, split in tqdm(
+                [r.args for r in requests], disable=self.rank != 0, desc="loglikelihood"):
+            if not isinstance(continuation, str):
+                continuation = continuation(self.task_dict[task][split][doc_id])
+            images = self.visuals(doc_to_visual, doc_id, task, split)
+            inputs = self.encode([self.prompt(context, len(images))], [images])
+            target = self._tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            target = target.to(self._device)
+            n = inputs["input_ids"].shape[1]
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+            with torch.inference_mode():
+                logits = self.model(**inputs).logits[0, n - 1:-1].float()
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None])[:, 0]
+            greedy = bool((logits.argmax(-1) == target[0]).all())
+            nll = -(logprobs.mean() if self.ll_reduction == "mean" else logprobs.sum())
+            # lmms-eval 0.7 turns any result that is not text or GenerationResult into a string; this keeps the pair.
+            results.append(GenerationResult(text=(float(nll), greedy)))
+        return results
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        results = []
+        order = utils.Collator([r.args for r in requests], lambda x: (-len(x[0]), x[0]), grouping=True)
+        batches = order.get_batched(n=self.batch_size, batch_fn=None)
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc="generate")
+        for batch in batches:
+            contexts, all_kwargs, doc_to_visuals, doc_ids, tasks, splits = zip(*batch)
+            kwargs = dict(all_kwargs[0])  # grouped by generation kwargs
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            images = [self.visuals(*args) for args in zip(doc_to_visuals, doc_ids, tasks, splits)]
+            inputs = self.encode([self.prompt(c, len(i)) for c, i in zip(contexts, images)], images)
+            temperature = kwargs.get("temperature") or 0
+            with torch.inference_mode():
+                tokens = self.model.generate(
+                    **inputs, do_sample=temperature > 0, temperature=temperature or None, top_p=kwargs.get("top_p"),
+                    num_beams=kwargs.get("num_beams", 1), max_new_tokens=kwargs.get("max_new_tokens", 1024),
+                    use_cache=self.use_cache, pad_token_id=self._tokenizer.pad_token_id)
+            texts = self._tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            for context, text in zip(contexts, texts):
+                for stop in until:
+                    if stop:
+                        text = text.split(stop)[0]
+                results.append(text)
+                self.cache_hook.add_partial("generate_until", (context, all_kwargs[0]), text)
+            progress.update(len(batch))
+        progress.close()
+        return order.get_original(results)

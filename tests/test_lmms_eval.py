@@ -1,0 +1,158 @@
+"""lmms-eval end to end, offline: `--model llava_ov_manager` through lmms-eval's entry points, on tiny models and a
+small local task (generation + multiple choice), with the results file and scores checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lmms_eval")
+datasets = pytest.importorskip("datasets")
+
+from transformers import AutoModelForImageTextToText  # noqa: E402
+
+import llava_manager  # noqa: E402
+from llava_manager import apply_manager, get_managers, save_manager  # noqa: E402
+from llava_manager.data import QWEN  # noqa: E402
+from llava_manager.synthetic import draw_shape, tiny_model_config, tiny_processor  # noqa: E402
+
+HERE = Path(__file__).parent
+CHOICES = ["red", "blue", "green", "yellow"]
+DOCS = [("circle", "red", (28, 28)), ("square", "blue", (28, 56)), ("triangle", "green", (56, 56)),
+        ("cross", "yellow", (28, 28)), ("circle", "blue", (56, 28))]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmms")
+    tasks = root / "tasks"
+    shutil.copytree(HERE / "lmms_tasks", tasks)
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answer": datasets.Value("string"),
+                                  "choices": datasets.Sequence(datasets.Value("string")),
+                                  "label": datasets.Value("int64")})
+    rows = {"image": [draw_shape(s, c, "middle", "white", size) for s, c, size in DOCS],
+            "question": ["What colour is the shape ?"] * len(DOCS), "answer": [c for _, c, _ in DOCS],
+            "choices": [CHOICES] * len(DOCS), "label": [CHOICES.index(c) for _, c, _ in DOCS]}
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tasks / "shapes.parquet"))
+
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    base = AutoModelForImageTextToText.from_config(tiny_model_config(processor))
+    base.save_pretrained(root / "base")
+    processor.save_pretrained(root / "base")
+    patched = apply_manager(base, interval=2)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in get_managers(patched):
+            m.weight.normal_(std=2.0)
+    patched.save_pretrained(root / "patched")
+    processor.save_pretrained(root / "patched")
+    save_manager(patched, root / "manager")
+    return root
+
+
+def lmms_eval(root: Path, name: str, model_args: str, batch_size: int = 2) -> Path:
+    out = root / "out" / name
+    command = [sys.executable, "-m", "lmms_eval", "--model", "llava_ov_manager", "--model_args", model_args,
+               "--device", "cpu", "--tasks", "shapes_gen,shapes_mc", "--include_path", str(root / "tasks"),
+               "--batch_size", str(batch_size), "--output_path", str(out), "--log_samples",
+               "--verbosity", "DEBUG"]  # DEBUG: lmms-eval re-raises errors instead of exiting 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return out
+
+
+def read(out: Path):
+    [results] = list(out.rglob("*_results.json"))  # lmms-eval exits 0 even on errors: the file must exist
+    samples = {task: [json.loads(line) for line in next(out.rglob(f"*_samples_{task}.jsonl")).open()]
+               for task in ("shapes_gen", "shapes_mc")}
+    return json.loads(results.read_text())["results"], samples
+
+
+@pytest.fixture(scope="module")
+def runs(setup):
+    return {
+        "patched": read(lmms_eval(setup, "patched", f"pretrained={setup / 'patched'},dtype=float32")),
+        "base+manager": read(lmms_eval(setup, "base+manager",
+                                       f"pretrained={setup / 'base'},manager_path={setup / 'manager'},dtype=float32",
+                                       batch_size=1)),
+        "base": read(lmms_eval(setup, "base", f"pretrained={setup / 'base'},dtype=float32")),
+    }
+
+
+def test_results_file_and_metrics(runs):
+    results, samples = runs["patched"]
+    assert 0.0 <= results["shapes_gen"]["exact_match,none"] <= 1.0
+    assert 0.0 <= results["shapes_mc"]["acc,none"] <= 1.0
+    assert len(samples["shapes_gen"]) == len(samples["shapes_mc"]) == len(DOCS)
+    for s in samples["shapes_gen"]:  # `until: ["."]` cut every answer
+        assert "." not in s["filtered_resps"][0]
+
+
+def mc_losses(samples):
+    """Per document, the loss of each choice (the sample log writes the (loss, is_greedy) pairs as strings)."""
+    return [[float(choice[0]) for choice in s["filtered_resps"]]
+            for s in sorted(samples["shapes_mc"], key=lambda s: s["doc_id"])]
+
+
+def test_manager_weights_are_loaded_and_used(runs):
+    patched, base_manager, base = (mc_losses(runs[k][1]) for k in ("patched", "base+manager", "base"))
+    flat = lambda rows: [x for row in rows for x in row]  # noqa: E731
+    # save_pretrained gives the same scores as base + manager_path (run at batch size 1 vs 2)
+    assert flat(patched) == pytest.approx(flat(base_manager), rel=1e-5)
+    assert flat(patched) != pytest.approx(flat(base), rel=1e-3)  # the managers change the scores
+
+
+def test_loglikelihood_matches_an_independent_computation(setup, runs):
+    model = llava_manager.from_pretrained(setup / "patched").eval()
+    processor = llava_manager.processors.load_processor(setup / "patched")
+    losses = mc_losses(runs["patched"][1])
+    for doc_id in (0, 1):
+        shape, colour, size = DOCS[doc_id]
+        prompt = (QWEN.system.format(QWEN.default_system)
+                  + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant)
+        context = processor(images=[draw_shape(shape, colour, "middle", "white", size)], text=[prompt],
+                            return_tensors="pt")
+        for k, choice in enumerate(CHOICES):
+            answer = processor.tokenizer(" " + choice, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            ids = torch.cat([context["input_ids"], answer], dim=1)
+            labels = torch.full_like(ids, -100)
+            labels[:, -answer.shape[1]:] = answer
+            with torch.no_grad():
+                loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=context["pixel_values"],
+                             image_sizes=context["image_sizes"], labels=labels).loss
+            assert losses[doc_id][k] == pytest.approx(float(loss), rel=1e-4)
+
+
+def test_bad_model_args_are_named(setup):
+    from llava_manager.lmms_eval_model import LlavaOvManager
+
+    with pytest.raises(ValueError, match=r"unknown model_args \['colour'\]; allowed: pretrained"):
+        LlavaOvManager(pretrained=str(setup / "patched"), colour="red")
+    with pytest.raises(ValueError, match="already has managers"):
+        LlavaOvManager(pretrained=str(setup / "patched"), manager_path=str(setup / "manager"), device="cpu")
+
+
+def test_task_groups_name_installed_lmms_eval_tasks():
+    import yaml
+    from lmms_eval.tasks import TaskManager
+
+    from llava_manager.report import ABLATION, DATASETS
+
+    known = set(TaskManager().all_tasks)
+    groups = {}
+    for name in ("llava_ov_manager_20", "llava_ov_manager_ablation"):
+        text = (HERE.parent / "eval" / "tasks" / f"{name}.yaml").read_text()
+        groups[name] = yaml.safe_load(text)["task"]
+        assert set(groups[name]) <= known, set(groups[name]) - known
+    assert groups["llava_ov_manager_20"] == [d.task for d in DATASETS]
+    assert groups["llava_ov_manager_ablation"] == [d.task for d in DATASETS if d.name in ABLATION]
