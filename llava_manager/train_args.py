@@ -43,8 +43,8 @@ STAGES = {
                    template="qwen_1_5", output_dir="runs/stage2"),
 }
 # The embedded default (no --model_name_or_path): a random tiny model learns nothing at 1e-5 in a few minutes.
-TINY = dict(learning_rate=3e-3, vision_tower_lr=6e-4, per_device_train_batch_size=8, save_steps=100, logging_steps=10,
-            num_train_epochs=3, dataloader_num_workers=2)
+TINY = dict(learning_rate=3e-3, vision_tower_lr=6e-4, per_device_train_batch_size=8, save_steps=250, logging_steps=20,
+            num_train_epochs=8, dataloader_num_workers=2)
 
 
 @dataclass

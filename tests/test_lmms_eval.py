@@ -21,27 +21,21 @@ from transformers import AutoModelForImageTextToText  # noqa: E402
 import llava_manager  # noqa: E402
 from llava_manager import apply_manager, get_managers, save_manager  # noqa: E402
 from llava_manager.data import QWEN  # noqa: E402
-from llava_manager.synthetic import draw_shape, tiny_model_config, tiny_processor  # noqa: E402
+from llava_manager.synthetic import tiny_model_config, tiny_processor  # noqa: E402
 
-HERE = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[1]
 CHOICES = ["red", "blue", "green", "yellow"]
-DOCS = [("circle", "red", (28, 28)), ("square", "blue", (28, 56)), ("triangle", "green", (56, 56)),
-        ("cross", "yellow", (28, 28)), ("circle", "blue", (56, 28))]
+NUM_DOCS = 5
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    from eval.shapes_tasks.make_data import write
+
     root = tmp_path_factory.mktemp("lmms")
     tasks = root / "tasks"
-    shutil.copytree(HERE / "lmms_tasks", tasks)
-    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                                  "answer": datasets.Value("string"),
-                                  "choices": datasets.Sequence(datasets.Value("string")),
-                                  "label": datasets.Value("int64")})
-    rows = {"image": [draw_shape(s, c, "middle", "white", size) for s, c, size in DOCS],
-            "question": ["What colour is the shape ?"] * len(DOCS), "answer": [c for _, c, _ in DOCS],
-            "choices": [CHOICES] * len(DOCS), "label": [CHOICES.index(c) for _, c, _ in DOCS]}
-    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tasks / "shapes.parquet"))
+    shutil.copytree(ROOT / "eval" / "shapes_tasks", tasks, ignore=shutil.ignore_patterns("*.parquet", "__pycache__"))
+    write(tasks, NUM_DOCS)
 
     processor = tiny_processor()
     torch.manual_seed(0)
@@ -60,6 +54,7 @@ def setup(tmp_path_factory):
 
 
 def lmms_eval(root: Path, name: str, model_args: str, batch_size: int = 2) -> Path:
+    """Runs the lmms-eval command line as a user would."""
     out = root / "out" / name
     command = [sys.executable, "-m", "lmms_eval", "--model", "llava_ov_manager", "--model_args", model_args,
                "--device", "cpu", "--tasks", "shapes_gen,shapes_mc", "--include_path", str(root / "tasks"),
@@ -93,7 +88,7 @@ def test_results_file_and_metrics(runs):
     results, samples = runs["patched"]
     assert 0.0 <= results["shapes_gen"]["exact_match,none"] <= 1.0
     assert 0.0 <= results["shapes_mc"]["acc,none"] <= 1.0
-    assert len(samples["shapes_gen"]) == len(samples["shapes_mc"]) == len(DOCS)
+    assert len(samples["shapes_gen"]) == len(samples["shapes_mc"]) == NUM_DOCS
     for s in samples["shapes_gen"]:  # `until: ["."]` cut every answer
         assert "." not in s["filtered_resps"][0]
 
@@ -116,12 +111,11 @@ def test_loglikelihood_matches_an_independent_computation(setup, runs):
     model = llava_manager.from_pretrained(setup / "patched").eval()
     processor = llava_manager.processors.load_processor(setup / "patched")
     losses = mc_losses(runs["patched"][1])
+    docs = datasets.load_dataset("parquet", data_files={"test": str(setup / "tasks" / "shapes.parquet")})["test"]
     for doc_id in (0, 1):
-        shape, colour, size = DOCS[doc_id]
         prompt = (QWEN.system.format(QWEN.default_system)
                   + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant)
-        context = processor(images=[draw_shape(shape, colour, "middle", "white", size)], text=[prompt],
-                            return_tensors="pt")
+        context = processor(images=[docs[doc_id]["image"].convert("RGB")], text=[prompt], return_tensors="pt")
         for k, choice in enumerate(CHOICES):
             answer = processor.tokenizer(" " + choice, add_special_tokens=False, return_tensors="pt")["input_ids"]
             ids = torch.cat([context["input_ids"], answer], dim=1)
@@ -151,8 +145,23 @@ def test_task_groups_name_installed_lmms_eval_tasks():
     known = set(TaskManager().all_tasks)
     groups = {}
     for name in ("llava_ov_manager_20", "llava_ov_manager_ablation"):
-        text = (HERE.parent / "eval" / "tasks" / f"{name}.yaml").read_text()
+        text = (ROOT / "eval" / "tasks" / f"{name}.yaml").read_text()
         groups[name] = yaml.safe_load(text)["task"]
         assert set(groups[name]) <= known, set(groups[name]) - known
     assert groups["llava_ov_manager_20"] == [d.task for d in DATASETS]
     assert groups["llava_ov_manager_ablation"] == [d.task for d in DATASETS if d.name in ABLATION]
+
+
+def test_a_recipe_export_is_scored(setup, tmp_path):
+    """What `recipes/stage2.py` exports (model, processor) is what the plugin loads: its trained managers included."""
+    from llava_manager.train import run
+
+    trainer = run("stage2", ["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--synthetic_samples", "16",
+                             "--dataloader_num_workers", "0", "--save_strategy", "no"])
+    results, samples = read(lmms_eval(setup, "recipe", f"pretrained={tmp_path / 'run'},dtype=float32"))
+    assert "exact_match,none" in results["shapes_gen"] and "acc,none" in results["shapes_mc"]
+    from llava_manager.lmms_eval_model import LlavaOvManager
+
+    loaded = LlavaOvManager(pretrained=str(tmp_path / "run"), device="cpu", dtype="float32")
+    for a, b in zip(get_managers(loaded.model), get_managers(trainer.model)):
+        assert torch.equal(a.weight, b.weight.detach()) and a.weight.abs().sum() > 0

@@ -1,4 +1,4 @@
-"""Document functions of the local test tasks (shapes questions with small images, in a parquet file)."""
+"""Document functions of the shapes tasks (colour questions on small synthetic images, in shapes.parquet)."""
 
 
 def doc_to_visual(doc):
