@@ -21,10 +21,10 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.simple.llava_hf import LlavaHf
 from tqdm import tqdm
 
-from .data import IMAGE_PLACEHOLDER, QWEN
 from .patch import has_manager
 from .persistence import from_pretrained, load_manager
 from .processors import load_processor
+from .prompts import chat_prompt
 
 ARGS = ("pretrained", "manager_path", "revision", "device", "dtype", "batch_size", "device_map", "chat_template",
         "use_cache", "attn_implementation", "max_frames_num", "ll_reduction", "max_batch_size")
@@ -77,15 +77,7 @@ class LlavaOvManager(LlavaHf):
         self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
 
     def prompt(self, context: str, num_images: int) -> str:
-        """The user turn (images first, as LLaVA-OneVision was trained) in the model's chat format: the tokenizer's
-        template when it has one, else the qwen_1_5 format the recipes train with."""
-        if IMAGE_PLACEHOLDER not in context:
-            context = f"{IMAGE_PLACEHOLDER}\n" * num_images + context
-        template = self.chat_template or self._tokenizer.chat_template
-        if template:
-            return self._tokenizer.apply_chat_template([{"role": "user", "content": context}], chat_template=template,
-                                                       tokenize=False, add_generation_prompt=True)
-        return QWEN.system.format(QWEN.default_system) + QWEN.user.format(context) + QWEN.assistant
+        return chat_prompt(self._tokenizer, context, num_images, self.chat_template)
 
     def visuals(self, doc_to_visual, doc_id, task, split) -> list:
         return self.flatten([doc_to_visual(self.task_dict[task][split][doc_id])]) if doc_to_visual else []
