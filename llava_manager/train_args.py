@@ -109,7 +109,7 @@ def parse(stage: str, argv: list[str] | None = None):
     defaults = {**COMMON, **STAGES[stage]}
     if not any(a == "--model_name_or_path" or a.startswith("--model_name_or_path=") for a in argv):
         defaults.update(TINY)
-        if stage == "stage1":
+        if stage == "stage1":  # only the projector and managers train: they take a higher rate
             defaults.update(learning_rate=5e-3)
     defaults.update(cpu_distributed.prepare(argv))
     parser.set_defaults(**defaults)

@@ -45,10 +45,10 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, decay_nam
     groups = []
     parts = module_parameters(model)
     for part in ("llm", "projector", "vision_tower", "managers"):  # the first group's lr is the one the Trainer logs
-        params = parts[part]
-        params = [p for p in params if p.requires_grad]
-        decay = [p for p in params if names[id(p)] in decay_names and part != "managers"]
-        no_decay = [p for p in params if not (names[id(p)] in decay_names and part != "managers")]
+        params = [p for p in parts[part] if p.requires_grad]
+        decays = [part != "managers" and names[id(p)] in decay_names for p in params]
+        decay = [p for p, d in zip(params, decays) if d]
+        no_decay = [p for p, d in zip(params, decays) if not d]
         groups += [{"params": ps, "lr": lrs[part], "weight_decay": wd}
                    for ps, wd in ((decay, weight_decay), (no_decay, 0.0)) if ps]
     return groups
