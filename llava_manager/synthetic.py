@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 30)}
 SHAPES = ("circle", "square", "triangle", "cross")
 PLACES = ("left", "right", "top", "bottom", "middle")
+BACKGROUNDS = {"white": (250, 250, 250), "black": (10, 10, 10), "grey": (128, 128, 128)}
 SIZES = ((28, 28), (28, 56), (56, 28), (56, 56), (42, 42))  # (height, width) px
 
 QUESTIONS = {
@@ -34,7 +35,7 @@ TEMPLATE_WORDS = "system user assistant You are a helpful assistant . A on backg
 
 def vocabulary() -> list[str]:
     """Every word the synthetic data and the chat template use, for the tiny tokenizer."""
-    words = set(TEMPLATE_WORDS) | set(COLOURS) | set(SHAPES) | set(PLACES) | {"white", "black", "grey"}
+    words = set(TEMPLATE_WORDS) | set(COLOURS) | set(SHAPES) | set(PLACES) | set(BACKGROUNDS)
     for text in list(QUESTIONS.values()) + [t for pair in TEXT_ONLY for t in pair]:
         words.update(text.split())
     return sorted(words)
@@ -42,8 +43,7 @@ def vocabulary() -> list[str]:
 
 def draw_shape(shape: str, colour: str, place: str, background: str, size: tuple[int, int]) -> Image.Image:
     height, width = size
-    backgrounds = {"white": (250, 250, 250), "black": (10, 10, 10), "grey": (128, 128, 128)}
-    image = Image.new("RGB", (width, height), backgrounds[background])
+    image = Image.new("RGB", (width, height), BACKGROUNDS[background])
     r = min(height, width) // 4
     cx = {"left": width // 4, "right": 3 * width // 4}.get(place, width // 2)
     cy = {"top": height // 4, "bottom": 3 * height // 4}.get(place, height // 2)
@@ -63,10 +63,13 @@ def draw_shape(shape: str, colour: str, place: str, background: str, size: tuple
 
 def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int = 0) -> dict[str, Path]:
     """Write `num_samples` samples under `folder`; returns the paths of `images/`, `instruct.json` (conversations)
-    and `captions.json` (image-caption pairs). Deterministic for a given seed; rewriting is a no-op."""
+    and `captions.json` (image-caption pairs). Deterministic for a given seed; a folder already written with the same
+    size and seed is reused as it is."""
     folder = Path(folder)
     paths = {"image_folder": folder / "images", "instruct": folder / "instruct.json", "captions": folder / "captions.json"}
-    if all(p.exists() for p in paths.values()):
+    made_with = {"num_samples": num_samples, "seed": seed}
+    stamp = folder / "made_with.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == made_with and all(p.exists() for p in paths.values()):
         return paths
     paths["image_folder"].mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -78,7 +81,7 @@ def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int =
                 {"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
             continue
         shape, colour, place = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(PLACES)
-        background = rng.choice(["white", "black", "grey"])
+        background = rng.choice(list(BACKGROUNDS))
         name = f"{i:05d}.png"
         draw_shape(shape, colour, place, background, rng.choice(SIZES)).save(paths["image_folder"] / name)
         answers = {"colour": f"{colour} .", "shape": f"{shape} .", "place": f"{place} ."}
@@ -93,6 +96,7 @@ def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int =
             {"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption}]})
     paths["instruct"].write_text(json.dumps(instruct, indent=1))
     paths["captions"].write_text(json.dumps(captions, indent=1))
+    stamp.write_text(json.dumps(made_with))
     return paths
 
 

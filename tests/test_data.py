@@ -179,4 +179,7 @@ def test_synthetic_data_answers_need_the_image(tmp_path):
     assert len(answers) > 5  # the answer varies with the image, not with the question alone
     for r in with_image[:5]:
         assert (paths["image_folder"] / r["image"]).exists()
-    assert write_shapes_dataset(tmp_path, 64, seed=0) == paths
+    mtime = paths["instruct"].stat().st_mtime_ns
+    assert write_shapes_dataset(tmp_path, 64, seed=0) == paths and paths["instruct"].stat().st_mtime_ns == mtime
+    write_shapes_dataset(tmp_path, 32, seed=0)  # another size: rewritten, not the stale 64
+    assert len(json.loads(paths["instruct"].read_text())) == 32

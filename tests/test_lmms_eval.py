@@ -22,16 +22,14 @@ import llava_manager  # noqa: E402
 from llava_manager import apply_manager, get_managers, save_manager  # noqa: E402
 from llava_manager.data import QWEN  # noqa: E402
 from llava_manager.synthetic import tiny_model_config, tiny_processor  # noqa: E402
+from eval.shapes_tasks.make_data import CHOICES, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CHOICES = ["red", "blue", "green", "yellow"]
 NUM_DOCS = 5
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from eval.shapes_tasks.make_data import write
-
     root = tmp_path_factory.mktemp("lmms")
     tasks = root / "tasks"
     shutil.copytree(ROOT / "eval" / "shapes_tasks", tasks, ignore=shutil.ignore_patterns("*.parquet", "__pycache__"))

@@ -12,16 +12,16 @@ import argparse
 import random
 from pathlib import Path
 
-COLOURS = ["red", "blue", "green", "yellow"]
+from llava_manager.synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZES, draw_shape
+
+CHOICES = list(COLOURS)
 
 
 def write(folder: str | Path, samples: int = 40, seed: int = 1234) -> Path:
     import datasets
 
-    from llava_manager.synthetic import SHAPES, SIZES, draw_shape
-
     rng = random.Random(seed)
-    docs = [(rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(["white", "black", "grey"]), rng.choice(SIZES))
+    docs = [(rng.choice(SHAPES), rng.choice(CHOICES), rng.choice(list(BACKGROUNDS)), rng.choice(SIZES))
             for _ in range(samples)]
     features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
                                   "answer": datasets.Value("string"),
@@ -29,7 +29,7 @@ def write(folder: str | Path, samples: int = 40, seed: int = 1234) -> Path:
                                   "label": datasets.Value("int64")})
     rows = {"image": [draw_shape(s, c, "middle", bg, size) for s, c, bg, size in docs],
             "question": ["What colour is the shape ?"] * samples, "answer": [c for _, c, _, _ in docs],
-            "choices": [COLOURS] * samples, "label": [COLOURS.index(c) for _, c, _, _ in docs]}
+            "choices": [CHOICES] * samples, "label": [CHOICES.index(c) for _, c, _, _ in docs]}
     path = Path(folder) / "shapes.parquet"
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
     return path
