@@ -16,27 +16,12 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
 from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.cache_utils import DynamicCache
 
 from llava_manager import apply_manager, manager_plan, remove_manager
-from llava_manager.__main__ import demo_inputs
-from llava_manager.shapes import onevision_0_5b_config
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
+from llava_manager.analysis.timing import count_flops, rounds, ratio_to, sync, timed
+from llava_manager.shapes import onevision_0_5b_config, random_inputs
 
 
 def prefill(model, inputs):
@@ -67,25 +52,12 @@ def train_step(model, inputs):
     loss.backward()
 
 
-def count_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def compare(name, base_fn, patched_fn, repeats, device, floor, results):
-    """Pairs of adjacent runs, the order alternating between pairs; the ratio is the median of the per-pair ratios,
-    so that slow drifts of the machine (clock, other load) cancel within each pair."""
-    base, patched = [], []
-    for i in tqdm(range(repeats), desc=name, leave=False):
-        if i % 2:
-            patched.append(patched_fn())
-            base.append(base_fn())
-        else:
-            base.append(base_fn())
-            patched.append(patched_fn())
-    ratio = statistics.median(p / b for b, p in zip(base, patched))
-    results.append((name, statistics.median(base), statistics.median(patched), ratio, floor))
+def compare(name, base_fn, patched_fn, repeats, floor, results):
+    """Base and patched in adjacent pairs, the order alternating between pairs; the ratio is the median of the
+    per-pair ratios, so that slow drifts of the machine (clock, other load) cancel within each pair."""
+    times = rounds({"base": base_fn, "patched": patched_fn}, repeats, desc=name, warmup=False)
+    ratio = ratio_to(times, "base")["patched"]
+    results.append((name, statistics.median(times["base"]), statistics.median(times["patched"]), ratio, floor))
 
 
 def main() -> None:
@@ -102,7 +74,7 @@ def main() -> None:
     torch.manual_seed(0)
     config = onevision_0_5b_config()
     model = LlavaOnevisionForConditionalGeneration(config).to(device, dtype).eval()
-    inputs = {k: v.to(device) for k, v in demo_inputs(model, 384, 384, args.prompt_tokens).items()}
+    inputs = {k: v.to(device) for k, v in random_inputs(model, 384, 384, args.prompt_tokens).items()}
     crops = inputs["pixel_values"].shape[1]
     crop_tokens = crops * (config.vision_config.image_size // config.vision_config.patch_size) ** 2
     v, d = config.vision_config.hidden_size, config.text_config.hidden_size
@@ -133,11 +105,11 @@ def main() -> None:
     results = []
     prefill(model, inputs)  # warm-up
     compare("prefill, interval 4", lambda: timed(lambda: prefill(model, inputs), device),
-            run_patched(4, lambda: timed(lambda: prefill(model, inputs), device)), args.repeats, device, floor, results)
+            run_patched(4, lambda: timed(lambda: prefill(model, inputs), device)), args.repeats, floor, results)
     compare("prefill, interval 1 vs 4", run_patched(4, lambda: timed(lambda: prefill(model, inputs), device)),
-            run_patched(1, lambda: timed(lambda: prefill(model, inputs), device)), args.repeats, device, 1.0, results)
+            run_patched(1, lambda: timed(lambda: prefill(model, inputs), device)), args.repeats, 1.0, results)
     compare("decode per token", lambda: decode(model, inputs, args.decode_steps),
-            run_patched(4, lambda: decode(model, inputs, args.decode_steps)), args.repeats, device, 1.0, results)
+            run_patched(4, lambda: decode(model, inputs, args.decode_steps)), args.repeats, 1.0, results)
 
     if not args.skip_train:
         model.train()
@@ -147,7 +119,7 @@ def main() -> None:
         remove_manager(model)
         compare("train step (fwd+bwd)", lambda: timed(lambda: train_step(model, inputs), device),
                 run_patched(4, lambda: timed(lambda: train_step(model, inputs), device)),
-                args.repeats, device, train_floor, results)
+                args.repeats, train_floor, results)
 
     print(f"\n{'measurement':<26}{'base':>12}{'patched':>12}{'ratio':>9}{'floor':>9}{'ratio - floor':>15}")
     for name, b, p, ratio, fl in results:

@@ -14,24 +14,7 @@ import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
 from . import ManagerConfig, apply_manager, get_managers, manager_plan, remove_manager
-from .shapes import onevision_0_5b_config, tiny_config
-
-
-def demo_inputs(model, height: int, width: int, prompt_tokens: int = 8) -> dict:
-    """One image of `height` x `width` px (random pixels) and a random prompt, laid out as the processor would."""
-    from .features import crops_per_image
-
-    cfg = model.config
-    size = cfg.vision_config.image_size
-    image_sizes = torch.tensor([[height, width]])
-    crops = crops_per_image(cfg, image_sizes, None)[0]
-    pixel_values = torch.randn(1, crops, 3, size, size, dtype=model.dtype)
-    with torch.no_grad():
-        n_image = len(model.model.get_image_features(pixel_values, image_sizes).pooler_output[0])
-    text = torch.randint(0, min(cfg.text_config.vocab_size, cfg.image_token_id) - 1, (prompt_tokens,))
-    input_ids = torch.cat([text[:2], torch.full((n_image,), cfg.image_token_id), text[2:]])[None]
-    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values=pixel_values,
-                image_sizes=image_sizes)
+from .shapes import onevision_0_5b_config, random_inputs, tiny_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     config = tiny_config() if args.shape == "tiny" else onevision_0_5b_config()
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     size = config.vision_config.image_size
-    inputs = demo_inputs(model, int(size * 1.5), size * 2)
+    inputs = random_inputs(model, int(size * 1.5), size * 2)
     base_params = sum(p.numel() for p in model.parameters())
     base_tokens = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
 

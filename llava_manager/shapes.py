@@ -52,3 +52,38 @@ def tiny_config(num_text_layers: int = 8, num_vision_layers: int = 6, vocab_size
     )
     kwargs.update(overrides)
     return LlavaOnevisionConfig(**kwargs)
+
+
+def random_inputs(model, height: int, width: int, text_tokens: int = 8, *, grid: bool = True, batch_size: int = 1) -> dict:
+    """`batch_size` samples of one `height` x `width` image (random pixels) and `text_tokens` random text tokens,
+    laid out as the processor would: two text tokens, the image tokens, the rest of the text.
+
+    `grid=False` gives each image its base crop only (the crop resized to the vision tower's size, then one
+    newline token), the layout of a LLaVA-OneVision model trained without grids. transformers takes that path for
+    images of multi-image samples (`batch_num_images` != 1), so the inputs carry `batch_num_images` = 2 for every
+    sample; the model reads one entry per image, i.e. the first `batch_size` entries, all "no grid".
+    """
+    import torch
+
+    from .features import crops_per_image
+
+    if height < 1 or width < 1 or text_tokens < 2 or batch_size < 1:
+        raise ValueError(
+            f"random_inputs needs height, width, batch_size >= 1 and text_tokens >= 2, got {height} x {width}, "
+            f"text_tokens={text_tokens}, batch_size={batch_size}."
+        )
+    cfg = model.config
+    size = cfg.vision_config.image_size
+    image_sizes = torch.tensor([[height, width]] * batch_size)
+    extra = {} if grid else {"batch_num_images": torch.full((batch_size,), 2)}
+    crops = crops_per_image(cfg, image_sizes[:1], extra.get("batch_num_images"))[0]
+    pixel_values = torch.randn(batch_size, crops, 3, size, size, dtype=model.dtype, device=model.device)
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values[:1], image_sizes[:1], **{
+            k: v[:1] for k, v in extra.items()})
+    n_image = len(features.pooler_output[0])
+    text = torch.randint(0, min(cfg.text_config.vocab_size, cfg.image_token_id) - 1, (batch_size, text_tokens))
+    input_ids = torch.cat([text[:, :2], torch.full((batch_size, n_image), cfg.image_token_id), text[:, 2:]], dim=1)
+    return dict(input_ids=input_ids.to(model.device), attention_mask=torch.ones_like(input_ids, device=model.device),
+                pixel_values=pixel_values, image_sizes=image_sizes.to(model.device),
+                **{k: v.to(model.device) for k, v in extra.items()})

@@ -4,6 +4,8 @@
     python -m llava_manager.analysis similarity --model runs/stage2 --compare BASE_DIR --inputs IMAGES --out analysis/
     python -m llava_manager.analysis attention  --model runs/stage2 --compare BASE_DIR --inputs data.json --out analysis/
     python -m llava_manager.analysis siglip     --model runs/stage2 --inputs IMAGES --out analysis/
+    python -m llava_manager.analysis budget     --out analysis/          # 0.5B-SI shape, random weights
+    python -m llava_manager.analysis budget     --model runs/stage2 --out analysis/
 
 --inputs is a folder of images (prompt from a same-named .txt file, else --prompt) or a LLaVA JSON file.
 """
@@ -15,23 +17,49 @@ from pathlib import Path
 
 import torch
 
+from ..config import ManagerConfig
 from ..persistence import from_pretrained
 from ..processors import load_processor
+from ..shapes import onevision_0_5b_config, tiny_config
 from . import collect, figures
+from .budget import format_table, measure_budget, write_budget
 from .inputs import DEFAULT_PROMPT, load_samples
 
-COMMANDS = ("weights", "similarity", "attention", "siglip")
+COMMANDS = ("weights", "similarity", "attention", "siglip", "budget")
 
 
 def load(path: str, device: str):
     return from_pretrained(path, dtype=torch.float32).to(device).eval(), load_processor(path)
 
 
+def budget(args, parser) -> dict[str, Path]:
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    if args.model:
+        model, what = from_pretrained(args.model, dtype=dtype), args.model
+    else:
+        from transformers import LlavaOnevisionForConditionalGeneration
+
+        torch.manual_seed(0)
+        config = onevision_0_5b_config() if args.shape == "0.5b" else tiny_config()
+        model = LlavaOnevisionForConditionalGeneration(config)
+        what = f"{'LLaVA-OneVision-0.5B-SI' if args.shape == '0.5b' else 'tiny'} shape, random weights"
+    model = model.to(args.device, dtype)
+    height, width = args.image_size
+    title = (f"{what}; {args.device} {str(dtype).replace('torch.', '')}; one sample = {height}x{width} image + "
+             f"{args.text_tokens} text tokens; inference = {args.new_tokens} new tokens; batch {args.batch_size}")
+    print(f"budget: {title}")
+    rows = measure_budget(model, image_size=(height, width), text_tokens=args.text_tokens, new_tokens=args.new_tokens,
+                          batch_size=args.batch_size, repeats=args.repeats, timings=not args.no_timing,
+                          config=None if args.interval is None else ManagerConfig(interval=args.interval))
+    print(format_table(rows))
+    return write_budget(rows, Path(args.out), title)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(prog="python -m llava_manager.analysis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=COMMANDS)
-    parser.add_argument("--model", required=True, help="a model directory (patched or plain)")
+    parser.add_argument("--model", help="a model directory (patched or plain); budget: default the --shape, random weights")
     parser.add_argument("--compare", help="a second model directory drawn on the same plot (e.g. the base model)")
     parser.add_argument("--labels", nargs=2, default=None, metavar=("MODEL", "COMPARE"))
     parser.add_argument("--inputs", help="folder of images or LLaVA JSON file (all but `weights`)")
@@ -40,9 +68,27 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)
+    budget_args = parser.add_argument_group("budget")
+    budget_args.add_argument("--shape", choices=["0.5b", "tiny"], default="0.5b", help="model shape without --model")
+    budget_args.add_argument("--image-size", type=int, nargs=2, default=[384, 384], metavar=("H", "W"))
+    budget_args.add_argument("--text-tokens", type=int, default=400)
+    budget_args.add_argument("--new-tokens", type=int, default=8, help="tokens generated per sample (inference)")
+    budget_args.add_argument("--batch-size", type=int, default=1)
+    budget_args.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up round)")
+    budget_args.add_argument("--interval", type=int, default=None, help="+Manager layout for a plain model")
+    budget_args.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                             help="default: bfloat16 on CUDA, float32 on CPU")
+    budget_args.add_argument("--no-timing", action="store_true", help="parameters and FLOPs only")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.command == "budget":
+        paths = budget(args, parser)
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+        return paths
+    if not args.model:
+        parser.error(f"{args.command} needs --model (a model directory)")
 
     model, processor = load(args.model, args.device)
     if args.command == "weights":

@@ -1,0 +1,56 @@
+"""Side-by-side measurement: FLOPs counted by torch's flop counter, and wall times taken in rounds so that every
+variant runs once per round, in an order that rotates between rounds, and slow drifts of the machine (clock, other
+load) cancel in the per-round ratios."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of `fn` takes, the device synchronised on both sides."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of `fn` as torch's flop counter counts them (a multiply-add is 2 FLOPs)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def rounds(fns: dict[str, Callable[[], float]], repeats: int, desc: str, warmup: bool = True) -> dict[str, list[float]]:
+    """Run every function once per round for `repeats` rounds, the order rotated by one each round; each function
+    returns the seconds it measured. One untimed warm-up call each comes first."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    if warmup:
+        for name in tqdm(names, desc=f"{desc} (warm-up)", leave=False):
+            fns[name]()
+    for r in tqdm(range(repeats), desc=desc, leave=False):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            times[name].append(fns[name]())
+    return times
+
+
+def ratio_to(times: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Median over rounds of each variant's time divided by the reference's time in the same round."""
+    return {name: statistics.median(t / r for t, r in zip(values, times[reference])) for name, values in times.items()}
