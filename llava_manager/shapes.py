@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import LlavaOnevisionConfig
+
+from .features import crops_per_image
 
 # The real checkpoint's pinpoints: 384 .. 2304 in steps of 384, both sides.
 ONEVISION_PINPOINTS = [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)]
@@ -63,10 +66,6 @@ def random_inputs(model, height: int, width: int, text_tokens: int = 8, *, grid:
     images of multi-image samples (`batch_num_images` != 1), so the inputs carry `batch_num_images` = 2 for every
     sample; the model reads one entry per image, i.e. the first `batch_size` entries, all "no grid".
     """
-    import torch
-
-    from .features import crops_per_image
-
     if height < 1 or width < 1 or text_tokens < 2 or batch_size < 1:
         raise ValueError(
             f"random_inputs needs height, width, batch_size >= 1 and text_tokens >= 2, got {height} x {width}, "

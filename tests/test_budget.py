@@ -130,3 +130,12 @@ def test_budget_leaves_a_patched_model_as_it_came_even_on_error():
     assert has_manager(model) and not model.training
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_budget_command_rejects_conflicting_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        analysis(["budget", "--model", str(tmp_path), "--shape", "tiny", "--out", str(tmp_path)])
+    assert "--model DIR or --shape, not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        analysis(["weights", "--out", str(tmp_path)])
+    assert "weights needs --model" in capsys.readouterr().err

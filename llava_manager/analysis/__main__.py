@@ -34,15 +34,17 @@ def load(path: str, device: str):
 
 def budget(args, parser) -> dict[str, Path]:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    if args.model and args.shape:
+        parser.error("budget takes --model DIR or --shape, not both")
     if args.model:
         model, what = from_pretrained(args.model, dtype=dtype), args.model
     else:
         from transformers import LlavaOnevisionForConditionalGeneration
 
+        shape = args.shape or "0.5b"
         torch.manual_seed(0)
-        config = onevision_0_5b_config() if args.shape == "0.5b" else tiny_config()
-        model = LlavaOnevisionForConditionalGeneration(config)
-        what = f"{'LLaVA-OneVision-0.5B-SI' if args.shape == '0.5b' else 'tiny'} shape, random weights"
+        model = LlavaOnevisionForConditionalGeneration(onevision_0_5b_config() if shape == "0.5b" else tiny_config())
+        what = f"{'LLaVA-OneVision-0.5B-SI' if shape == '0.5b' else 'tiny'} shape, random weights"
     model = model.to(args.device, dtype)
     height, width = args.image_size
     title = (f"{what}; {args.device} {str(dtype).replace('torch.', '')}; one sample = {height}x{width} image + "
@@ -69,13 +71,15 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)
     budget_args = parser.add_argument_group("budget")
-    budget_args.add_argument("--shape", choices=["0.5b", "tiny"], default="0.5b", help="model shape without --model")
+    budget_args.add_argument("--shape", choices=["0.5b", "tiny"], default=None,
+                             help="without --model: the model shape built with random weights (default 0.5b)")
     budget_args.add_argument("--image-size", type=int, nargs=2, default=[384, 384], metavar=("H", "W"))
     budget_args.add_argument("--text-tokens", type=int, default=400)
     budget_args.add_argument("--new-tokens", type=int, default=8, help="tokens generated per sample (inference)")
     budget_args.add_argument("--batch-size", type=int, default=1)
     budget_args.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up round)")
-    budget_args.add_argument("--interval", type=int, default=None, help="+Manager layout for a plain model")
+    budget_args.add_argument("--interval", type=int, default=None,
+                             help="+Manager rows: a manager every INTERVAL layers (default: a patched model's own, else 4)")
     budget_args.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                              help="default: bfloat16 on CUDA, float32 on CPU")
     budget_args.add_argument("--no-timing", action="store_true", help="parameters and FLOPs only")
