@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from transformers import LlavaOnevisionForConditionalGeneration
 
 from ..config import ManagerConfig
 from ..persistence import from_pretrained
@@ -39,8 +40,6 @@ def budget(args, parser) -> dict[str, Path]:
     if args.model:
         model, what = from_pretrained(args.model, dtype=dtype), args.model
     else:
-        from transformers import LlavaOnevisionForConditionalGeneration
-
         shape = args.shape or "0.5b"
         torch.manual_seed(0)
         model = LlavaOnevisionForConditionalGeneration(onevision_0_5b_config() if shape == "0.5b" else tiny_config())
