@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 
 import pytest
 import torch
@@ -139,3 +140,9 @@ def test_budget_command_rejects_conflicting_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         analysis(["weights", "--out", str(tmp_path)])
     assert "weights needs --model" in capsys.readouterr().err
+
+
+def test_analysis_commands_name_the_missing_plotting_package_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"llava-manager\[analysis\]"):
+        analysis(["budget", "--shape", "0.5b", "--out", str(tmp_path)])  # would take minutes if it got that far

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                              help="default: bfloat16 on CUDA, float32 on CPU")
     budget_args.add_argument("--no-timing", action="store_true", help="parameters and FLOPs only")
     args = parser.parse_args(argv)
+    figures.pyplot()  # fail before any model is loaded or measured, not after
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.command == "budget":

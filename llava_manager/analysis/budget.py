@@ -24,7 +24,7 @@ import torch
 from ..config import ManagerConfig
 from ..patch import apply_manager, has_manager, manager_config, remove_manager
 from ..shapes import random_inputs
-from .figures import _pyplot, write_csv
+from .figures import pyplot, write_csv
 from .timing import count_flops, ratio_to, rounds, timed
 
 # name -> (managers, grid)
@@ -194,7 +194,7 @@ def write_budget(rows: list[BudgetRow], out: Path, title: str) -> dict[str, Path
     header = list(records[0])
     paths = {"csv": write_csv(out / "budget.csv", header, [[r[k] for k in header] for r in records])}
 
-    plt = _pyplot()
+    plt = pyplot()
     columns = [c for c in COLUMNS if records[0][c] is not None]
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
     names = [r["variant"] for r in records]

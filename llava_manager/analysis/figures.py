@@ -10,8 +10,14 @@ import torch
 from ..patch import get_managers
 
 
-def _pyplot():
-    import matplotlib
+def pyplot():
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            "The analyses draw their figures with matplotlib, which is not installed: "
+            "pip install 'llava-manager[analysis]' (or pip install matplotlib)."
+        ) from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -30,7 +36,7 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
 def aggregation_weights(model, out: Path) -> dict[str, Path]:
     """Fig. 7: a heat map of the L2 norm of each weight row W_l[i] (managers x vision layers), a bar per manager
     of the mean of its row norms, and a CSV with the L2 norm and the mean of every row."""
-    plt = _pyplot()
+    plt = pyplot()
     managers = get_managers(model)
     vision_layers = list(managers[0].vision_layers)
     norms = torch.stack([m.weight.detach().float().norm(dim=1) for m in managers]).cpu()
@@ -61,7 +67,7 @@ def aggregation_weights(model, out: Path) -> dict[str, Path]:
 def per_layer(curves: dict[str, torch.Tensor], title: str, ylabel: str, out: Path, name: str,
               marks: list[int] = (), first_layer: int = 0) -> dict[str, Path]:
     """One line per curve over decoder layers; injected layers marked with dashed lines."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(curves)
     length = len(next(iter(curves.values())))
     layers = list(range(first_layer, first_layer + length))
@@ -86,7 +92,7 @@ def per_layer(curves: dict[str, torch.Tensor], title: str, ylabel: str, out: Pat
 
 def attention_distance(distances: dict[str, torch.Tensor], out: Path) -> dict[str, Path]:
     """Fig. 27: each head's mean attention distance (pixels) by SigLIP layer."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [[label, layer + 1, head, f"{float(d[layer, head]):.6g}"]
             for label, d in distances.items() for layer in range(d.shape[0]) for head in range(d.shape[1])]
     paths = {"csv": write_csv(out / "siglip_attention_distance.csv", ["model", "layer", "head", "distance_px"], rows)}
