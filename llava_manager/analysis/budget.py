@@ -45,6 +45,7 @@ class BudgetRow:
     parameters: int
     image_tokens: int
     flops: int
+    flops_ratio: float = 1.0  # against Baseline
     train_ms: float | None = None
     infer_ms: float | None = None
     train_ratio: float | None = None  # median of per-round ratios against Baseline
@@ -63,7 +64,6 @@ def _variant(model, managers: bool, config: ManagerConfig):
 
 
 def _train_step(model, inputs, labels) -> None:
-    model.zero_grad(set_to_none=True)
     model(**inputs, labels=labels).loss.backward()
 
 
@@ -124,6 +124,8 @@ def _measure(model, image_size, text_tokens, new_tokens, batch_size, repeats, co
                 image_tokens=int((inputs["input_ids"][0] == model.config.image_token_id).sum()),
                 flops=flops,
             )
+    for row in rows.values():
+        row.flops_ratio = row.flops / rows["Baseline"].flops
     if not timings:
         return list(rows.values())
 
@@ -173,7 +175,7 @@ def format_table(rows: list[BudgetRow]) -> str:
             row.variant,
             f"{row.parameters:,}",
             str(row.image_tokens),
-            _cell(row.flops / 1e9, None if first else row.flops / base.flops),
+            _cell(row.flops / 1e9, None if first else row.flops_ratio),
             "-" if row.train_ms is None else _cell(row.train_ms, None if first else row.train_ratio),
             "-" if row.infer_ms is None else _cell(row.infer_ms, None if first else row.infer_ratio),
         ])
@@ -185,12 +187,7 @@ def format_table(rows: list[BudgetRow]) -> str:
 def write_budget(rows: list[BudgetRow], out: Path, title: str) -> dict[str, Path]:
     """budget.csv (every number, ratios against Baseline) and budget.png (ratio bars per column, the paper's
     Table IV ratios as markers)."""
-    base = rows[0]
-    records = []
-    for row in rows:
-        record = asdict(row)
-        record["flops_ratio"] = row.flops / base.flops
-        records.append(record)
+    records = [asdict(row) for row in rows]
     header = list(records[0])
     paths = {"csv": write_csv(out / "budget.csv", header, [[r[k] for k in header] for r in records])}
 
@@ -199,8 +196,7 @@ def write_budget(rows: list[BudgetRow], out: Path, title: str) -> dict[str, Path
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
     names = [r["variant"] for r in records]
     for ax, column in zip(axes[0], columns):
-        key = "flops_ratio" if column == "flops" else column.replace("_ms", "_ratio")
-        values = [r[key] for r in records]
+        values = [r[column.removesuffix("_ms") + "_ratio"] for r in records]
         bars = ax.bar(range(len(names)), values, color=["#999999", "#4c72b0", "#dd8452", "#c44e52"])
         ax.bar_label(bars, [f"x{v:.2f}" for v in values], fontsize=8)
         paper = [(i, PAPER_RATIOS[column][n]) for i, n in enumerate(names) if n in PAPER_RATIOS[column]]
