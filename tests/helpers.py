@@ -66,3 +66,31 @@ def make_batch(model, image_hw, prompt_lens=None, seed: int = 1, left_pad=None, 
     if batch_num_images is not None:
         batch["batch_num_images"] = batch_num_images
     return batch
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def run_recipe(stage: str, output_dir, *args: str, launcher: list[str] | None = None, timeout: int = 900) -> str:
+    """Runs `recipes/<stage>.py` in a fresh process, as a user would (plain python unless `launcher`, e.g.
+    ["deepspeed", "--num_gpus", "2"]); returns its output and fails the test with its tail if it fails."""
+    import os
+    import subprocess
+    import sys
+
+    command = [*(launcher or [sys.executable]), str(ROOT / "recipes" / f"{stage}.py"), "--output_dir", str(output_dir),
+               *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                            env={**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def logged_losses(output_dir) -> dict[int, float]:
+    """Per-step training losses from the Trainer's `trainer_state.json`."""
+    import json
+    from pathlib import Path
+
+    state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
+    return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,28 +13,18 @@ import torch
 
 import llava_manager
 from llava_manager import get_managers
+from helpers import ROOT, logged_losses as losses, run_recipe
 from llava_manager.train_args import _CHECKPOINTING
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="needs the deepspeed launcher")
 
 
 def launch(config: str, output_dir: Path, *extra: str, gpus: int = 2) -> None:
-    command = [
-        "deepspeed", "--num_gpus", str(gpus), "--master_port", str(29500 + os.getpid() % 1000),
-        str(ROOT / "recipes" / "stage2.py"), "--deepspeed", str(ROOT / "recipes" / config),
-        "--output_dir", str(output_dir), "--max_steps", "6", "--save_steps", "3", "--logging_steps", "1",
-        "--synthetic_samples", "48", "--per_device_train_batch_size", "4", "--dataloader_num_workers", "1",
-        "--data_seed", "42", f"--{_CHECKPOINTING}", "true", *extra,
-    ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-
-
-def losses(output_dir: Path) -> dict[int, float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+    run_recipe("stage2", output_dir, "--deepspeed", str(ROOT / "recipes" / config), "--max_steps", "6",
+               "--save_steps", "3", "--logging_steps", "1", "--synthetic_samples", "48",
+               "--per_device_train_batch_size", "4", "--dataloader_num_workers", "1", "--data_seed", "42",
+               f"--{_CHECKPOINTING}", "true", *extra,
+               launcher=["deepspeed", "--num_gpus", str(gpus), "--master_port", str(29500 + os.getpid() % 1000)])
 
 
 @pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
@@ -72,11 +60,6 @@ def test_world_size_2_trains_exports_and_resumes_exactly(tmp_path, config):
 
 def test_plain_python_with_deepspeed_on_cpu(tmp_path):
     """Without a launcher: the CPU shim sets up a world of one."""
-    command = [sys.executable, str(ROOT / "recipes" / "stage2.py"), "--deepspeed", str(ROOT / "recipes" / "zero2.json"),
-               "--output_dir", str(tmp_path), "--max_steps", "2", "--logging_steps", "1", "--synthetic_samples", "16",
-               "--dataloader_num_workers", "0", "--save_steps", "100"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**env, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    run_recipe("stage2", tmp_path, "--deepspeed", str(ROOT / "recipes" / "zero2.json"), "--max_steps", "2",
+               "--logging_steps", "1", "--synthetic_samples", "16", "--dataloader_num_workers", "0", "--save_steps", "100")
     assert sorted(losses(tmp_path)) == [1, 2]
