@@ -6,12 +6,17 @@
 LLaVA-OneVision (scored as the baseline), or a plain one plus `manager_path` (a `save_manager` directory). What this
 class changes in `llava_hf`:
 - loading: `llava_manager.from_pretrained` (+ `load_manager`), and a processor that needs no torchvision;
+- prompts: `prompt_format=qwen_1_5` (default), the format LLaVA-OneVision was trained with and lmms-eval's own
+  `llava_onevision` model uses, or `prompt_format=chat_template`, the checkpoint's chat template with typed content
+  (`chat_template=` a template or a .jinja file overrides it); see `llava_manager.prompts`;
 - `generate_until`: batches (`--batch_size N`), honours `until` stop strings and `max_new_tokens`;
 - `loglikelihood`: images go with the context, the continuation is tokenised on its own; returns the mean negative
   log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -26,8 +31,8 @@ from .persistence import from_pretrained, load_manager
 from .processors import load_processor
 from .prompts import chat_prompt
 
-ARGS = ("pretrained", "manager_path", "revision", "device", "dtype", "batch_size", "device_map", "chat_template",
-        "use_cache", "attn_implementation", "max_frames_num", "ll_reduction", "max_batch_size")
+ARGS = ("pretrained", "manager_path", "revision", "device", "dtype", "batch_size", "device_map", "prompt_format",
+        "chat_template", "use_cache", "attn_implementation", "max_frames_num", "ll_reduction", "max_batch_size")
 
 
 class LlavaOvManager(LlavaHf):
@@ -35,15 +40,26 @@ class LlavaOvManager(LlavaHf):
 
     def __init__(self, pretrained: str, manager_path: str | None = None, revision: str = "main",
                  device: str | None = None, dtype: str = "auto", batch_size: int | str = 1,
-                 device_map: str | None = None, chat_template: str | None = None, use_cache: bool = True,
-                 attn_implementation: str | None = None, max_frames_num: int = 32, ll_reduction: str = "mean",
-                 **unknown) -> None:
+                 device_map: str | None = None, prompt_format: str | None = None, chat_template: str | None = None,
+                 use_cache: bool = True, attn_implementation: str | None = None, max_frames_num: int = 32,
+                 ll_reduction: str = "mean", **unknown) -> None:
         lmms.__init__(self)
         unknown.pop("max_batch_size", None)  # lmms-eval passes it along with batch_size
         if unknown:
             raise ValueError(f"llava_ov_manager: unknown model_args {sorted(unknown)}; allowed: {', '.join(ARGS)}.")
         if ll_reduction not in ("mean", "sum"):
             raise ValueError(f"llava_ov_manager: ll_reduction={ll_reduction!r}; use 'mean' (as llava_hf) or 'sum'.")
+        # The processor and the prompt format are checked before the model is loaded: a chat template that renders no
+        # image placeholder fails here, not at the first document.
+        self._image_processor = load_processor(pretrained, revision=revision)
+        self._tokenizer = self._image_processor.tokenizer
+        self._tokenizer.padding_side = "left"
+        if chat_template and Path(chat_template).is_file():
+            chat_template = Path(chat_template).read_text()
+        self.prompt_format = prompt_format or ("chat_template" if chat_template else "qwen_1_5")
+        self.chat_template = chat_template
+        self.prompt("Describe the image.", 1)
+
         accelerator = Accelerator()
         if accelerator.num_processes > 1:
             self._device = accelerator.device
@@ -62,12 +78,8 @@ class LlavaOvManager(LlavaHf):
             load_manager(model, manager_path)
         self._model = model.eval()
         self.pretrained, self.manager_path = pretrained, manager_path
-        self._image_processor = load_processor(pretrained, revision=revision)
-        self._tokenizer = self._image_processor.tokenizer
-        self._tokenizer.padding_side = "left"
         self._config = self._model.config
         self.batch_size_per_gpu = int(batch_size)
-        self.chat_template = chat_template
         self.use_cache = use_cache
         self.max_frames_num = max_frames_num
         self.ll_reduction = ll_reduction
@@ -77,7 +89,8 @@ class LlavaOvManager(LlavaHf):
         self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
 
     def prompt(self, context: str, num_images: int) -> str:
-        return chat_prompt(self._tokenizer, context, num_images, self.chat_template)
+        return chat_prompt(self._tokenizer, context, num_images, self.prompt_format, self.chat_template,
+                           self._image_processor.image_token)
 
     def visuals(self, doc_to_visual, doc_id, task, split) -> list:
         return self.flatten([doc_to_visual(self.task_dict[task][split][doc_id])]) if doc_to_visual else []

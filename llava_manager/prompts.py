@@ -1,17 +1,66 @@
-"""One user turn with images, in the model's chat format: the tokenizer's chat template when it has one, else the
-qwen_1_5 format the recipes train with. Used by the evaluation model and the analyses."""
+"""One user turn with images, as text for the processor. Used by the evaluation model and the analyses.
+
+Two formats:
+- `qwen_1_5` (default): the conversation format LLaVA-OneVision was trained with (LLaVA-NeXT's `conv_qwen`, the
+  recipes' `--template qwen_1_5`), built the way lmms-eval's own `llava_onevision` model builds it, which produced
+  the paper's numbers: the system turn, then `<image>` placeholders joined by spaces and a newline before the text
+  (unless the text places its own), then the assistant header.
+- `chat_template`: the checkpoint's chat template (or one given). The llava-hf checkpoints' template reads typed
+  content parts (`{"type": "image"}`, `{"type": "text", "text": ...}`) and renders a plain string as nothing, while
+  older templates read a plain string. Typed parts are tried first, then a plain string with the placeholders in
+  the text; a template that renders neither the text nor one placeholder per image is an error.
+"""
 
 from __future__ import annotations
 
 from .data import IMAGE_PLACEHOLDER, QWEN
 
+PROMPT_FORMATS = ("qwen_1_5", "chat_template")
 
-def chat_prompt(tokenizer, text: str, num_images: int, chat_template: str | None = None) -> str:
-    """Images first (as LLaVA-OneVision was trained) unless `text` places its own `<image>` placeholders."""
-    if IMAGE_PLACEHOLDER not in text:
-        text = f"{IMAGE_PLACEHOLDER}\n" * num_images + text
-    template = chat_template or tokenizer.chat_template
-    if template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], chat_template=template,
-                                             tokenize=False, add_generation_prompt=True)
-    return QWEN.system.format(QWEN.default_system) + QWEN.user.format(text) + QWEN.assistant
+
+def chat_prompt(tokenizer, text: str, num_images: int, prompt_format: str = "qwen_1_5",
+                chat_template: str | None = None, image_token: str = IMAGE_PLACEHOLDER) -> str:
+    """The prompt for one user turn of `text` with `num_images` images, ending where the answer starts.
+
+    `image_token` is the placeholder the processor expands (`processor.image_token`); `chat_template` overrides the
+    tokenizer's own template in the `chat_template` format.
+    """
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format {prompt_format!r}: use one of {PROMPT_FORMATS}.")
+    if prompt_format == "qwen_1_5":
+        if chat_template is not None:
+            raise ValueError("A chat template was given with prompt_format='qwen_1_5', which does not use one; "
+                             "use prompt_format='chat_template' to prompt with it.")
+        if num_images and image_token not in text:
+            text = " ".join([image_token] * num_images) + "\n" + text
+        return QWEN.system.format(QWEN.default_system) + QWEN.user.format(text) + QWEN.assistant
+    return _from_template(tokenizer, text, num_images, chat_template or tokenizer.chat_template, image_token)
+
+
+def _from_template(tokenizer, text: str, num_images: int, template: str | None, image_token: str) -> str:
+    if not template:
+        raise ValueError("prompt_format='chat_template', but the tokenizer has no chat template and none was given; "
+                         "use prompt_format='qwen_1_5' (the training format) or pass a chat_template.")
+    pieces = text.split(image_token)
+    placed = len(pieces) - 1
+    if placed not in (0, num_images):
+        raise ValueError(f"The text places {placed} {image_token} placeholders for {num_images} images.")
+    if placed:  # the text says where its images go: keep that order in the parts
+        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
+        for piece in pieces[1:]:
+            parts += [{"type": "image"}] + ([{"type": "text", "text": piece}] if piece else [])
+    else:
+        parts = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
+    plain = text if placed or not num_images else (image_token + "\n") * num_images + text
+    rendered = []
+    for content in (parts, plain):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
+                                               tokenize=False, add_generation_prompt=True)
+        if prompt.count(image_token) == num_images and all(p in prompt for p in pieces if p.strip()):
+            return prompt
+        rendered.append(prompt)
+    raise ValueError(
+        f"The chat template renders neither typed content parts nor a plain string with {num_images} "
+        f"{image_token} placeholder(s) and the text: typed parts gave {rendered[0]!r}, a plain string gave "
+        f"{rendered[1]!r}. Use prompt_format='qwen_1_5' or pass a chat_template that renders image placeholders."
+    )

@@ -21,6 +21,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from ..config import ManagerConfig
 from ..persistence import from_pretrained
 from ..processors import load_processor
+from ..prompts import PROMPT_FORMATS, chat_prompt
 from ..shapes import onevision_0_5b_config, tiny_config
 from . import collect, figures
 from .budget import format_table, measure_budget, write_budget
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--inputs", help="folder of images or LLaVA JSON file (all but `weights`)")
     parser.add_argument("--image-folder", help="image folder of a JSON file (default: the JSON's folder)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="qwen_1_5",
+                        help="qwen_1_5: the format LLaVA-OneVision was trained with (default); chat_template: the "
+                             "model directory's chat template with typed content")
     parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)
@@ -100,21 +104,24 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     else:
         if not args.inputs:
             parser.error(f"{args.command} needs --inputs (a folder of images or a LLaVA JSON file)")
-        samples = load_samples(args.inputs, args.image_folder, args.limit, args.prompt)
         labels = args.labels or [Path(args.model).name, Path(args.compare).name if args.compare else ""]
         models = {labels[0]: (model, processor)}
         if args.compare:
             models[labels[1]] = load(args.compare, args.device)
+        for _, p in models.values():  # a template that renders no image placeholder fails here, before any sample
+            chat_prompt(p.tokenizer, args.prompt, 1, args.prompt_format, image_token=p.image_token)
+        samples = load_samples(args.inputs, args.image_folder, args.limit, args.prompt)
+        fmt = args.prompt_format
         marks = collect.injected_layers(model)
         if args.command == "similarity":
             curves = {}
             for label, (m, p) in models.items():
-                for part, values in collect.layer_similarity(m, p, samples).items():
+                for part, values in collect.layer_similarity(m, p, samples, fmt).items():
                     curves[f"{label}, {part}"] = values
             paths = figures.per_layer(curves, "cosine similarity of consecutive decoder layers' outputs",
                                       "cosine similarity", out, "layer_similarity", marks, first_layer=1)
         elif args.command == "attention":
-            stats = {label: collect.attention_statistics(m, p, samples) for label, (m, p) in models.items()}
+            stats = {label: collect.attention_statistics(m, p, samples, fmt) for label, (m, p) in models.items()}
             paths = {}
             for key, title in (("entropy", "mean attention entropy (nats)"), ("head_kl", "mean KL between heads")):
                 curves = {f"{label}, {kind.replace('_', ' ')}": s[f"{kind}_{key}"]
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                     curves, title, title, out, f"attention_{key}", marks).items()})
         else:
             paths = figures.attention_distance(
-                {label: collect.siglip_attention_distance(m, p, samples) for label, (m, p) in models.items()}, out)
+                {label: collect.siglip_attention_distance(m, p, samples, fmt) for label, (m, p) in models.items()}, out)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return paths

@@ -47,14 +47,14 @@ def injected_layers(model) -> list[int]:
     return [m.layer_idx for m in get_managers(model)] if has_manager(model) else []
 
 
-def layer_similarity(model, processor, samples) -> dict[str, torch.Tensor]:
+def layer_similarity(model, processor, samples, prompt_format: str = "qwen_1_5") -> dict[str, torch.Tensor]:
     """Mean cosine similarity between the outputs of decoder layers l-1 and l (entry l-1, l = 1 .. L-1) at visual
     and at text positions, averaged over samples."""
     layers = model.model.language_model.layers
     totals = {"visual": 0.0, "text": 0.0}
     device = next(model.parameters()).device
     for image, prompt in tqdm(samples, desc="layer similarity"):
-        inputs = encode(processor, image, prompt, device)
+        inputs = encode(processor, image, prompt, device, prompt_format)
         visual, text = positions(inputs, model.config.image_token_id)
         outputs = [None] * len(layers)
 
@@ -68,7 +68,7 @@ def layer_similarity(model, processor, samples) -> dict[str, torch.Tensor]:
     return {k: v / len(samples) for k, v in totals.items()}
 
 
-def attention_statistics(model, processor, samples) -> dict[str, torch.Tensor]:
+def attention_statistics(model, processor, samples, prompt_format: str = "qwen_1_5") -> dict[str, torch.Tensor]:
     """Per decoder layer, averaged over samples: mean entropy of the visual tokens' self-attention (over visual
     keys) and of text-to-visual attention (text queries over visual keys), and the mean KL divergence between
     heads for each. Each layer's attention is reduced inside its hook and dropped."""
@@ -78,7 +78,7 @@ def attention_statistics(model, processor, samples) -> dict[str, torch.Tensor]:
     device = next(model.parameters()).device
     with eager_attention(model):
         for image, prompt in tqdm(samples, desc="attention"):
-            inputs = encode(processor, image, prompt, device)
+            inputs = encode(processor, image, prompt, device, prompt_format)
             visual, text = positions(inputs, model.config.image_token_id)
 
             def reduce(i, out):
@@ -93,7 +93,7 @@ def attention_statistics(model, processor, samples) -> dict[str, torch.Tensor]:
     return dict(zip(names, totals / len(samples)))
 
 
-def siglip_attention_distance(model, processor, samples) -> torch.Tensor:
+def siglip_attention_distance(model, processor, samples, prompt_format: str = "qwen_1_5") -> torch.Tensor:
     """`(vision layers, heads)` mean attention distance in pixels, averaged over crops and samples."""
     layers = vision_encoder_layers(model.model.vision_tower)
     vision = model.config.vision_config
@@ -102,7 +102,7 @@ def siglip_attention_distance(model, processor, samples) -> torch.Tensor:
     device = next(model.parameters()).device
     with eager_attention(model):
         for image, prompt in tqdm(samples, desc="SigLIP attention distance"):
-            inputs = encode(processor, image, prompt, device)
+            inputs = encode(processor, image, prompt, device, prompt_format)
 
             def reduce(i, out):
                 per_crop = [metrics.mean_attention_distance(a, grid, vision.patch_size) for a in out[1]]
