@@ -41,12 +41,16 @@ def vision_encoder_layers(vision_tower: nn.Module) -> nn.ModuleList:
     raise TypeError(f"Cannot find the encoder layers of the vision tower {type(vision_tower).__name__}.")
 
 
-def resolve_feature_layer(vision_feature_layer: int, num_vision_layers: int) -> int:
-    """The `hidden_states` index (1 .. num_vision_layers) that `vision_feature_layer` selects."""
+def resolve_feature_layer(vision_feature_layer: int | Sequence[int], num_vision_layers: int) -> int:
+    """The `hidden_states` index (1 .. num_vision_layers) that `vision_feature_layer` selects: an int, or a list of
+    one (transformers concatenates the listed layers, so one listed layer is that layer)."""
+    if isinstance(vision_feature_layer, (list, tuple)) and len(vision_feature_layer) == 1:
+        vision_feature_layer = vision_feature_layer[0]
     if isinstance(vision_feature_layer, bool) or not isinstance(vision_feature_layer, int):
         raise ValueError(
-            f"LLaVA-OV-Manager needs a single vision feature layer (an int), got vision_feature_layer="
-            f"{vision_feature_layer!r}; several concatenated layers are not supported."
+            f"LLaVA-OV-Manager needs a single vision feature layer (an int or a list of one), got "
+            f"vision_feature_layer={vision_feature_layer!r}; several concatenated layers are not supported (the "
+            f"projector then takes their concatenation, which no single layer can be brought through)."
         )
     num_states = num_vision_layers + 1
     index = vision_feature_layer % num_states if -num_states <= vision_feature_layer < num_states else None

@@ -110,8 +110,26 @@ def test_applying_twice_is_refused():
 
 def test_concatenated_feature_layers_are_refused():
     model = tiny_model(vision_feature_layer=[-2, -1])
-    with pytest.raises(ValueError, match="needs a single vision feature layer"):
+    with pytest.raises(ValueError, match=r"needs a single vision feature layer \(an int or a list of one\), got "
+                                         r"vision_feature_layer=\[-2, -1\]"):
         apply_manager(model)
+
+
+@pytest.mark.parametrize("listed", [[-1], [-2], [4]])
+def test_a_list_of_one_feature_layer_is_that_layer(listed):
+    """transformers concatenates the listed layers before the projector: one listed layer is that layer, so the
+    model, its managers and their terms are those of the int."""
+    from helpers import make_batch
+    from test_math import randomize
+
+    single = apply_manager(tiny_model(vision_feature_layer=listed[0]))
+    as_list = apply_manager(tiny_model(vision_feature_layer=listed))
+    assert [m.vision_layers for m in get_managers(as_list)] == [m.vision_layers for m in get_managers(single)]
+    randomize(single)
+    as_list.load_state_dict(single.state_dict())
+    batch = make_batch(single, [(40, 80), (28, 28)])
+    with torch.no_grad():
+        assert torch.equal(as_list(**batch).logits, single(**batch).logits)
 
 
 def test_apply_on_peft_model_is_refused():
