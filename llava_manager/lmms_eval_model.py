@@ -89,8 +89,7 @@ class LlavaOvManager(LlavaHf):
         self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
 
     def prompt(self, context: str, num_images: int) -> str:
-        return chat_prompt(self._tokenizer, context, num_images, self.prompt_format, self.chat_template,
-                           self._image_processor.image_token)
+        return chat_prompt(self._image_processor, context, num_images, self.prompt_format, self.chat_template)
 
     def visuals(self, doc_to_visual, doc_id, task, split) -> list:
         return self.flatten([doc_to_visual(self.task_dict[task][split][doc_id])]) if doc_to_visual else []

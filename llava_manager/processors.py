@@ -25,6 +25,14 @@ class ImageOnlyProcessor(LlavaOnevisionProcessor):
             return None
         return super().check_argument_for_proper_class(argument_name, argument)
 
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """The parts `from_pretrained` builds: the PIL image processor, the tokenizer and no video processor. The
+        rest (processor_config.json, the chat template in chat_template.json or .jinja) is transformers' own."""
+        kwargs.pop("subfolder", None)
+        return [LlavaOnevisionImageProcessorPil.from_pretrained(pretrained_model_name_or_path, **kwargs),
+                AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs), None]
+
     def save_pretrained(self, save_directory, **kwargs):
         """Writes the tokenizer, the image processor and `processor_config.json`, the files `AutoProcessor` reads."""
         save_directory = Path(save_directory)
@@ -46,20 +54,7 @@ def load_processor(path: str | Path, **kwargs) -> LlavaOnevisionProcessor:
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(path, **kwargs)
-    from transformers.utils import cached_file
-
-    config_file = cached_file(path, "processor_config.json", _raise_exceptions_for_missing_entries=False, **kwargs)
-    config = json.loads(Path(config_file).read_text()) if config_file else {}
-    if "processor" in config:  # some versions nest the processor's own keys
-        config = config["processor"]
-    template_file = cached_file(path, "chat_template.jinja", _raise_exceptions_for_missing_entries=False, **kwargs)
-    return ImageOnlyProcessor(
-        image_processor=LlavaOnevisionImageProcessorPil.from_pretrained(path, **kwargs),
-        tokenizer=AutoTokenizer.from_pretrained(path, **kwargs),
-        video_processor=None,
-        chat_template=Path(template_file).read_text() if template_file else None,
-        **{key: config[key] for key in PROCESSOR_KWARGS if key in config},
-    )
+    return ImageOnlyProcessor.from_pretrained(path, **kwargs)
 
 
 def build_processor(image_processor, tokenizer, **kwargs) -> LlavaOnevisionProcessor:

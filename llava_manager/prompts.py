@@ -5,7 +5,8 @@ Two formats:
   recipes' `--template qwen_1_5`), built the way lmms-eval's own `llava_onevision` model builds it, which produced
   the paper's numbers: the system turn, then `<image>` placeholders joined by spaces and a newline before the text
   (unless the text places its own), then the assistant header.
-- `chat_template`: the checkpoint's chat template (or one given). The llava-hf checkpoints' template reads typed
+- `chat_template`: the checkpoint's chat template (or one given): the processor's (chat_template.json or .jinja,
+  what `processor.apply_chat_template` uses), else the tokenizer's. The llava-hf checkpoints' template reads typed
   content parts (`{"type": "image"}`, `{"type": "text", "text": ...}`) and renders a plain string as nothing, while
   older templates read a plain string. Typed parts are tried first, then a plain string with the placeholders in
   the text; a template that renders neither the text nor one placeholder per image is an error.
@@ -13,18 +14,22 @@ Two formats:
 
 from __future__ import annotations
 
+from jinja2 import TemplateError
+
 from .data import IMAGE_PLACEHOLDER, QWEN
 
 PROMPT_FORMATS = ("qwen_1_5", "chat_template")
 
 
-def chat_prompt(tokenizer, text: str, num_images: int, prompt_format: str = "qwen_1_5",
-                chat_template: str | None = None, image_token: str = IMAGE_PLACEHOLDER) -> str:
+def chat_prompt(processor, text: str, num_images: int, prompt_format: str = "qwen_1_5",
+                chat_template: str | None = None) -> str:
     """The prompt for one user turn of `text` with `num_images` images, ending where the answer starts.
 
-    `image_token` is the placeholder the processor expands (`processor.image_token`); `chat_template` overrides the
-    tokenizer's own template in the `chat_template` format.
+    `processor` is the model's processor (or just its tokenizer); `chat_template` overrides its own template in the
+    `chat_template` format.
     """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    image_token = getattr(processor, "image_token", None) or IMAGE_PLACEHOLDER
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"prompt_format {prompt_format!r}: use one of {PROMPT_FORMATS}.")
     if prompt_format == "qwen_1_5":
@@ -34,7 +39,8 @@ def chat_prompt(tokenizer, text: str, num_images: int, prompt_format: str = "qwe
         if num_images and image_token not in text:
             text = " ".join([image_token] * num_images) + "\n" + text
         return QWEN.system.format(QWEN.default_system) + QWEN.user.format(text) + QWEN.assistant
-    return _from_template(tokenizer, text, num_images, chat_template or tokenizer.chat_template, image_token)
+    template = chat_template or getattr(processor, "chat_template", None) or tokenizer.chat_template
+    return _from_template(tokenizer, text, num_images, template, image_token)
 
 
 def _from_template(tokenizer, text: str, num_images: int, template: str | None, image_token: str) -> str:
@@ -45,22 +51,26 @@ def _from_template(tokenizer, text: str, num_images: int, template: str | None, 
     placed = len(pieces) - 1
     if placed not in (0, num_images):
         raise ValueError(f"The text places {placed} {image_token} placeholders for {num_images} images.")
-    if placed:  # the text says where its images go: keep that order in the parts
-        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
+    if placed:  # the text says where its images go: keep that order (the whitespace around a placeholder goes)
+        parts = [{"type": "text", "text": pieces[0].strip()}] if pieces[0].strip() else []
         for piece in pieces[1:]:
-            parts += [{"type": "image"}] + ([{"type": "text", "text": piece}] if piece else [])
+            parts += [{"type": "image"}] + ([{"type": "text", "text": piece.strip()}] if piece.strip() else [])
     else:
         parts = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
     plain = text if placed or not num_images else (image_token + "\n") * num_images + text
     rendered = []
     for content in (parts, plain):
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
-                                               tokenize=False, add_generation_prompt=True)
-        if prompt.count(image_token) == num_images and all(p in prompt for p in pieces if p.strip()):
+        try:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
+                                                   tokenize=False, add_generation_prompt=True)
+        except (TypeError, TemplateError) as error:  # e.g. a plain-string template concatenating a list of parts
+            rendered.append(f"{type(error).__name__}: {error}")
+            continue
+        if prompt.count(image_token) == num_images and all(p.strip() in prompt for p in pieces):
             return prompt
-        rendered.append(prompt)
+        rendered.append(repr(prompt))
     raise ValueError(
         f"The chat template renders neither typed content parts nor a plain string with {num_images} "
-        f"{image_token} placeholder(s) and the text: typed parts gave {rendered[0]!r}, a plain string gave "
-        f"{rendered[1]!r}. Use prompt_format='qwen_1_5' or pass a chat_template that renders image placeholders."
+        f"{image_token} placeholder(s) and the text: typed parts gave {rendered[0]}, a plain string gave "
+        f"{rendered[1]}. Use prompt_format='qwen_1_5' or pass a chat_template that renders image placeholders."
     )

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         if args.compare:
             models[labels[1]] = load(args.compare, args.device)
         for _, p in models.values():  # a template that renders no image placeholder fails here, before any sample
-            chat_prompt(p.tokenizer, args.prompt, 1, args.prompt_format, image_token=p.image_token)
+            chat_prompt(p, args.prompt, 1, args.prompt_format)
         samples = load_samples(args.inputs, args.image_folder, args.limit, args.prompt)
         fmt = args.prompt_format
         marks = collect.injected_layers(model)

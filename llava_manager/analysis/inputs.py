@@ -44,6 +44,6 @@ def load_samples(source: str | Path, image_folder: str | Path | None = None, lim
 def encode(processor, image: Image.Image, prompt: str, device=None, prompt_format: str = "qwen_1_5") -> dict:
     """Model inputs of one sample in `prompt_format` (see `llava_manager.prompts`), with the images' token positions
     marked by the processor's image token."""
-    text = chat_prompt(processor.tokenizer, prompt, 1, prompt_format, image_token=processor.image_token)
+    text = chat_prompt(processor, prompt, 1, prompt_format)
     inputs = processor(images=[image], text=[text], return_tensors="pt")
     return {k: v.to(device) if device is not None else v for k, v in inputs.items()}
