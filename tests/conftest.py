@@ -2,3 +2,25 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest
+
+
+def _published(tmp_path_factory, variant: str):
+    from published import PUBLISHED_REPOS, write_published_checkpoint
+
+    name = PUBLISHED_REPOS[variant].split("/")[1]
+    return write_published_checkpoint(tmp_path_factory.mktemp("published") / name, variant)
+
+
+@pytest.fixture(scope="session")
+def published_si(tmp_path_factory):
+    """A tiny random checkpoint with the files and field values of llava-hf/llava-onevision-qwen2-0.5b-si-hf
+    (see tests/published.py); built once per session. Read-only: copy it before changing anything."""
+    return _published(tmp_path_factory, "si")
+
+
+@pytest.fixture(scope="session")
+def published_ov(tmp_path_factory):
+    """As `published_si`, for llava-hf/llava-onevision-qwen2-0.5b-ov-hf."""
+    return _published(tmp_path_factory, "ov")
