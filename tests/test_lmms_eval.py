@@ -19,7 +19,7 @@ datasets = pytest.importorskip("datasets")
 from transformers import AutoModelForImageTextToText  # noqa: E402
 
 import llava_manager  # noqa: E402
-from llava_manager import apply_manager, get_managers, save_manager  # noqa: E402
+from llava_manager import apply_manager, get_managers, load_manager, save_manager  # noqa: E402
 from llava_manager.data import QWEN  # noqa: E402
 from llava_manager.synthetic import tiny_model_config, tiny_processor  # noqa: E402
 from eval.shapes_tasks.make_data import CHOICES, write  # noqa: E402
@@ -105,16 +105,13 @@ def test_manager_weights_are_loaded_and_used(runs):
     assert flat(patched) != pytest.approx(flat(base), rel=1e-3)  # the managers change the scores
 
 
-def test_loglikelihood_matches_an_independent_computation(setup, runs):
-    model = llava_manager.from_pretrained(setup / "patched").eval()
-    processor = llava_manager.processors.load_processor(setup / "patched")
-    losses = mc_losses(runs["patched"][1])
-    docs = datasets.load_dataset("parquet", data_files={"test": str(setup / "tasks" / "shapes.parquet")})["test"]
-    for doc_id in (0, 1):
-        prompt = (QWEN.system.format(QWEN.default_system)
-                  + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant)
+def independent_losses(model, processor, prompt: str, docs, doc_ids) -> list[list[float]]:
+    """The mean NLL of each choice's tokens after `prompt` (one image), computed with the model's own loss."""
+    rows = []
+    for doc_id in doc_ids:
         context = processor(images=[docs[doc_id]["image"].convert("RGB")], text=[prompt], return_tensors="pt")
-        for k, choice in enumerate(CHOICES):
+        row = []
+        for choice in CHOICES:
             answer = processor.tokenizer(" " + choice, add_special_tokens=False, return_tensors="pt")["input_ids"]
             ids = torch.cat([context["input_ids"], answer], dim=1)
             labels = torch.full_like(ids, -100)
@@ -122,7 +119,67 @@ def test_loglikelihood_matches_an_independent_computation(setup, runs):
             with torch.no_grad():
                 loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=context["pixel_values"],
                              image_sizes=context["image_sizes"], labels=labels).loss
-            assert losses[doc_id][k] == pytest.approx(float(loss), rel=1e-4)
+            row.append(float(loss))
+        rows.append(row)
+    return rows
+
+
+def shapes_docs(root: Path):
+    return datasets.load_dataset("parquet", data_files={"test": str(root / "tasks" / "shapes.parquet")})["test"]
+
+
+def test_loglikelihood_matches_an_independent_computation(setup, runs):
+    model = llava_manager.from_pretrained(setup / "patched").eval()
+    processor = llava_manager.processors.load_processor(setup / "patched")
+    prompt = QWEN.system.format(QWEN.default_system) + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant
+    expected = independent_losses(model, processor, prompt, shapes_docs(setup), (0, 1))
+    assert mc_losses(runs["patched"][1])[:2] == [pytest.approx(row, rel=1e-4) for row in expected]
+
+
+@pytest.fixture(scope="module")
+def published_runs(setup, published_si, published_ov):
+    """lmms-eval on checkpoints laid out like llava-hf's: the baseline in the default (training) prompt format and
+    with the checkpoint's chat template, and a plain checkpoint + manager_path."""
+    ov = apply_manager(llava_manager.from_pretrained(published_ov, dtype=torch.float32))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for m in get_managers(ov):
+            m.weight.normal_(std=2.0)
+    save_manager(ov, setup / "ov_manager")
+    return {
+        "si": read(lmms_eval(setup, "published-si", f"pretrained={published_si},dtype=float32", batch_size=4)),
+        "si-chat": read(lmms_eval(setup, "published-si-chat",
+                                  f"pretrained={published_si},dtype=float32,prompt_format=chat_template")),
+        "ov+manager": read(lmms_eval(setup, "published-ov-manager",
+                                     f"pretrained={published_ov},manager_path={setup / 'ov_manager'},dtype=float32")),
+    }
+
+
+@pytest.mark.parametrize("run, prompt", [
+    ("si", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+           "What colour is the shape ?<|im_end|>\n<|im_start|>assistant\n"),
+    ("si-chat", "<|im_start|>user <image>\nWhat colour is the shape ?<|im_end|><|im_start|>assistant\n"),
+])
+def test_a_published_checkpoint_is_scored_in_either_prompt_format(setup, published_si, published_runs, run, prompt):
+    results, samples = published_runs[run]
+    assert len(samples["shapes_gen"]) == len(samples["shapes_mc"]) == NUM_DOCS
+    assert 0.0 <= results["shapes_gen"]["exact_match,none"] <= 1.0 and 0.0 <= results["shapes_mc"]["acc,none"] <= 1.0
+    model = llava_manager.from_pretrained(published_si, dtype=torch.float32).eval()
+    processor = llava_manager.processors.load_processor(published_si)
+    expected = independent_losses(model, processor, prompt, shapes_docs(setup), range(NUM_DOCS))
+    assert mc_losses(samples) == [pytest.approx(row, rel=1e-4) for row in expected]
+
+
+def test_a_published_checkpoint_with_manager_path_is_scored_with_its_managers(setup, published_ov, published_runs):
+    _, samples = published_runs["ov+manager"]
+    processor = llava_manager.processors.load_processor(published_ov)
+    prompt = QWEN.system.format(QWEN.default_system) + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant
+    docs = shapes_docs(setup)
+    plain = llava_manager.from_pretrained(published_ov, dtype=torch.float32).eval()
+    without = independent_losses(plain, processor, prompt, docs, range(NUM_DOCS))
+    with_managers = independent_losses(load_manager(plain, setup / "ov_manager"), processor, prompt, docs, range(NUM_DOCS))
+    assert mc_losses(samples) == [pytest.approx(row, rel=1e-4) for row in with_managers]
+    assert with_managers != [pytest.approx(row, rel=1e-3) for row in without]
 
 
 def test_bad_model_args_are_named(setup):
