@@ -17,7 +17,7 @@ def onevision_0_5b_config(**overrides) -> LlavaOnevisionConfig:
     text = dict(
         model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
         num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
-        tie_word_embeddings=True, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
     )
     vision = dict(
         model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
