@@ -4,8 +4,10 @@ tokenised with the loss on answer tokens only.
 A sample is `{"id", "image" (optional; a file name or a list of them), "conversations": [{"from": "human" | "gpt" |
 "system", "value": "..."}]}`. Human turns hold one `<image>` placeholder per image (one is put in front of the first
 turn when missing, as LLaVA does). Labels: the text of each assistant turn and its end-of-turn token; everything else
-is -100. A sample that cannot be used (missing or corrupt image, malformed conversation, longer than the maximum
-length, no answer tokens) is skipped and reported with the batch, or raises at once with `strict=True`.
+is -100. Images go through `images.open_image` (EXIF orientation applied, any PIL mode to RGB: 16-bit scaled,
+transparency on white). A sample that cannot be used (missing or corrupt image, an image the model cannot represent,
+malformed conversation, longer than the maximum length, no answer tokens) is skipped and reported with the batch, or
+raises at once with `strict=True`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from .images import ImageError, open_image, unsupported_reason
 
 logger = logging.getLogger(__name__)
 
@@ -203,10 +207,13 @@ class SupervisedDataset(Dataset):
 
     `__getitem__` never raises for a bad sample unless `strict`: it records why the sample was skipped and returns
     the next usable one (so batch sizes, and a resumed run, stay the same), with the skips under `"skipped"`.
+    An image the model cannot represent (`images.unsupported_reason`, checked against `model_config` when given, else
+    against the layout the processor implies) is skipped as "unsupported image" with the reason.
     """
 
     def __init__(self, records: list[dict], processor, image_folder: str | Path | None = None,
-                 template: str = "qwen_1_5", max_length: int = 16384, strict: bool = False) -> None:
+                 template: str = "qwen_1_5", max_length: int = 16384, strict: bool = False,
+                 model_config=None) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template {template!r}: use one of {sorted(TEMPLATES)}.")
         if not records:
@@ -217,6 +224,7 @@ class SupervisedDataset(Dataset):
         self.template = TEMPLATES[template]
         self.max_length = max_length
         self.strict = strict
+        self.model_config = model_config
 
     def __len__(self) -> int:
         return len(self.records)
@@ -238,14 +246,13 @@ class SupervisedDataset(Dataset):
         raise RuntimeError(f"no usable sample in the whole data set; the first problems: {skipped[:3]}")
 
     def load_image(self, name: str) -> Image.Image:
+        """The image `name` (under `image_folder`), upright and in RGB; "missing image" / "corrupt image" /
+        "unsupported image" (over PIL's pixel limit) raise `SampleError`."""
         path = self.image_folder / name if self.image_folder else Path(name)
-        if not path.exists():
-            raise SampleError("missing image", str(path))
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except Exception as error:  # PIL raises many types for a broken file
-            raise SampleError("corrupt image", f"{path}: {error}") from error
+            return open_image(path)
+        except ImageError as error:
+            raise SampleError(error.reason, error.detail) from error
 
     def build(self, record: dict) -> dict[str, Any]:
         if not isinstance(record, dict):
@@ -256,7 +263,15 @@ class SupervisedDataset(Dataset):
         image_tokens = []
         if files:
             images = [self.load_image(name) for name in files]
-            image_inputs = self.processor.image_processor([images], return_tensors="pt")
+            for name, image in zip(files, images):
+                reason = unsupported_reason(self.processor, image, self.model_config, multi_image=len(images) > 1)
+                if reason:
+                    raise SampleError("unsupported image", f"{name}: {reason}")
+            try:
+                image_inputs = self.processor.image_processor([images], return_tensors="pt")
+            except Exception as error:  # never seen for an image that passed the check; a sample, not the run
+                sizes = ", ".join(f"{name} ({i.width}x{i.height})" for name, i in zip(files, images))
+                raise SampleError("unsupported image", f"{sizes}: the image processor failed: {error!r}") from error
             image_tokens = [self.processor.replace_image_token(image_inputs, k) for k in range(len(images))]
             out.update(pixel_values=image_inputs["pixel_values"], image_sizes=image_inputs["image_sizes"])
         input_ids, labels = tokenize(turns, self.template, self.processor.tokenizer, image_tokens)

@@ -11,7 +11,11 @@ class changes in `llava_hf`:
   (`chat_template=` a template or a .jinja file overrides it); see `llava_manager.prompts`;
 - `generate_until`: batches (`--batch_size N`), honours `until` stop strings and `max_new_tokens`;
 - `loglikelihood`: images go with the context, the continuation is tokenised on its own; returns the mean negative
-  log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it.
+  log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it;
+- images: every document's images go through `llava_manager.images.to_rgb` (EXIF orientation, any PIL mode to RGB).
+  A document whose image the model cannot represent, or that fails on its image, is refused with a logged message
+  naming the task, doc_id and reason, and the rest of the batch is scored: it gets "" in generation and a +inf
+  negative log-likelihood (never preferred over a scored choice) in loglikelihood.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from lmms_eval import utils
 from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.simple.llava_hf import LlavaHf
+from loguru import logger as eval_logger
+from PIL import Image
 from tqdm import tqdm
 
+from .images import ImageError, open_image, to_rgb, unsupported_reason
 from .patch import has_manager
 from .persistence import from_pretrained, load_manager
 from .processors import load_processor
@@ -92,9 +99,37 @@ class LlavaOvManager(LlavaHf):
         return chat_prompt(self._image_processor, context, num_images, self.prompt_format, self.chat_template)
 
     def visuals(self, doc_to_visual, doc_id, task, split) -> list:
-        return self.flatten([doc_to_visual(self.task_dict[task][split][doc_id])]) if doc_to_visual else []
+        """The document's images, upright and in RGB (`images.to_rgb`; a str / Path visual is opened as an image
+        file). Raises `ImageError` for a visual that is not an image, cannot be decoded, or that the model cannot
+        represent (`images.unsupported_reason`)."""
+        if not doc_to_visual:
+            return []
+        try:
+            visuals = self.flatten([doc_to_visual(self.task_dict[task][split][doc_id])])
+        except (OSError, Image.DecompressionBombError) as error:  # the task's own image decoding (PIL) failed
+            raise ImageError("corrupt image", f"the task's doc_to_visual failed: {error!r}") from error
+        visuals = [v for v in visuals if v is not None]
+        images = []
+        for visual in visuals:
+            if isinstance(visual, (str, Path)):
+                image = open_image(visual)
+            elif isinstance(visual, Image.Image):
+                try:
+                    image = to_rgb(visual)
+                except Exception as error:  # e.g. a lazily decoded, truncated file
+                    detail = f"{visual.width}x{visual.height} {visual.mode} image: {error!r}"
+                    raise ImageError("corrupt image", detail) from error
+            else:
+                raise ImageError("unsupported image", f"a visual of type {type(visual).__name__} is not an image; "
+                                 "llava_ov_manager reads PIL images and image files")
+            reason = unsupported_reason(self._image_processor, image, self._config, multi_image=len(visuals) > 1)
+            if reason:
+                raise ImageError("unsupported image", reason)
+            images.append(image)
+        return images
 
     def encode(self, texts: list[str], images: list[list]) -> dict:
+        """Model inputs for a batch of prompts and their documents' images (already through `visuals`)."""
         kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
         if any(images):
             kwargs["images"] = [group for group in images if group]
@@ -103,29 +138,31 @@ class LlavaOvManager(LlavaHf):
                 for k, v in inputs.items()}
 
     def loglikelihood(self, requests: list[Instance]) -> list:
-        results = []
+        """(negative log-likelihood, greedy) per request; a refused document (see the module doc) gets (+inf, False)."""
+        results, refused = [], 0
         for context, continuation, doc_to_visual, doc_id, task, split in tqdm(
                 [r.args for r in requests], disable=self.rank != 0, desc="loglikelihood"):
             if not isinstance(continuation, str):
                 continuation = continuation(self.task_dict[task][split][doc_id])
-            images = self.visuals(doc_to_visual, doc_id, task, split)
-            inputs = self.encode([self.prompt(context, len(images))], [images])
-            target = self._tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            target = target.to(self._device)
-            n = inputs["input_ids"].shape[1]
-            inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
-            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits[0, n - 1:-1].float()
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None])[:, 0]
-            greedy = bool((logits.argmax(-1) == target[0]).all())
-            nll = -(logprobs.mean() if self.ll_reduction == "mean" else logprobs.sum())
+            images = None
+            try:
+                images = self.visuals(doc_to_visual, doc_id, task, split)
+                nll, greedy = self._continuation_nll(context, continuation, images)
+            except Exception as error:
+                if not (isinstance(error, ImageError) or images):
+                    raise  # not an image problem
+                refused += 1
+                _log_refusal(task, split, doc_id, error, "it gets a +inf negative log-likelihood")
+                nll, greedy = float("inf"), False
             # lmms-eval 0.7 turns any result that is not text or GenerationResult into a string; this keeps the pair.
-            results.append(GenerationResult(text=(float(nll), greedy)))
+            results.append(GenerationResult(text=(nll, greedy)))
+        _log_refusal_count("loglikelihood", refused, len(requests))
         return results
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        results = []
+        """Generated text per request; a refused document (see the module doc) gets "", the rest of its batch is
+        generated as if it were not there."""
+        results, refused = [], 0
         order = utils.Collator([r.args for r in requests], lambda x: (-len(x[0]), x[0]), grouping=True)
         batches = order.get_batched(n=self.batch_size, batch_fn=None)
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="generate")
@@ -134,21 +171,77 @@ class LlavaOvManager(LlavaHf):
             kwargs = dict(all_kwargs[0])  # grouped by generation kwargs
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            images = [self.visuals(*args) for args in zip(doc_to_visuals, doc_ids, tasks, splits)]
-            inputs = self.encode([self.prompt(c, len(i)) for c, i in zip(contexts, images)], images)
-            temperature = kwargs.get("temperature") or 0
-            with torch.inference_mode():
-                tokens = self.model.generate(
-                    **inputs, do_sample=temperature > 0, temperature=temperature or None, top_p=kwargs.get("top_p"),
-                    num_beams=kwargs.get("num_beams", 1), max_new_tokens=kwargs.get("max_new_tokens", 1024),
-                    use_cache=self.use_cache, pad_token_id=self._tokenizer.pad_token_id)
-            texts = self._tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            for context, text in zip(contexts, texts):
+            texts, usable = [""] * len(batch), {}  # usable: position in the batch -> the document's images
+            for k, args in enumerate(zip(doc_to_visuals, doc_ids, tasks, splits)):
+                try:
+                    usable[k] = self.visuals(*args)
+                except ImageError as error:
+                    refused += 1
+                    _log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
+            if not usable:
+                results.extend(texts)
+                progress.update(len(batch))
+                continue
+            try:
+                generated = self._generate([contexts[k] for k in usable], list(usable.values()), kwargs)
+            except Exception:  # a run-time failure the checks did not foresee: each document on its own
+                generated = []
+                for k in list(usable):
+                    try:
+                        generated += self._generate([contexts[k]], [usable[k]], kwargs)
+                    except Exception as error:
+                        if not usable[k]:
+                            raise  # a document without images: not an image problem
+                        del usable[k]
+                        refused += 1
+                        _log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
+            for k, text in zip(list(usable), generated):
                 for stop in until:
                     if stop:
                         text = text.split(stop)[0]
-                results.append(text)
-                self.cache_hook.add_partial("generate_until", (context, all_kwargs[0]), text)
+                texts[k] = text
+                self.cache_hook.add_partial("generate_until", (contexts[k], all_kwargs[0]), text)
+            results.extend(texts)
             progress.update(len(batch))
         progress.close()
+        _log_refusal_count("generate_until", refused, len(requests))
         return order.get_original(results)
+
+    def _generate(self, contexts: list[str], images: list[list], kwargs: dict) -> list[str]:
+        """One `generate` call for a batch of documents; the new text of each, before stop strings."""
+        inputs = self.encode([self.prompt(c, len(i)) for c, i in zip(contexts, images)], images)
+        temperature = kwargs.get("temperature") or 0
+        with torch.inference_mode():
+            tokens = self.model.generate(
+                **inputs, do_sample=temperature > 0, temperature=temperature or None, top_p=kwargs.get("top_p"),
+                num_beams=kwargs.get("num_beams", 1), max_new_tokens=kwargs.get("max_new_tokens", 1024),
+                use_cache=self.use_cache, pad_token_id=self._tokenizer.pad_token_id)
+        return self._tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def _continuation_nll(self, context: str, continuation: str, images: list) -> tuple[float, bool]:
+        """Negative log-likelihood of `continuation` after the prompt of `context` with `images`, and whether it
+        is the greedy continuation."""
+        inputs = self.encode([self.prompt(context, len(images))], [images])
+        target = self._tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        target = target.to(self._device)
+        n = inputs["input_ids"].shape[1]
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits[0, n - 1:-1].float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None])[:, 0]
+        greedy = bool((logits.argmax(-1) == target[0]).all())
+        nll = -(logprobs.mean() if self.ll_reduction == "mean" else logprobs.sum())
+        return float(nll), greedy
+
+
+def _log_refusal(task, split, doc_id, error: Exception, outcome: str) -> None:
+    """A refused document, named so it can be found (and excluded) in the results."""
+    why = str(error) if isinstance(error, ImageError) else f"it failed on its image: {error!r}"
+    eval_logger.error(f"llava_ov_manager: refusing document {doc_id} of task {task} (split {split}): {why}; {outcome}.")
+
+
+def _log_refusal_count(kind: str, refused: int, total: int) -> None:
+    if refused:
+        eval_logger.warning(f"llava_ov_manager: {kind}: refused {refused} of {total} requests on their images "
+                            "(see the errors above); the others were scored.")

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
             models[labels[1]] = load(args.compare, args.device)
         for _, p in models.values():  # a template that renders no image placeholder fails here, before any sample
             chat_prompt(p, args.prompt, 1, args.prompt_format)
-        samples = load_samples(args.inputs, args.image_folder, args.limit, args.prompt)
+        samples = load_samples(args.inputs, args.image_folder, args.limit, args.prompt, processor=processor)
         fmt = args.prompt_format
         marks = collect.injected_layers(model)
         if args.command == "similarity":

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from PIL import Image
 
 from ..data import IMAGE_PLACEHOLDER
+from ..images import ImageError, open_image, unsupported_reason
 from ..prompts import chat_prompt
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 DEFAULT_PROMPT = "Describe the image in detail."
 
 
 def load_samples(source: str | Path, image_folder: str | Path | None = None, limit: int | None = None,
-                 prompt: str = DEFAULT_PROMPT) -> list[tuple[Image.Image, str]]:
+                 prompt: str = DEFAULT_PROMPT, processor=None) -> list[tuple[Image.Image, str]]:
     """(image, prompt) pairs. A folder: its images, each with the text of a same-named `.txt` file as prompt, else
     `prompt`. A LLaVA JSON file: samples with one image, the first human turn as prompt (images relative to
-    `image_folder`, default the JSON's folder)."""
+    `image_folder`, default the JSON's folder). Images are upright RGB (`images.open_image`); a missing or corrupt
+    one, or one `processor` (when given) cannot represent, is skipped with a warning naming it and why."""
     source = Path(source)
     pairs = []
     if source.is_dir():
@@ -35,10 +40,25 @@ def load_samples(source: str | Path, image_folder: str | Path | None = None, lim
                 pairs.append((folder / record["image"], text or prompt))
     else:
         raise ValueError(f"inputs {source}: give a folder of images or a LLaVA .json/.jsonl file.")
-    pairs = pairs[:limit] if limit else pairs
     if not pairs:
         raise ValueError(f"inputs {source}: no images found.")
-    return [(Image.open(path).convert("RGB"), text) for path, text in pairs]
+    samples = []
+    for path, text in pairs:
+        if limit and len(samples) == limit:
+            break
+        try:
+            image = open_image(path)
+        except ImageError as error:
+            logger.warning("inputs: skipping %s", error)
+            continue
+        reason = unsupported_reason(processor, image) if processor is not None else None
+        if reason:
+            logger.warning("inputs: skipping unsupported image: %s: %s", path, reason)
+            continue
+        samples.append((image, text))
+    if not samples:
+        raise ValueError(f"inputs {source}: none of its {len(pairs)} images could be used (see the warnings).")
+    return samples
 
 
 def encode(processor, image: Image.Image, prompt: str, device=None, prompt_format: str = "qwen_1_5") -> dict:
