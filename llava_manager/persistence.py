@@ -14,6 +14,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from torch import nn
 
+from .checkpoint import CheckpointMismatchError, check_load
 from .config import ManagerConfig
 from .patch import CONFIG_KEY, ManagerPlan, _Runtime, _runtime_of, apply_manager
 
@@ -117,20 +118,21 @@ register_checkpoint_conversion_mapping(
 def from_pretrained(pretrained_model_name_or_path: str | Path, **kwargs: Any) -> LlavaOnevisionForConditionalGeneration:
     """Load a model saved with `save_pretrained`: patched if its config records managers, plain otherwise.
 
-    Takes the keyword arguments of transformers' `from_pretrained` (dtype, device_map, revision, ...).
-    Manager weights missing from a patched checkpoint are an error, not a silent zero-initialisation.
+    Takes the keyword arguments of transformers' `from_pretrained` (dtype, device_map, revision, ...). Loading is
+    strict: a weight the checkpoint lacks (which transformers would initialise at random, with a warning) or one it
+    holds that the model does not have is an error naming the keys; manager weights missing from a patched
+    checkpoint are never a silent zero-initialisation.
     """
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     config = kwargs.get("config") or LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-    if not hasattr(config, CONFIG_KEY):
-        return LlavaOnevisionForConditionalGeneration.from_pretrained(pretrained_model_name_or_path, **kwargs)
+    patched = hasattr(config, CONFIG_KEY)
+    cls = LlavaOnevisionManagerForConditionalGeneration if patched else LlavaOnevisionForConditionalGeneration
     want_info = kwargs.pop("output_loading_info", False)
-    model, info = LlavaOnevisionManagerForConditionalGeneration.from_pretrained(
-        pretrained_model_name_or_path, output_loading_info=True, **kwargs
-    )
+    model, info = cls.from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
     missing = sorted(k for k in info["missing_keys"] if ".managers." in f".{k}")
     if missing:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"{pretrained_model_name_or_path} records managers in its config but its weights lack {missing}."
         )
+    check_load(sorted(info["missing_keys"]), sorted(info["unexpected_keys"]), str(pretrained_model_name_or_path))
     return (model, info) if want_info else model

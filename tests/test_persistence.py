@@ -91,6 +91,24 @@ def test_patched_checkpoint_missing_manager_weights_is_an_error(tmp_path):
         llava_manager.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("change", ["drop", "add"])
+def test_a_checkpoint_that_does_not_cover_the_model_is_an_error(tmp_path, change):
+    """transformers would initialise a missing weight at random (or drop an unknown one) with only a warning."""
+    tiny_model().save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    state = load_file(path)
+    if change == "drop":
+        key = next(k for k in state if k.endswith("layers.1.mlp.down_proj.weight"))
+        del state[key]
+        expected = r"missing \['model.language_model.layers.1.mlp.down_proj.weight'\]"
+    else:
+        state["extra.weight"] = torch.zeros(3)
+        expected = r"unexpected \['extra.weight'\]"
+    save_file(state, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=expected):
+        llava_manager.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize(
     "model_kwargs,message",
     [
