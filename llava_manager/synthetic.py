@@ -1,9 +1,10 @@
 """The embedded default for the training recipes: a synthetic "shapes" data set and a tiny processor, made offline.
 
 Each image is a coloured shape (circle, square, triangle, cross) on a plain background, at one of several sizes so
-that anyres gives 1 to 4 grid crops. Questions ask for the colour, the shape, or where it sits, so the answer needs
-the image; a few samples are multi-turn, a few have no image. `write_shapes_dataset` writes LLaVA conversation JSON
-(instruction data) and caption JSON (Stage-1 "plain" data) next to an image folder.
+that anyres gives 1 to 4 grid crops; colours, size and position vary a little from image to image, so a held-out
+image (`shapes_score`) is never a training image. Questions ask for the colour, the shape, or where it sits, so the
+answer needs the image; a few samples are multi-turn, a few have no image. `write_shapes_dataset` writes LLaVA
+conversation JSON (instruction data) and caption JSON (Stage-1 "plain" data) next to an image folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ SHAPES = ("circle", "square", "triangle", "cross")
 PLACES = ("left", "right", "top", "bottom", "middle")
 BACKGROUNDS = {"white": (250, 250, 250), "black": (10, 10, 10), "grey": (128, 128, 128)}
 SIZES = ((28, 28), (28, 56), (56, 28), (56, 56), (42, 42))  # (height, width) px
+COLOUR_JITTER, BACKGROUND_JITTER = 24, 12  # per channel, in random images
+GENERATOR_VERSION = 2  # recorded with a written data set: a folder made by another version is rewritten
 
 QUESTIONS = {
     "colour": "What colour is the shape ?",
@@ -41,14 +44,29 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def draw_shape(shape: str, colour: str, place: str, background: str, size: tuple[int, int]) -> Image.Image:
+def _jitter(rng: random.Random, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
+    return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
+
+
+def draw_shape(shape: str, colour: str, place: str, background: str, size: tuple[int, int],
+               rng: random.Random | None = None) -> Image.Image:
+    """A `colour` `shape` at `place` on a plain `background`, `size` = (height, width) px; the shape's width is half
+    the shorter side. With `rng`, the colours vary a little (+-COLOUR_JITTER per channel, the background
+    +-BACKGROUND_JITTER) and so do the shape's size and position (+- a quarter of its radius), so that no two
+    random images need be the same."""
     height, width = size
-    image = Image.new("RGB", (width, height), BACKGROUNDS[background])
+    fill, back = COLOURS[colour], BACKGROUNDS[background]
     r = min(height, width) // 4
-    cx = {"left": width // 4, "right": 3 * width // 4}.get(place, width // 2)
-    cy = {"top": height // 4, "bottom": 3 * height // 4}.get(place, height // 2)
+    dx = dy = 0
+    if rng is not None:
+        fill, back = _jitter(rng, fill, COLOUR_JITTER), _jitter(rng, back, BACKGROUND_JITTER)
+        step = max(1, r // 4)
+        r, dx, dy = r + rng.randint(-step, step), rng.randint(-step, step), rng.randint(-step, step)
+    image = Image.new("RGB", (width, height), back)
+    cx = {"left": width // 4, "right": 3 * width // 4}.get(place, width // 2) + dx
+    cy = {"top": height // 4, "bottom": 3 * height // 4}.get(place, height // 2) + dy
     box = (cx - r, cy - r, cx + r, cy + r)
-    draw, fill = ImageDraw.Draw(image), COLOURS[colour]
+    draw = ImageDraw.Draw(image)
     if shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "square":
@@ -61,13 +79,21 @@ def draw_shape(shape: str, colour: str, place: str, background: str, size: tuple
     return image
 
 
+def random_shape(rng: random.Random) -> tuple[Image.Image, dict[str, str]]:
+    """One random image of the training distribution and what it shows (shape, colour, place, background)."""
+    facts = {"shape": rng.choice(SHAPES), "colour": rng.choice(list(COLOURS)), "place": rng.choice(PLACES),
+             "background": rng.choice(list(BACKGROUNDS))}
+    size = rng.choice(SIZES)
+    return draw_shape(facts["shape"], facts["colour"], facts["place"], facts["background"], size, rng), facts
+
+
 def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int = 0) -> dict[str, Path]:
     """Write `num_samples` samples under `folder`; returns the paths of `images/`, `instruct.json` (conversations)
     and `captions.json` (image-caption pairs). Deterministic for a given seed; a folder already written with the same
     size and seed is reused as it is."""
     folder = Path(folder)
     paths = {"image_folder": folder / "images", "instruct": folder / "instruct.json", "captions": folder / "captions.json"}
-    made_with = {"num_samples": num_samples, "seed": seed}
+    made_with = {"num_samples": num_samples, "seed": seed, "generator": GENERATOR_VERSION}
     stamp = folder / "made_with.json"
     if stamp.exists() and json.loads(stamp.read_text()) == made_with and all(p.exists() for p in paths.values()):
         return paths
@@ -80,10 +106,10 @@ def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int =
             instruct.append({"id": f"text-{i}", "conversations": [
                 {"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
             continue
-        shape, colour, place = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(PLACES)
-        background = rng.choice(list(BACKGROUNDS))
+        image, facts = random_shape(rng)
+        shape, colour, place, background = facts["shape"], facts["colour"], facts["place"], facts["background"]
         name = f"{i:05d}.png"
-        draw_shape(shape, colour, place, background, rng.choice(SIZES)).save(paths["image_folder"] / name)
+        image.save(paths["image_folder"] / name)
         answers = {"colour": f"{colour} .", "shape": f"{shape} .", "place": f"{place} ."}
         asked = rng.sample(list(QUESTIONS), 2 if i % 4 == 0 else 1)  # every fourth sample is two turns
         turns = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, set_seed
 
-from . import train_args
+from . import shapes_score, train_args
 from .data import Collator, SupervisedDataset, load_records
 from .patch import apply_manager, has_manager, manager_config
 from .persistence import from_pretrained
@@ -51,7 +51,7 @@ def build_model(model_args, manager_args, training_args):
     return model, processor
 
 
-def build_dataset(data_args, training_args, processor):
+def build_dataset(data_args, training_args, processor, model_config=None):
     if data_args.data_path is None:
         with training_args.main_process_first(desc="synthetic data"):
             paths = write_shapes_dataset(Path(training_args.output_dir) / "shapes_data", data_args.synthetic_samples,
@@ -62,7 +62,7 @@ def build_dataset(data_args, training_args, processor):
         data_path, image_folder = data_args.data_path, data_args.image_folder
     records = load_records(data_path, seed=training_args.data_seed or training_args.seed)
     return SupervisedDataset(records, processor, image_folder, data_args.template, data_args.max_length,
-                             data_args.strict_data)
+                             data_args.strict_data, model_config=model_config)
 
 
 def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
@@ -70,7 +70,7 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model, processor = build_model(model_args, manager_args, training_args)
-    dataset = build_dataset(data_args, training_args, processor)
+    dataset = build_dataset(data_args, training_args, processor, model.config)
     trainer = ManagerTrainer(
         model=model, args=training_args, train_dataset=dataset,
         data_collator=Collator(processor.tokenizer.pad_token_id), processing_class=processor.tokenizer,
@@ -88,4 +88,23 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
         logger.warning("data: %d samples skipped %s%s", skips["skipped"], skips["by_reason"],
                        "" if not skips["skipped"] else f"; see {training_args.output_dir}/data_skipped.json")
         logger.info("exported model: %s (load it with llava_manager.from_pretrained)", training_args.output_dir)
+        if model_args.model_name_or_path is None and data_args.data_path is None:
+            score_heldout(training_args, data_args)
     return trainer
+
+
+def score_heldout(training_args, data_args) -> dict | None:
+    """The embedded default proves itself: its export, scored on held-out shapes images (`shapes_score`), printed
+    and written to `{output_dir}/shapes_score.json`. Skipped for a run cut short by `--max_steps` (tests, smoke
+    runs; `python -m llava_manager.shapes_score DIR` scores any export) and for Stage-1's caption format."""
+    out = Path(training_args.output_dir)
+    if data_args.template == "plain":
+        return None
+    if training_args.max_steps > 0:
+        logger.info("held-out score skipped: --max_steps %d cuts the run short; score the export with "
+                       "`python -m llava_manager.shapes_score %s`", training_args.max_steps, out)
+        return None
+    result = shapes_score.score_export(out)
+    (out / "shapes_score.json").write_text(json.dumps(result, indent=1))
+    print(f"\n{shapes_score.describe(result)}\n  written to       {out / 'shapes_score.json'}\n", flush=True)
+    return result
