@@ -220,3 +220,21 @@ def test_a_recipe_export_is_scored(setup, tmp_path):
     loaded = LlavaOvManager(pretrained=str(tmp_path / "run"), device="cpu", dtype="float32")
     for a, b in zip(get_managers(loaded.model), get_managers(trainer.model)):
         assert torch.equal(a.weight, b.weight.detach()) and a.weight.abs().sum() > 0
+
+
+def test_the_main_jobs_scorer_agrees_with_lmms_eval(setup, runs):
+    """`python recipes/stage2.py` ends with `shapes_score`; on the same documents lmms-eval must say the same."""
+    from llava_manager.shapes_score import choice_nlls, generate_answers, heldout_docs, normalise, score
+
+    model = llava_manager.from_pretrained(setup / "patched").eval()
+    processor = llava_manager.processors.load_processor(setup / "patched")
+    docs = heldout_docs(NUM_DOCS)
+    results, samples = runs["patched"]
+    ours = score(model, processor, docs)
+    assert ours["exact_match"] == results["shapes_gen"]["exact_match,none"]
+    assert ours["mc_accuracy"] == results["shapes_mc"]["acc,none"]
+    logged = {s["doc_id"]: s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0]
+              for s in samples["shapes_gen"]}
+    assert [normalise(a) for a in generate_answers(model, processor, docs)] == [
+        normalise(logged[i]) for i in range(NUM_DOCS)]
+    assert [choice_nlls(model, processor, d) for d in docs] == [pytest.approx(row, rel=1e-4) for row in mc_losses(samples)]
