@@ -71,7 +71,7 @@ def generate_answers(model, processor, docs: list[dict], batch_size: int = 16) -
             batch = docs[start:start + batch_size]
             prompts = [chat_prompt(tokenizer, d["question"], 1) for d in batch]
             inputs = _inputs(processor, prompts, [d["image"] for d in batch], model.device, model.dtype)
-            tokens = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
+            tokens = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, use_cache=True,
                                     pad_token_id=tokenizer.pad_token_id)
             texts = tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             answers += [t.split(STOP)[0] for t in texts]
