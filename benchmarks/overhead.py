@@ -21,7 +21,8 @@ from transformers.cache_utils import DynamicCache
 
 from llava_manager import apply_manager, manager_plan, remove_manager
 from llava_manager.analysis.timing import count_flops, rounds, ratio_to, sync, timed
-from llava_manager.shapes import onevision_0_5b_config, random_inputs
+from llava_manager.families import random_inputs
+from llava_manager.families.llava_onevision import onevision_0_5b_config
 
 
 def prefill(model, inputs):

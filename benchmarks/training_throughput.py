@@ -18,9 +18,9 @@ import time
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from llava_manager.data import Collator, SupervisedDataset, load_records
-from llava_manager.synthetic import tiny_processor, write_shapes_dataset
-from llava_manager.train import run
+from llava_manager.training.data import Collator, SupervisedDataset, load_records
+from llava_manager.shapes.data import tiny_processor, write_shapes_dataset
+from llava_manager.training.train import run
 
 
 def main() -> None:

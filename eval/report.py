@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from llava_manager.report import write_report
+from llava_manager.evaluation.report import write_report
 
 
 def main(argv: list[str] | None = None) -> None:

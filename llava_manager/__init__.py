@@ -4,10 +4,10 @@ from ._compat import check_transformers
 
 check_transformers()
 
-from .config import ManagerConfig  # noqa: E402
-from .patch import apply_manager, get_managers, has_manager, manager_config, manager_plan, remove_manager  # noqa: E402
-from .persistence import from_pretrained, load_manager, save_manager, LlavaOnevisionManagerForConditionalGeneration  # noqa: E402
-from .saum import Manager, ManagerStack  # noqa: E402
+from .core.config import ManagerConfig  # noqa: E402
+from .core.patch import apply_manager, get_managers, has_manager, manager_config, manager_plan, remove_manager  # noqa: E402
+from .core.persistence import from_pretrained, load_manager, save_manager, LlavaOnevisionManagerForConditionalGeneration  # noqa: E402
+from .core.saum import Manager, ManagerStack  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,8 @@ import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
 from . import ManagerConfig, apply_manager, get_managers, manager_plan, remove_manager
-from .shapes import onevision_0_5b_config, random_inputs, tiny_config
+from .families import random_inputs
+from .families.llava_onevision import onevision_0_5b_config, tiny_config
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ With no model or data arguments it trains the embedded default (a tiny model, sy
     python recipes/stage1_5.py
 """
 
-from llava_manager.train import run
+from llava_manager.training.train import run
 
 if __name__ == "__main__":
     run("stage1_5")

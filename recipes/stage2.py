@@ -10,7 +10,7 @@ on a CPU-only machine, with or without DeepSpeed:
     deepspeed --num_gpus 2 recipes/stage2.py --deepspeed recipes/zero2.json
 """
 
-from llava_manager.train import run
+from llava_manager.training.train import run
 
 if __name__ == "__main__":
     run("stage2")

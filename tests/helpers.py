@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from llava_manager.shapes import TINY_IMAGE_SIZE, tiny_config
+from llava_manager.families.llava_onevision import TINY_IMAGE_SIZE, tiny_config
 
 
 def tiny_model(seed: int = 0, **config_overrides) -> LlavaOnevisionForConditionalGeneration:
@@ -27,7 +27,7 @@ def make_batch(model, image_hw, prompt_lens=None, seed: int = 1, left_pad=None, 
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
     num_images = len(image_hw)
-    from llava_manager.features import crops_per_image
+    from llava_manager.families.llava_onevision import crops_per_image
 
     image_sizes = torch.tensor(image_hw, dtype=torch.long)
     batch_num_images = None if images_per_sample is None else torch.tensor(images_per_sample)

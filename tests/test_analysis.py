@@ -16,7 +16,7 @@ from llava_manager import apply_manager, get_managers
 from llava_manager.analysis import collect, metrics
 from llava_manager.analysis.__main__ import main as analysis
 from llava_manager.analysis.inputs import encode, load_samples
-from llava_manager.synthetic import draw_shape, tiny_model_config, tiny_processor
+from llava_manager.shapes.data import draw_shape, tiny_model_config, tiny_processor
 
 
 def test_entropy_and_restriction_by_definition():

@@ -16,7 +16,7 @@ from llava_manager import apply_manager, get_managers, has_manager
 from llava_manager.analysis import timing
 from llava_manager.analysis.__main__ import main as analysis
 from llava_manager.analysis.budget import VARIANTS, measure_budget
-from llava_manager.shapes import onevision_0_5b_config
+from llava_manager.families.llava_onevision import onevision_0_5b_config
 
 from helpers import tiny_model
 

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from transformers import LlavaForConditionalGeneration, LlavaConfig
+from transformers import VipLlavaConfig, VipLlavaForConditionalGeneration
 
 from helpers import tiny_model
 from llava_manager import ManagerConfig, apply_manager, get_managers, has_manager
-from llava_manager.shapes import onevision_0_5b_config
+from llava_manager.families.llava_onevision import onevision_0_5b_config
 
 
 def test_paper_defaults_on_the_real_shape():
@@ -87,16 +87,20 @@ def test_out_of_range_for_the_model_leaves_it_untouched(kwargs, message):
     assert "get_image_features" not in model.model.__dict__
 
 
-def test_not_llava_onevision_is_refused():
-    cfg = LlavaConfig(
-        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+def test_a_family_the_table_does_not_know_is_refused_with_the_supported_classes():
+    cfg = VipLlavaConfig(
+        text_config=dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=64),
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=24, intermediate_size=48,
-                           num_hidden_layers=2, num_attention_heads=4, image_size=28, patch_size=7),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=24, intermediate_size=48,
+                           num_hidden_layers=6, num_attention_heads=4, image_size=28, patch_size=7),
         image_token_index=63,
     )
-    with pytest.raises(TypeError, match="supports LlavaOnevisionForConditionalGeneration.*got LlavaForConditionalGeneration"):
-        apply_manager(LlavaForConditionalGeneration(cfg))
+    expected = ("LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
+                "LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel, LlavaOnevisionForConditionalGeneration, "
+                "LlavaOnevisionModel")
+    with pytest.raises(TypeError) as error:
+        apply_manager(VipLlavaForConditionalGeneration(cfg))
+    assert f"supports {expected}; got VipLlavaForConditionalGeneration" in str(error.value)
     with pytest.raises(TypeError, match="got Linear"):
         apply_manager(torch.nn.Linear(2, 2))
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_manager.data import (
+from llava_manager.training.data import (
     IGNORE_INDEX, Collator, SupervisedDataset, load_records, sample_records,
 )
-from llava_manager.synthetic import tiny_processor, write_shapes_dataset
+from llava_manager.shapes.data import tiny_processor, write_shapes_dataset
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_labels_are_the_answers_and_their_end_of_turn_token(processor, folder):
     assert text[:8] == ["<|im_start|>", "system", "\n", "You", "are", "a", "helpful", "assistant"]
     assert text.count("<|im_start|>") == 5 and "assistant" in text
     # the image expands to exactly the count the model's packing gives for a 28 x 56 image
-    from llava_manager.synthetic import tiny_model_config
+    from llava_manager.shapes.data import tiny_model_config
     from transformers import LlavaOnevisionForConditionalGeneration
 
     model = LlavaOnevisionForConditionalGeneration(tiny_model_config(processor)).eval()
@@ -162,7 +162,7 @@ def test_collator_pads_and_batches_mixed_samples(processor, folder):
     from transformers import LlavaOnevisionForConditionalGeneration
 
     from llava_manager import apply_manager
-    from llava_manager.synthetic import tiny_model_config
+    from llava_manager.shapes.data import tiny_model_config
 
     model = apply_manager(LlavaOnevisionForConditionalGeneration(tiny_model_config(processor)))
     batch.pop("skipped")

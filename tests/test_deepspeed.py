@@ -14,7 +14,7 @@ import torch
 import llava_manager
 from llava_manager import get_managers
 from helpers import ROOT, logged_losses as losses, run_recipe
-from llava_manager.train_args import _CHECKPOINTING
+from llava_manager.training.train_args import _CHECKPOINTING
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="needs the deepspeed launcher")
 

@@ -5,7 +5,7 @@ import torch
 
 from helpers import make_batch, tiny_model
 from llava_manager import apply_manager, get_managers
-from llava_manager.saum import Manager
+from llava_manager.core.saum import Manager
 from reference import add_reference_hooks
 from test_math import randomize
 

@@ -18,12 +18,12 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, LlavaOnevisionImageProcessorPil
 
 from llava_manager import apply_manager, get_managers
-from llava_manager.data import Collator, SupervisedDataset
-from llava_manager.images import (ImageError, model_feature_count, open_image, processor_token_count, to_rgb,
+from llava_manager.training.data import Collator, SupervisedDataset
+from llava_manager.processing.images import (ImageError, model_feature_count, open_image, processor_token_count, to_rgb,
                                   unsupported_reason)
-from llava_manager.processors import build_processor
-from llava_manager.shapes import ONEVISION_PINPOINTS, onevision_0_5b_config
-from llava_manager.synthetic import draw_shape, tiny_model_config, tiny_processor
+from llava_manager.processing.processors import build_processor
+from llava_manager.families.llava_onevision import ONEVISION_PINPOINTS, onevision_0_5b_config
+from llava_manager.shapes.data import draw_shape, tiny_model_config, tiny_processor
 
 EXTREME_SIZES = [(1, 1), (1, 2), (2, 1), (3, 1), (12, 2400), (2400, 12), (1, 4000), (4000, 1), (3000, 4000),
                  (4000, 3000), (767, 2), (385, 1)]  # (width, height)
@@ -356,7 +356,7 @@ def test_analysis_inputs_are_converted_and_bad_files_skipped(processor, tmp_path
 @pytest.fixture(scope="module")
 def evaluator(processor, tmp_path_factory):
     pytest.importorskip("lmms_eval")
-    from llava_manager.lmms_eval_model import LlavaOvManager
+    from llava_manager.evaluation.lmms_eval_model import LlavaOvManager
 
     root = tmp_path_factory.mktemp("eval_model")
     torch.manual_seed(0)
@@ -433,7 +433,7 @@ def test_mismatch_is_refused_before_the_model_or_caught_at_run_time(evaluator, m
                    "image tokens for a 2400x12 image" in m for m in messages)
         messages.clear()
         # Without the check the model itself raises for the batch: each document is then scored on its own.
-        monkeypatch.setattr("llava_manager.lmms_eval_model.unsupported_reason", lambda *args, **kwargs: None)
+        monkeypatch.setattr("llava_manager.evaluation.lmms_eval_model.unsupported_reason", lambda *args, **kwargs: None)
         assert generate(evaluator, [0, 3]) == [alone[0], ""]
         assert loglikelihood(evaluator, [3, 0]) == [(math.inf, False), alone_ll[0]]
         assert any("refusing document 3 of task shapes" in m and "Image features and image tokens do not match" in m

@@ -20,8 +20,8 @@ from transformers import AutoModelForImageTextToText  # noqa: E402
 
 import llava_manager  # noqa: E402
 from llava_manager import apply_manager, get_managers, load_manager, save_manager  # noqa: E402
-from llava_manager.data import QWEN  # noqa: E402
-from llava_manager.synthetic import tiny_model_config, tiny_processor  # noqa: E402
+from llava_manager.processing.templates import QWEN  # noqa: E402
+from llava_manager.shapes.data import tiny_model_config, tiny_processor  # noqa: E402
 from eval.shapes_tasks.make_data import CHOICES, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def shapes_docs(root: Path):
 
 def test_loglikelihood_matches_an_independent_computation(setup, runs):
     model = llava_manager.from_pretrained(setup / "patched").eval()
-    processor = llava_manager.processors.load_processor(setup / "patched")
+    processor = llava_manager.processing.processors.load_processor(setup / "patched")
     prompt = QWEN.system.format(QWEN.default_system) + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant
     expected = independent_losses(model, processor, prompt, shapes_docs(setup), (0, 1))
     assert mc_losses(runs["patched"][1])[:2] == [pytest.approx(row, rel=1e-4) for row in expected]
@@ -165,14 +165,14 @@ def test_a_published_checkpoint_is_scored_in_either_prompt_format(setup, publish
     assert len(samples["shapes_gen"]) == len(samples["shapes_mc"]) == NUM_DOCS
     assert 0.0 <= results["shapes_gen"]["exact_match,none"] <= 1.0 and 0.0 <= results["shapes_mc"]["acc,none"] <= 1.0
     model = llava_manager.from_pretrained(published_si, dtype=torch.float32).eval()
-    processor = llava_manager.processors.load_processor(published_si)
+    processor = llava_manager.processing.processors.load_processor(published_si)
     expected = independent_losses(model, processor, prompt, shapes_docs(setup), range(NUM_DOCS))
     assert mc_losses(samples) == [pytest.approx(row, rel=1e-4) for row in expected]
 
 
 def test_a_published_checkpoint_with_manager_path_is_scored_with_its_managers(setup, published_ov, published_runs):
     _, samples = published_runs["ov+manager"]
-    processor = llava_manager.processors.load_processor(published_ov)
+    processor = llava_manager.processing.processors.load_processor(published_ov)
     prompt = QWEN.system.format(QWEN.default_system) + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant
     docs = shapes_docs(setup)
     plain = llava_manager.from_pretrained(published_ov, dtype=torch.float32).eval()
@@ -183,7 +183,7 @@ def test_a_published_checkpoint_with_manager_path_is_scored_with_its_managers(se
 
 
 def test_bad_model_args_are_named(setup):
-    from llava_manager.lmms_eval_model import LlavaOvManager
+    from llava_manager.evaluation.lmms_eval_model import LlavaOvManager
 
     with pytest.raises(ValueError, match=r"unknown model_args \['colour'\]; allowed: pretrained"):
         LlavaOvManager(pretrained=str(setup / "patched"), colour="red")
@@ -195,7 +195,7 @@ def test_task_groups_name_installed_lmms_eval_tasks():
     import yaml
     from lmms_eval.tasks import TaskManager
 
-    from llava_manager.report import ABLATION, DATASETS
+    from llava_manager.evaluation.report import ABLATION, DATASETS
 
     known = set(TaskManager().all_tasks)
     groups = {}
@@ -209,13 +209,13 @@ def test_task_groups_name_installed_lmms_eval_tasks():
 
 def test_a_recipe_export_is_scored(setup, tmp_path):
     """What `recipes/stage2.py` exports (model, processor) is what the plugin loads: its trained managers included."""
-    from llava_manager.train import run
+    from llava_manager.training.train import run
 
     trainer = run("stage2", ["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--synthetic_samples", "16",
                              "--dataloader_num_workers", "0", "--save_strategy", "no"])
     results, samples = read(lmms_eval(setup, "recipe", f"pretrained={tmp_path / 'run'},dtype=float32"))
     assert "exact_match,none" in results["shapes_gen"] and "acc,none" in results["shapes_mc"]
-    from llava_manager.lmms_eval_model import LlavaOvManager
+    from llava_manager.evaluation.lmms_eval_model import LlavaOvManager
 
     loaded = LlavaOvManager(pretrained=str(tmp_path / "run"), device="cpu", dtype="float32")
     for a, b in zip(get_managers(loaded.model), get_managers(trainer.model)):
@@ -224,10 +224,10 @@ def test_a_recipe_export_is_scored(setup, tmp_path):
 
 def test_the_main_jobs_scorer_agrees_with_lmms_eval(setup, runs):
     """`python recipes/stage2.py` ends with `shapes_score`; on the same documents lmms-eval must say the same."""
-    from llava_manager.shapes_score import choice_nlls, generate_answers, heldout_docs, normalise, score
+    from llava_manager.shapes.score import choice_nlls, generate_answers, heldout_docs, normalise, score
 
     model = llava_manager.from_pretrained(setup / "patched").eval()
-    processor = llava_manager.processors.load_processor(setup / "patched")
+    processor = llava_manager.processing.processors.load_processor(setup / "patched")
     docs = heldout_docs(NUM_DOCS)
     results, samples = runs["patched"]
     ours = score(model, processor, docs)

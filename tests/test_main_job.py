@@ -15,8 +15,8 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, set_seed
 
 from llava_manager import apply_manager
-from llava_manager.shapes_score import CHOICES, DEFAULT_SAMPLES, heldout_docs, score
-from llava_manager.synthetic import tiny_model_config, tiny_processor
+from llava_manager.shapes.score import CHOICES, DEFAULT_SAMPLES, heldout_docs, score
+from llava_manager.shapes.data import tiny_model_config, tiny_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 

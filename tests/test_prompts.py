@@ -9,8 +9,8 @@ import copy
 import pytest
 
 from llava_manager.analysis.inputs import encode
-from llava_manager.processors import load_processor
-from llava_manager.prompts import chat_prompt
+from llava_manager.processing.processors import load_processor
+from llava_manager.processing.prompts import chat_prompt
 from published import CHAT_TEMPLATE, QWEN2_CHAT_TEMPLATE
 
 QUESTION = "What colour is the shape ?"
@@ -81,7 +81,7 @@ def test_no_template_or_one_without_placeholders_is_an_error(processor):
 
 def test_evaluation_model_refuses_a_template_without_placeholders_before_loading(published_si, monkeypatch):
     pytest.importorskip("lmms_eval")
-    from llava_manager import lmms_eval_model
+    from llava_manager.evaluation import lmms_eval_model
 
     def loaded(*args, **kwargs):
         raise AssertionError("the model was loaded before the prompt was checked")

@@ -167,7 +167,7 @@ def tokenizer(published_si):
 
 @pytest.fixture(scope="module")
 def processor(published_si):
-    from llava_manager.processors import load_processor
+    from llava_manager.processing.processors import load_processor
 
     return load_processor(published_si)
 

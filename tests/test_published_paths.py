@@ -18,9 +18,9 @@ import llava_manager
 from helpers import logged_losses, run_recipe
 from llava_manager import apply_manager, get_managers, has_manager, load_manager, save_manager
 from llava_manager.analysis.__main__ import main as analysis
-from llava_manager.processors import load_processor
-from llava_manager.synthetic import draw_shape, write_shapes_dataset
-from llava_manager.train_args import _CHECKPOINTING
+from llava_manager.processing.processors import load_processor
+from llava_manager.shapes.data import draw_shape, write_shapes_dataset
+from llava_manager.training.train_args import _CHECKPOINTING
 from published import CHAT_TEMPLATE
 from reference import add_reference_hooks
 from test_math import randomize

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llava_manager.report import ABLATION, DATASETS, build_tables, read_results, write_report
+from llava_manager.evaluation.report import ABLATION, DATASETS, build_tables, read_results, write_report
 from eval.report import main as report_main
 
 # Tables XII-XIII, in DATASETS order (OCRBench as the paper prints it, 0-1000).

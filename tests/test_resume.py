@@ -14,12 +14,12 @@ from transformers import AutoModelForImageTextToText, TrainingArguments
 import llava_manager
 from helpers import logged_losses, run_recipe
 from llava_manager import apply_manager, get_managers
-from llava_manager.checkpoint import CheckpointMismatchError
-from llava_manager.data import Collator, SupervisedDataset, load_records
-from llava_manager.synthetic import tiny_model_config, tiny_processor, write_shapes_dataset
-from llava_manager.train import run
-from llava_manager.train_args import _CHECKPOINTING
-from llava_manager.trainer import ManagerTrainer
+from llava_manager.core.checkpoint import CheckpointMismatchError
+from llava_manager.training.data import Collator, SupervisedDataset, load_records
+from llava_manager.shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
+from llava_manager.training.train import run
+from llava_manager.training.train_args import _CHECKPOINTING
+from llava_manager.training.trainer import ManagerTrainer
 
 COMMON = ("--max_steps", "6", "--save_steps", "3", "--logging_steps", "1", "--synthetic_samples", "48",
           "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0", "--data_seed", "42",

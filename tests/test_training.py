@@ -12,12 +12,12 @@ from transformers import LlavaOnevisionForConditionalGeneration
 
 import llava_manager
 from llava_manager import apply_manager, get_managers
-from llava_manager.synthetic import tiny_model_config, tiny_processor
-from llava_manager.train import run
-from llava_manager.train_args import _CHECKPOINTING, parse
+from llava_manager.shapes.data import tiny_model_config, tiny_processor
+from llava_manager.training.train import run
+from llava_manager.training.train_args import _CHECKPOINTING, parse
 
 NO_CHECKPOINTING = [f"--{_CHECKPOINTING}", "false"]  # faster on a tiny model
-from llava_manager.trainer import module_parameters, parameter_groups, set_trainable
+from llava_manager.training.trainer import module_parameters, parameter_groups, set_trainable
 
 
 def test_stage_defaults_follow_llava_onevision_and_the_command_line_wins():
@@ -102,7 +102,7 @@ def test_default_run_trains_logs_norms_and_exports(stage2_run):
     trained = get_managers(trainer.model)
     for saved, live in zip(get_managers(exported), trained):
         assert torch.equal(saved.weight, live.weight.detach().cpu()) and saved.weight.abs().sum() > 0
-    processor = llava_manager.processors.load_processor(out)
+    processor = llava_manager.processing.processors.load_processor(out)
     assert len(processor.tokenizer) == exported.config.text_config.vocab_size
     assert json.loads((out / "data_skipped.json").read_text())["skipped"] == 0
 

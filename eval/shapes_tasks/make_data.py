@@ -5,7 +5,7 @@ scoring a model trained on the embedded default with lmms-eval (offline).
     lmms-eval --model llava_ov_manager --model_args pretrained=runs/stage2 --device cpu \\
         --include_path eval/shapes_tasks --tasks shapes_gen,shapes_mc --output_path results/shapes
 
-The documents are `llava_manager.shapes_score.heldout_docs`, the ones the main job (`python recipes/stage2.py`)
+The documents are `llava_manager.shapes.score.heldout_docs`, the ones the main job (`python recipes/stage2.py`)
 scores itself on at the end: with the same --samples and --seed, lmms-eval gives the scores it printed.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llava_manager.shapes_score import CHOICES, DEFAULT_SAMPLES, HELDOUT_SEED, heldout_docs
+from llava_manager.shapes.score import CHOICES, DEFAULT_SAMPLES, HELDOUT_SEED, heldout_docs
 
 __all__ = ["CHOICES", "write"]
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from ..config import ManagerConfig
-from ..persistence import from_pretrained
-from ..processors import load_processor
-from ..prompts import PROMPT_FORMATS, chat_prompt
-from ..shapes import onevision_0_5b_config, tiny_config
+from ..core.config import ManagerConfig
+from ..core.persistence import from_pretrained
+from ..processing.processors import load_processor
+from ..processing.prompts import PROMPT_FORMATS, chat_prompt
+from ..families.llava_onevision import onevision_0_5b_config, tiny_config
 from . import collect, figures
 from .budget import format_table, measure_budget, write_budget
 from .inputs import DEFAULT_PROMPT, load_samples

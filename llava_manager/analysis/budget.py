@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import ManagerConfig
-from ..patch import apply_manager, has_manager, manager_config, remove_manager
-from ..shapes import random_inputs
+from ..core.config import ManagerConfig
+from ..core.patch import apply_manager, has_manager, manager_config, remove_manager
+from ..families import random_inputs
 from .figures import pyplot, write_csv
 from .timing import count_flops, ratio_to, rounds, timed
 

@@ -8,8 +8,8 @@ import contextlib
 import torch
 from tqdm import tqdm
 
-from ..features import vision_encoder_layers
-from ..patch import get_managers, has_manager
+from ..families.base import vision_encoder_layers
+from ..core.patch import get_managers, has_manager
 from . import metrics
 from .inputs import encode
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..patch import get_managers
+from ..core.patch import get_managers
 
 
 def pyplot():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data import IMAGE_PLACEHOLDER
-from ..images import ImageError, open_image, unsupported_reason
-from ..prompts import chat_prompt
+from ..processing.templates import IMAGE_PLACEHOLDER
+from ..processing.images import ImageError, open_image, unsupported_reason
+from ..processing.prompts import chat_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def load_samples(source: str | Path, image_folder: str | Path | None = None, lim
             text = path.with_suffix(".txt")
             pairs.append((path, text.read_text().strip() if text.exists() else prompt))
     elif source.suffix in (".json", ".jsonl"):
-        from ..data import read_records
+        from ..training.data import read_records
 
         folder = Path(image_folder) if image_folder else source.parent
         for record in read_records(source):
@@ -62,7 +62,7 @@ def load_samples(source: str | Path, image_folder: str | Path | None = None, lim
 
 
 def encode(processor, image: Image.Image, prompt: str, device=None, prompt_format: str = "qwen_1_5") -> dict:
-    """Model inputs of one sample in `prompt_format` (see `llava_manager.prompts`), with the images' token positions
+    """Model inputs of one sample in `prompt_format` (see `llava_manager.processing.prompts`), with the images' token positions
     marked by the processor's image token."""
     text = chat_prompt(processor, prompt, 1, prompt_format)
     inputs = processor(images=[image], text=[text], return_tensors="pt")

@@ -8,11 +8,11 @@ class changes in `llava_hf`:
 - loading: `llava_manager.from_pretrained` (+ `load_manager`), and a processor that needs no torchvision;
 - prompts: `prompt_format=qwen_1_5` (default), the format LLaVA-OneVision was trained with and lmms-eval's own
   `llava_onevision` model uses, or `prompt_format=chat_template`, the checkpoint's chat template with typed content
-  (`chat_template=` a template or a .jinja file overrides it); see `llava_manager.prompts`;
+  (`chat_template=` a template or a .jinja file overrides it); see `llava_manager.processing.prompts`;
 - `generate_until`: batches (`--batch_size N`), honours `until` stop strings and `max_new_tokens`;
 - `loglikelihood`: images go with the context, the continuation is tokenised on its own; returns the mean negative
   log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it;
-- images: every document's images go through `llava_manager.images.to_rgb` (EXIF orientation, any PIL mode to RGB).
+- images: every document's images go through `llava_manager.processing.images.to_rgb` (EXIF orientation, any PIL mode to RGB).
   A document whose image the model cannot represent, or that fails on its image, is refused with a logged message
   naming the task, doc_id and reason, and the rest of the batch is scored: it gets "" in generation and a +inf
   negative log-likelihood (never preferred over a scored choice) in loglikelihood.
@@ -32,11 +32,11 @@ from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
 
-from .images import ImageError, open_image, to_rgb, unsupported_reason
-from .patch import has_manager
-from .persistence import from_pretrained, load_manager
-from .processors import load_processor
-from .prompts import chat_prompt
+from ..processing.images import ImageError, open_image, to_rgb, unsupported_reason
+from ..core.patch import has_manager
+from ..core.persistence import from_pretrained, load_manager
+from ..processing.processors import load_processor
+from ..processing.prompts import chat_prompt
 
 ARGS = ("pretrained", "manager_path", "revision", "device", "dtype", "batch_size", "device_map", "prompt_format",
         "chat_template", "use_cache", "attn_implementation", "max_frames_num", "ll_reduction", "max_batch_size")

@@ -132,9 +132,9 @@ def tiny_processor(vision_feature_select_strategy: str = "full"):
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import LlavaOnevisionImageProcessorPil, PreTrainedTokenizerFast
 
-    from .processors import build_processor
+    from ..processing.processors import build_processor
 
-    from .shapes import TINY_IMAGE_SIZE, TINY_PINPOINTS
+    from ..families.llava_onevision import TINY_IMAGE_SIZE, TINY_PINPOINTS
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<video>", "<image>"]
     vocab = {token: i for i, token in enumerate(specials[:4] + ["\n"] + vocabulary())}
@@ -161,7 +161,7 @@ def tiny_processor(vision_feature_select_strategy: str = "full"):
 
 def tiny_model_config(processor, **overrides):
     """`shapes.tiny_config` sized to `processor`'s vocabulary, with its image and video token ids."""
-    from .shapes import tiny_config
+    from ..families.llava_onevision import tiny_config
 
     tokenizer = processor.tokenizer
     kwargs = dict(vocab_size=len(tokenizer), image_token_index=processor.image_token_id,

@@ -4,4 +4,4 @@ it at start-up and hides import errors, so the model class is named by path and 
 from lmms_eval.models.registry_v2 import ModelManifest
 
 MANIFEST = ModelManifest(model_id="llava_ov_manager",
-                         simple_class_path="llava_manager.lmms_eval_model.LlavaOvManager")
+                         simple_class_path="llava_manager.evaluation.lmms_eval_model.LlavaOvManager")

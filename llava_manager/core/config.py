@@ -1,4 +1,4 @@
-"""`ManagerConfig`: the knobs of LLaVA-OV-Manager, with the paper's defaults."""
+"""`ManagerConfig`: the knobs of LLaVA-Manager, with the paper's defaults."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ MANAGE_CHOICES = ("both", "base", "grids")
 class ManagerConfig:
     """Where managers sit, what they aggregate and how they are trained.
 
-    The defaults are the paper's LLaVA-OV-Manager (Sec. V-B2, Eq. 12-14): a manager before every 4th
-    decoder layer starting at layer 0, each a learned weighted sum of the top half of the vision layers
-    that feed the LLM, applied to the base image and the grid crops, with multiplicative jitter
-    U(0.98, 1.02) in training.
+    The defaults are the paper's LLaVA-OV-Manager (Sec. V-B2, Eq. 12-14), for every LLaVA family: a manager
+    before every 4th decoder layer starting at layer 0, each a learned weighted sum of the top half of the vision
+    layers up to the one that feeds the LLM, applied to the base image, the grid crops and video frames, with
+    multiplicative jitter U(0.98, 1.02) in training.
     """
 
     interval: int = field(default=4, metadata={"help": "A manager before every `interval`-th decoder layer."})
@@ -39,6 +39,11 @@ class ManagerConfig:
     )
     manage: str = field(
         default="both", metadata={"help": "Which crops get manager terms: 'both', 'base' (base image) or 'grids'."}
+    )
+    manage_videos: bool = field(
+        default=True,
+        metadata={"help": "Video frames get manager terms too, brought through the model's own frame pooling "
+                          "(families that take videos: LLaVA-NeXT-Video, LLaVA-OneVision)."},
     )
     jitter: float = field(
         default=0.02, metadata={"help": "Training noise: the term is multiplied by U(1 - jitter, 1 + jitter)."}
@@ -61,6 +66,8 @@ class ManagerConfig:
             self.vision_layers = _int_list("vision_layers", self.vision_layers, minimum=1)
         if self.manage not in MANAGE_CHOICES:
             raise ValueError(f"ManagerConfig.manage must be one of {MANAGE_CHOICES}, got {self.manage!r}.")
+        if not isinstance(self.manage_videos, bool):
+            raise ValueError(f"ManagerConfig.manage_videos must be True or False, got {self.manage_videos!r}.")
         if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
             raise ValueError(f"ManagerConfig.jitter must be a number in [0, 1), got {self.jitter!r}.")
         self.jitter = float(self.jitter)

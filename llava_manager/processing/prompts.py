@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from jinja2 import TemplateError
 
-from .data import IMAGE_PLACEHOLDER, QWEN
+from .templates import IMAGE_PLACEHOLDER, QWEN
 
 PROMPT_FORMATS = ("qwen_1_5", "chat_template")
 

@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, set_seed
 
-from . import shapes_score, train_args
+from ..shapes import score as shapes_score
+
+from . import train_args
 from .data import Collator, SupervisedDataset, load_records
-from .patch import apply_manager, has_manager, manager_config
-from .persistence import from_pretrained
-from .processors import load_processor
-from .synthetic import tiny_model_config, tiny_processor, write_shapes_dataset
+from ..core.patch import apply_manager, has_manager, manager_config
+from ..core.persistence import from_pretrained
+from ..processing.processors import load_processor
+from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from .trainer import ManagerTrainer, set_trainable
 
 logger = logging.getLogger(__name__)
@@ -96,13 +98,13 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
 def score_heldout(training_args, data_args) -> dict | None:
     """The embedded default proves itself: its export, scored on held-out shapes images (`shapes_score`), printed
     and written to `{output_dir}/shapes_score.json`. Skipped for a run cut short by `--max_steps` (tests, smoke
-    runs; `python -m llava_manager.shapes_score DIR` scores any export) and for Stage-1's caption format."""
+    runs; `python -m llava_manager.evaluation.shapes_score DIR` scores any export) and for Stage-1's caption format."""
     out = Path(training_args.output_dir)
     if data_args.template == "plain":
         return None
     if training_args.max_steps > 0:
         logger.info("held-out score skipped: --max_steps %d cuts the run short; score the export with "
-                       "`python -m llava_manager.shapes_score %s`", training_args.max_steps, out)
+                       "`python -m llava_manager.evaluation.shapes_score %s`", training_args.max_steps, out)
         return None
     result = shapes_score.score_export(out)
     (out / "shapes_score.json").write_text(json.dumps(result, indent=1))

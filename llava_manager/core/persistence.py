@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+from transformers import AutoConfig, PreTrainedModel
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from torch import nn
 
+from ..families import FAMILIES, FamilyAdapter, family_of_config
 from .checkpoint import CheckpointMismatchError, check_load
 from .config import ManagerConfig
 from .patch import CONFIG_KEY, ManagerPlan, _Runtime, _runtime_of, apply_manager
@@ -59,7 +60,8 @@ def load_manager(model: nn.Module, load_directory: str | Path) -> nn.Module:
     payload = json.loads(config_file.read_text())
     config = ManagerConfig.from_dict(payload["manager_config"])
     plan = ManagerPlan(model, config)
-    saved, here = payload.get("model", {}), plan.describe()
+    saved, here = dict(payload.get("model", {})), plan.describe()
+    saved.setdefault("family", "llava_onevision")  # saved before other families were supported
     mismatched = [f"{key}: saved {saved.get(key)}, this model {here[key]}" for key in here if saved.get(key) != here[key]]
     if mismatched:
         raise ValueError(f"load_manager: {directory} was saved for a different model; " + "; ".join(mismatched) + ".")
@@ -95,28 +97,39 @@ def check_manager_state(state: dict[str, torch.Tensor], expected: dict[str, tupl
         raise ValueError(f"Manager weights in {source} do not match the managers: " + "; ".join(problems) + ".")
 
 
-class LlavaOnevisionManagerForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
-    """LLaVA-OneVision built with the managers its config records (`config.manager_config`), so that
-    transformers' own `from_pretrained` loads base and manager weights together (dtype, device_map, shards)."""
+def manager_model_class(adapter: FamilyAdapter) -> type[PreTrainedModel]:
+    """The family's `...ForConditionalGeneration` built with the managers its config records (`config.manager_config`),
+    so that transformers' own `from_pretrained` loads base and manager weights together (dtype, device_map, shards).
+    One subclass per family, made once."""
+    if adapter.name not in _MANAGER_CLASSES:
+        base = adapter.model_class
 
-    def __init__(self, config: LlavaOnevisionConfig) -> None:
-        super().__init__(config)
-        if not hasattr(config, CONFIG_KEY):
-            raise ValueError(f"{type(self).__name__} needs a config with `{CONFIG_KEY}` (written by apply_manager).")
-        apply_manager(self, ManagerConfig.from_dict(getattr(config, CONFIG_KEY)))
+        def __init__(self, config) -> None:
+            base.__init__(self, config)
+            if not hasattr(config, CONFIG_KEY):
+                raise ValueError(f"{type(self).__name__} needs a config with `{CONFIG_KEY}` (written by apply_manager).")
+            apply_manager(self, ManagerConfig.from_dict(getattr(config, CONFIG_KEY)))
+
+        name = base.__name__.replace("ForConditionalGeneration", "ManagerForConditionalGeneration")
+        cls = type(name, (base,), {"__init__": __init__, "__module__": __name__, "__doc__": (
+            f"{adapter.title} with the managers its config records; load it with `llava_manager.from_pretrained`.")})
+        # transformers renames checkpoint keys (legacy LLaVA layouts) by class name, and skips classes defined outside
+        # it unless they are registered: give the subclass the base model's renaming so both read the same files.
+        register_checkpoint_conversion_mapping(
+            name, get_checkpoint_conversion_mapping(adapter.config_class.model_type) or [], overwrite=True
+        )
+        _MANAGER_CLASSES[adapter.name] = cls
+        globals()[name] = cls  # importable by name, as pickle and multiprocessing look classes up
+    return _MANAGER_CLASSES[adapter.name]
 
 
-# transformers renames checkpoint keys (legacy LLaVA layouts) by class name, and skips classes defined outside it
-# unless they are registered: give the subclass the base model's renaming so both read the same files.
-register_checkpoint_conversion_mapping(
-    LlavaOnevisionManagerForConditionalGeneration.__name__,
-    get_checkpoint_conversion_mapping(LlavaOnevisionConfig.model_type) or [],
-    overwrite=True,
-)
+_MANAGER_CLASSES: dict[str, type[PreTrainedModel]] = {}
+LlavaOnevisionManagerForConditionalGeneration = manager_model_class(FAMILIES["llava_onevision"])
 
 
-def from_pretrained(pretrained_model_name_or_path: str | Path, **kwargs: Any) -> LlavaOnevisionForConditionalGeneration:
-    """Load a model saved with `save_pretrained`: patched if its config records managers, plain otherwise.
+def from_pretrained(pretrained_model_name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
+    """Load a LLaVA-family model saved with `save_pretrained` (its family read from the config): patched if its
+    config records managers, plain otherwise.
 
     Takes the keyword arguments of transformers' `from_pretrained` (dtype, device_map, revision, ...). Loading is
     strict: a weight the checkpoint lacks (which transformers would initialise at random, with a warning) or one it
@@ -124,9 +137,10 @@ def from_pretrained(pretrained_model_name_or_path: str | Path, **kwargs: Any) ->
     checkpoint are never a silent zero-initialisation.
     """
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-    config = kwargs.get("config") or LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+    config = kwargs.get("config") or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+    adapter = family_of_config(config)
     patched = hasattr(config, CONFIG_KEY)
-    cls = LlavaOnevisionManagerForConditionalGeneration if patched else LlavaOnevisionForConditionalGeneration
+    cls = manager_model_class(adapter) if patched else adapter.model_class
     want_info = kwargs.pop("output_loading_info", False)
     model, info = cls.from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
     missing = sorted(k for k in info["missing_keys"] if ".managers." in f".{k}")

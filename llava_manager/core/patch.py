@@ -1,15 +1,16 @@
-"""`apply_manager` / `remove_manager`: instance-only, reversible patching of a LLaVA-OneVision model.
+"""`apply_manager` / `remove_manager`: instance-only, reversible patching of a LLaVA-family model.
 
 What a patch adds to one model instance, and nothing else:
 - `model.model.managers`: a `ManagerStack` (the only new parameters);
-- forward hooks on the aggregated SigLIP layers, which record their outputs while the model encodes images;
-- instance wrappers of `get_image_features` (also builds the managers' multi-layer features and returns them as
-  `deepstack_features`, a field that `generate()` repeats for beams and slices for chunked prefill) and of
-  `get_placeholder_mask` (records where the image tokens are);
-- forward pre-hooks on the managed decoder layers, which add the manager terms at the image positions, and a
-  pre/post hook pair on `model.model` that scopes those positions to one forward call;
+- forward hooks on the aggregated vision layers, which record their outputs while the model encodes images or videos;
+- instance wrappers of `get_image_features` and `get_video_features` (they also build the managers' multi-layer
+  features through the family adapter and return them as `deepstack_features`, a field that `generate()` repeats for
+  beams and slices for chunked prefill) and of `get_placeholder_mask` (records where the image and video tokens are);
+- forward pre-hooks on the managed decoder layers, which add the manager terms at those positions, and a pre/post
+  hook pair on `model.model` that scopes the positions to one forward call;
 - `config.manager_config`, so that `save_pretrained` records the patch.
-Decode steps carry no image tokens: every hook returns at its first line.
+Decode steps carry no image or video tokens: every hook returns at its first line.
+Nothing here knows a family: `families` says where a model keeps its layers and how it lays out its tokens.
 """
 
 from __future__ import annotations
@@ -20,41 +21,38 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
 from transformers.utils import ModelOutput
 
+from ..families import FamilyAdapter, GroupedFeatures, ManagedOutput, count_grouped_rows, family_of
 from .config import ManagerConfig
-from .features import (
-    GroupedFeatures,
-    ManagedImageOutput,
-    build_grouped_features,
-    count_grouped_rows,
-    resolve_feature_layer,
-    vision_encoder_layers,
-)
 from .saum import Manager, ManagerStack
 
 _RUNTIME_ATTR = "_llava_manager_runtime"
 CONFIG_KEY = "manager_config"
-_WRAPPED = ("get_image_features", "get_placeholder_mask")
+_ENCODERS = {"image": "get_image_features", "video": "get_video_features"}
+# Arguments of the encoders that default to the config's value of the same name when not given.
+_CONFIG_DEFAULTS = ("vision_feature_select_strategy", "vision_aspect_ratio")
 
 
 class ManagerPlan:
     """Where the managers of `config` go in a given model; computed (and every check run) before patching."""
 
     def __init__(self, model: nn.Module, config: ManagerConfig) -> None:
-        inner = _inner_model(model)
+        adapter, inner = family_of(model)
         if getattr(inner, _RUNTIME_ATTR, None) is not None:
             raise RuntimeError("apply_manager: this model already has managers; call remove_manager(model) first.")
+        self.adapter: FamilyAdapter = adapter
         self.inner = inner
         self.config = config
-        self.vision_layer_modules = vision_encoder_layers(inner.vision_tower)
-        self.decoder_layers = inner.language_model.layers
+        self.vision_layer_modules = adapter.vision_layers(inner)
+        self.decoder_layers = adapter.decoder_layers(inner)
         self.num_decoder_layers = len(self.decoder_layers)
-        self.hidden_size = inner.config.text_config.hidden_size
-        self.feature_layer = resolve_feature_layer(inner.config.vision_feature_layer, len(self.vision_layer_modules))
+        self.hidden_size = adapter.text_hidden_size(inner.config)
+        self.feature_layer = adapter.feature_layer(inner.config, len(self.vision_layer_modules))
+        adapter.check(inner.config, config.manage)
         self.inject_layers = config.resolve_inject_layers(self.num_decoder_layers)
         self.vision_layers = config.resolve_vision_layers(self.feature_layer)
+        self.modalities = ("image", "video") if adapter.has_video and config.manage_videos else ("image",)
 
     @property
     def num_parameters(self) -> int:
@@ -63,6 +61,7 @@ class ManagerPlan:
     def describe(self) -> dict[str, Any]:
         """What a saved manager must agree with to load into this model."""
         return {
+            "family": self.adapter.name,
             "text_hidden_size": self.hidden_size,
             "num_decoder_layers": self.num_decoder_layers,
             "inject_layers": list(self.inject_layers),
@@ -71,10 +70,12 @@ class ManagerPlan:
 
 
 def apply_manager(model: nn.Module, config: ManagerConfig | None = None, **overrides: Any) -> nn.Module:
-    """Patch a LLaVA-OneVision model in place with zero-initialised managers and return it.
+    """Patch a LLaVA-family model in place with zero-initialised managers and return it.
 
-    `config` is a `ManagerConfig`; keyword arguments override its fields (`apply_manager(model, interval=1)`).
-    Every check runs before the model is touched, so a failure never leaves it half-patched.
+    `model`: any class of `families.supported_classes()` (LLaVA-1.5, NeXT, NeXT-Video, OneVision; the
+    `...ForConditionalGeneration` or the bare `...Model`). `config` is a `ManagerConfig`; keyword arguments override
+    its fields (`apply_manager(model, interval=1)`). Every check runs before the model is touched, so a failure never
+    leaves it half-patched.
     """
     if config is None:
         config = ManagerConfig(**overrides)
@@ -120,13 +121,14 @@ class _Runtime:
     def __init__(self, plan: ManagerPlan) -> None:
         self.plan = plan
         self.inner = plan.inner
+        self.wrapped = ("get_placeholder_mask",) + tuple(_ENCODERS[m] for m in plan.modalities)
         self.slot_of_layer = {layer: slot for slot, layer in enumerate(plan.inject_layers)}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.originals: dict[str, Any] = {}  # instance-level methods that the wrappers replaced, if any
-        self.recording: dict[int, torch.Tensor] | None = None  # vision layer -> output, while encoding images
+        self.recording: dict[int, torch.Tensor] | None = None  # vision layer -> output, while encoding
         self.in_forward = False
-        self.pending: GroupedFeatures | None = None  # manager features of the images of the current forward
-        self.positions: torch.Tensor | None = None  # flat (batch * seq) indices of their image tokens
+        self.pending: dict[str, GroupedFeatures] = {}  # modality -> manager features of the current forward
+        self.positions: dict[str, torch.Tensor] = {}  # modality -> flat (batch * seq) indices of its tokens
 
     # ---- install / uninstall -------------------------------------------------------------------------------
     def install(self) -> None:
@@ -148,7 +150,7 @@ class _Runtime:
             self.handles.append(plan.decoder_layers[layer].register_forward_pre_hook(hook, with_kwargs=True))
         self.handles.append(inner.register_forward_pre_hook(self._begin_forward, with_kwargs=True))
         self.handles.append(inner.register_forward_hook(self._end_forward, always_call=True))
-        for name in _WRAPPED:
+        for name in self.wrapped:
             self.originals[name] = inner.__dict__.get(name)
             setattr(inner, name, _InstanceMethod(self, name))
         inner.config.manager_config = plan.config.to_dict()
@@ -160,7 +162,7 @@ class _Runtime:
             handle.remove()
         self.handles.clear()
         del inner.managers
-        for name in _WRAPPED:
+        for name in self.wrapped:
             if self.originals[name] is None:
                 del inner.__dict__[name]
             else:
@@ -182,16 +184,17 @@ class _Runtime:
     # ---- hooks -----------------------------------------------------------------------------------------------
     def _reset(self) -> None:
         self.in_forward = False
-        self.pending = None
-        self.positions = None
+        self.pending = {}
+        self.positions = {}
         self.recording = None
 
     def _begin_forward(self, module, args, kwargs):
         self._reset()
         self.in_forward = True
-        encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image")
-        if encoded is not None:
-            self.pending = getattr(encoded, "deepstack_features", None)
+        for modality, encoded in (kwargs.get("mm_encoder_outputs") or {}).items():
+            features = getattr(encoded, "deepstack_features", None)
+            if modality in self.plan.modalities and features is not None:
+                self.pending[modality] = features
 
     def _end_forward(self, module, args, output):
         self._reset()
@@ -201,13 +204,14 @@ class _Runtime:
             self.recording[vision_layer] = output[0] if isinstance(output, tuple) else output
 
     def _inject(self, slot: int, module, args, kwargs):
-        positions = self.positions
-        if positions is None:
+        if not self.positions:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        term = self.inner.managers(self.pending, slot)
         flat = hidden.reshape(-1, hidden.shape[-1])
-        hidden = flat.index_add(0, positions.to(hidden.device), term.to(hidden.device, hidden.dtype)).view_as(hidden)
+        for modality, positions in self.positions.items():
+            term = self.inner.managers(self.pending[modality], slot)
+            flat = flat.index_add(0, positions.to(hidden.device), term.to(hidden.device, hidden.dtype))
+        hidden = flat.view_as(hidden)
         if args:
             return (hidden,) + tuple(args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
@@ -218,47 +222,62 @@ class _Runtime:
             return original(*args, **kwargs)
         return getattr(type(self.inner), name)(self.inner, *args, **kwargs)
 
-    def get_image_features(self, *args, **kwargs):
+    def _encode(self, modality: str, *args, **kwargs):
+        name = _ENCODERS[modality]
         self.recording = {}
         try:
-            output = self._call_original("get_image_features", *args, **kwargs)
+            output = self._call_original(name, *args, **kwargs)
             recorded = self.recording
         finally:
             self.recording = None
         if not isinstance(output, ModelOutput):
             return output  # return_dict=False: nothing to attach the features to
-        call = _signature(self.inner, "get_image_features").bind(*args, **kwargs).arguments
-        config = self.inner.config
-        grouped = build_grouped_features(
-            self.inner,
-            [recorded[layer] for layer in self.plan.vision_layers],
-            call["image_sizes"],
-            call.get("vision_feature_select_strategy") or config.vision_feature_select_strategy,
-            call.get("vision_aspect_ratio") or config.vision_aspect_ratio,
-            call.get("batch_num_images"),
-            self.plan.config.manage,
-        )
-        output = ManagedImageOutput(**dict(output.items()), deepstack_features=grouped)
+        call = dict(_signature(self.inner, name).bind(*args, **kwargs).arguments)
+        for key in _CONFIG_DEFAULTS:
+            if call.get(key) is None and hasattr(self.inner.config, key):
+                call[key] = getattr(self.inner.config, key)
+        hidden = [recorded[layer] for layer in self.plan.vision_layers]
+        adapter = self.plan.adapter
+        if modality == "image":
+            grouped = adapter.image_features(self.inner, hidden, call, self.plan.config.manage)
+        else:
+            grouped = adapter.video_features(self.inner, hidden, call)
+        output = ManagedOutput(**dict(output.items()), deepstack_features=grouped)
         if self.in_forward:
-            self.pending = grouped
+            self.pending[modality] = grouped
         return output
 
+    def get_image_features(self, *args, **kwargs):
+        return self._encode("image", *args, **kwargs)
+
+    def get_video_features(self, *args, **kwargs):
+        return self._encode("video", *args, **kwargs)
+
     def get_placeholder_mask(self, *args, **kwargs):
-        image_mask, video_mask = self._call_original("get_placeholder_mask", *args, **kwargs)
+        result = self._call_original("get_placeholder_mask", *args, **kwargs)
+        if not self.in_forward:
+            return result
         call = _signature(self.inner, "get_placeholder_mask").bind(*args, **kwargs).arguments
-        if self.in_forward and call.get("image_features") is not None:
-            if self.pending is None:
+        masks = dict(zip(("image", "video"), self.plan.adapter.split_masks(result)))
+        for modality in self.plan.modalities:
+            if call.get(f"{modality}_features") is None:
+                continue
+            pending = self.pending.get(modality)
+            if pending is None:
                 raise RuntimeError(
-                    "LLaVA-OV-Manager: image features reached the LLM without the managers' multi-layer "
-                    "features. Pass `pixel_values`, or `mm_encoder_outputs` made by this patched model's "
-                    "`get_image_features`."
+                    f"LLaVA-Manager: {modality} features reached the LLM without the managers' multi-layer features. "
+                    f"Pass the pixels, or `mm_encoder_outputs` made by this patched model's `{_ENCODERS[modality]}`."
                 )
-            positions = image_mask.reshape(image_mask.shape[0], -1).flatten().nonzero().squeeze(1)
-            rows = count_grouped_rows(self.pending)
+            mask = masks[modality]
+            mask = mask[..., 0] if mask.dim() == 3 else mask
+            positions = mask.reshape(-1).nonzero().squeeze(1)
+            rows = count_grouped_rows(pending)
             if positions.numel() != rows:
-                raise RuntimeError(f"LLaVA-OV-Manager: {positions.numel()} image tokens but manager features for {rows}.")
-            self.positions = positions
-        return image_mask, video_mask
+                raise RuntimeError(
+                    f"LLaVA-Manager: {positions.numel()} {modality} tokens but manager features for {rows}."
+                )
+            self.positions[modality] = positions
+        return result
 
 
 class _InstanceMethod:
@@ -288,19 +307,6 @@ def _signature(inner: nn.Module, name: str) -> inspect.Signature:
         signature = inspect.signature(getattr(type(inner), name))
         _SIGNATURES[key] = signature.replace(parameters=list(signature.parameters.values())[1:])
     return _SIGNATURES[key]
-
-
-def _inner_model(model: nn.Module) -> LlavaOnevisionModel:
-    if isinstance(model, LlavaOnevisionForConditionalGeneration):
-        return model.model
-    if isinstance(model, LlavaOnevisionModel):
-        return model
-    if hasattr(model, "peft_config"):
-        raise TypeError("apply_manager: call it on the transformers model before get_peft_model, not on a PeftModel.")
-    raise TypeError(
-        f"apply_manager supports LlavaOnevisionForConditionalGeneration and LlavaOnevisionModel, "
-        f"got {type(model).__name__}."
-    )
 
 
 def _find_runtime(model: nn.Module) -> _Runtime | None:

@@ -10,7 +10,7 @@ for lmms-eval. Two scores, the rules of lmms-eval's two task types (no lmms-eval
   with the image) has the lowest mean negative log-likelihood, as `lmms_eval_model.LlavaOvManager.loglikelihood`
   computes it and lmms-eval's multiple choice ranks it.
 
-    python -m llava_manager.shapes_score runs/stage2 [--samples 200] [--out scores.json]
+    python -m llava_manager.shapes.score runs/stage2 [--samples 200] [--out scores.json]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .prompts import chat_prompt
-from .synthetic import COLOURS, QUESTIONS, random_shape
+from ..processing.prompts import chat_prompt
+from .data import COLOURS, QUESTIONS, random_shape
 
 CHOICES = list(COLOURS)
 QUESTION = QUESTIONS["colour"]
@@ -37,7 +37,7 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 def heldout_docs(samples: int = DEFAULT_SAMPLES, seed: int = HELDOUT_SEED) -> list[dict]:
     """`samples` colour questions about fresh images: {"image", "question", "answer", "choices", "label"}.
-    The images come from the training generator (`synthetic.random_shape`) on a random stream of their own; its
+    The images come from the training generator (`data.random_shape`) on a random stream of their own; its
     jitter makes them differ from the training images (checked for the default run in tests/test_main_job.py)."""
     rng = random.Random(f"heldout-{seed}")
     docs = []
@@ -128,8 +128,8 @@ def score(model, processor, docs: list[dict], batch_size: int = 16) -> dict:
 
 def score_export(path: str | Path, samples: int = DEFAULT_SAMPLES, seed: int = HELDOUT_SEED) -> dict:
     """Score a saved model directory (a recipe's `--output_dir`) on `samples` held-out documents."""
-    from .persistence import from_pretrained
-    from .processors import load_processor
+    from ..core.persistence import from_pretrained
+    from ..processing.processors import load_processor
 
     model = from_pretrained(path, dtype=torch.float32)
     result = score(model, load_processor(path), heldout_docs(samples, seed))

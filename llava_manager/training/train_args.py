@@ -19,7 +19,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from . import cpu_distributed
-from .config import ManagerConfig
+from ..core.config import ManagerConfig
 
 MODULES = ("vision_tower", "projector", "llm")
 

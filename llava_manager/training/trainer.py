@@ -11,8 +11,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import _is_peft_model
 
-from .checkpoint import check_load, load_checkpoint_weights
-from .patch import get_managers
+from ..core.checkpoint import check_load, load_checkpoint_weights
+from ..core.patch import get_managers
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,213 @@
+"""What every family adapter shares: the vision layers, the feature layer, and the managers' multi-layer features
+(the `V'` of paper Eq. 12-14) laid out like the model's own image or video tokens.
+
+A family adapter says where a model keeps its pieces and how it turns one vision layer into tokens: the first-token
+drop, the projector, the per-image packing (grid crops, unpadding, newlines), the video pooling. Everything else
+(the manager math, the hooks, persistence) is shared and knows no family.
+
+Layout: `grouped[k][g]` is aggregated vision layer k for token group g (one image or one video, in placeholder
+order), a `(tokens_g, hidden)` tensor whose row r lines up with placeholder token r of that group. transformers'
+`generate()` repeats (beam search) and slices (chunked prefill) this exact layout when it is stored as
+`deepstack_features` of an encoder output. Rows of tokens the managers leave alone (newlines, unmanaged crops) are 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+GroupedFeatures = list[list[torch.Tensor]]
+
+
+@dataclass
+class ManagedOutput(BaseModelOutputWithPooling):
+    """The image or video encoder output of a patched model: the usual fields plus the managers' features."""
+
+    deepstack_features: GroupedFeatures | None = None
+
+
+# Kept under its first name: a patched OneVision model's image encoder output.
+ManagedImageOutput = ManagedOutput
+
+
+class FamilyAdapter:
+    """How one LLaVA family lays out vision tokens. Subclasses set the class attributes and implement
+    `image_features` (and `video_features` when the family takes videos); one instance serves every model."""
+
+    name: ClassVar[str]  # the config's model_type
+    title: ClassVar[str]  # for people: "LLaVA-1.5"
+    model_class: ClassVar[type[nn.Module]]  # ...ForConditionalGeneration
+    base_class: ClassVar[type[nn.Module]]  # the bare ...Model
+    config_class: ClassVar[type[PretrainedConfig]]
+    has_grids: ClassVar[bool] = False  # anyres: a base crop followed by grid crops
+    has_video: ClassVar[bool] = False
+    # Published checkpoints and their shapes, built in code: {"llava-1.5-7b": (hub id, config factory)}.
+    published: ClassVar[dict[str, tuple[str, Callable[[], PretrainedConfig]]]] = {}
+
+    # ---- where things are ------------------------------------------------------------------------------------
+    def inner(self, model: nn.Module) -> nn.Module | None:
+        """The bare `...Model` inside `model`, or None when `model` is not of this family."""
+        if isinstance(model, self.model_class):
+            return model.model
+        if isinstance(model, self.base_class):
+            return model
+        return None
+
+    def vision_layers(self, inner: nn.Module) -> nn.ModuleList:
+        """The vision encoder layers; `hidden_states[k]` is the output of `layers[k - 1]`."""
+        return vision_encoder_layers(inner.vision_tower)
+
+    def decoder_layers(self, inner: nn.Module) -> nn.ModuleList:
+        return inner.language_model.layers
+
+    def text_hidden_size(self, config: PretrainedConfig) -> int:
+        return config.text_config.hidden_size
+
+    def feature_layer(self, config: PretrainedConfig, num_vision_layers: int) -> int:
+        return resolve_feature_layer(config.vision_feature_layer, num_vision_layers)
+
+    def check(self, config: PretrainedConfig, manage: str) -> None:
+        """Refuse a layout the adapter cannot bring managers to, before anything is patched."""
+        if manage == "grids" and not self.has_grids:
+            raise ValueError(
+                f"ManagerConfig.manage='grids': {self.title} has no grid crops (one crop per image); use 'both' or 'base'."
+            )
+
+    # ---- features ----------------------------------------------------------------------------------------------
+    def image_features(self, inner: nn.Module, hidden: Sequence[torch.Tensor], call: dict[str, Any],
+                       manage: str) -> GroupedFeatures:
+        """`V'` for the images of one `get_image_features` call. `hidden[k]` is the recorded output of the k-th
+        aggregated vision layer for every crop; `call` holds that call's arguments, config defaults filled in."""
+        raise NotImplementedError
+
+    def video_features(self, inner: nn.Module, hidden: Sequence[torch.Tensor], call: dict[str, Any]) -> GroupedFeatures:
+        """`V'` for the videos of one `get_video_features` call, through the model's own frame pooling."""
+        raise NotImplementedError(f"{self.title} takes no videos.")
+
+    @staticmethod
+    def split_masks(result: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`get_placeholder_mask`'s result as (image mask, video mask); families without video return one mask."""
+        return result if isinstance(result, tuple) else (result, None)
+
+    # ---- inputs for tests, demos and benchmarks ----------------------------------------------------------------
+    def tiny_config(self, **overrides: Any) -> PretrainedConfig:
+        raise NotImplementedError
+
+    def pixel_inputs(self, config: PretrainedConfig, height: int, width: int, batch_size: int, grid: bool,
+                     dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        """Random pixels for `batch_size` samples of one `height` x `width` image, in the layout the processor
+        gives this family (`grid=False`: the base crop only, where the family has grids)."""
+        size = config.vision_config.image_size
+        return {"pixel_values": torch.randn(batch_size, 3, size, size, dtype=dtype, device=device)}
+
+
+# ---- shared pieces --------------------------------------------------------------------------------------------
+def vision_encoder_layers(vision_tower: nn.Module) -> nn.ModuleList:
+    """The CLIP / SigLIP encoder layers; `hidden_states[k]` is the output of `layers[k - 1]`."""
+    for path in ("encoder", "vision_model.encoder"):
+        module = vision_tower
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise TypeError(
+        f"Cannot find the encoder layers of the vision tower {type(vision_tower).__name__} (looked for "
+        f"`encoder.layers` and `vision_model.encoder.layers`, the CLIP and SigLIP layouts)."
+    )
+
+
+def resolve_feature_layer(vision_feature_layer: int | Sequence[int], num_vision_layers: int) -> int:
+    """The `hidden_states` index (1 .. num_vision_layers) that `vision_feature_layer` selects: an int, or a list of
+    one (transformers concatenates the listed layers, so one listed layer is that layer)."""
+    if isinstance(vision_feature_layer, (list, tuple)) and len(vision_feature_layer) == 1:
+        vision_feature_layer = vision_feature_layer[0]
+    if isinstance(vision_feature_layer, bool) or not isinstance(vision_feature_layer, int):
+        raise ValueError(
+            f"LLaVA-Manager needs a single vision feature layer (an int or a list of one), got "
+            f"vision_feature_layer={vision_feature_layer!r}; several concatenated layers are not supported (the "
+            f"projector then takes their concatenation, which no single layer can be brought through)."
+        )
+    num_states = num_vision_layers + 1
+    index = vision_feature_layer % num_states if -num_states <= vision_feature_layer < num_states else None
+    if not index:
+        raise ValueError(
+            f"vision_feature_layer={vision_feature_layer} does not select a vision layer output "
+            f"(allowed: 1 .. {num_vision_layers} or -{num_vision_layers} .. -1)."
+        )
+    return index
+
+
+def drop_first_token(hidden: torch.Tensor, strategy: str) -> torch.Tensor:
+    """The "default" feature-select strategy drops each crop's first token (CLIP's CLS); "full" keeps them all."""
+    return hidden[:, 1:] if strategy == "default" else hidden
+
+
+def managed_crops(num_crops: Sequence[int], manage: str) -> list[bool]:
+    """Which crops get a manager term: crop 0 of each image is its base image, the others its grid crops."""
+    return [manage == "both" or (manage == "base") == (crop == 0) for n in num_crops for crop in range(n)]
+
+
+def project_crops(inner: nn.Module, hidden: Sequence[torch.Tensor], strategy: str, flags: Sequence[bool] | None = None,
+                  before_projector: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Each layer through the model's first-token drop (and `before_projector`, e.g. a resampler) and its projector,
+    stacked as `(crops, tokens, layers, hidden)`. Crops whose flag is False are not projected and stay 0."""
+    keep = None
+    if flags is not None and not all(flags):
+        keep = torch.tensor(list(flags), device=hidden[0].device).nonzero().squeeze(1)
+    projected = []
+    for layer in hidden:
+        layer = drop_first_token(layer, strategy)
+        if keep is not None:
+            layer = layer.index_select(0, keep)
+        if before_projector is not None:
+            layer = before_projector(layer)
+        projected.append(inner.multi_modal_projector(layer))
+    stacked = torch.stack(projected, dim=2)
+    if keep is not None:
+        full = stacked.new_zeros((len(flags),) + stacked.shape[1:])
+        stacked = full.index_copy(0, keep, stacked)
+    return stacked
+
+
+def fold_layers(stacked: torch.Tensor) -> torch.Tensor:
+    """`(..., layers, hidden)` -> `(..., layers * hidden)`: the layers folded into channels, so that one call of a
+    linear, channel-wise layout step (packing, unpadding, bilinear pooling) serves every layer at once."""
+    return stacked.flatten(-2)
+
+
+def unfold_groups(groups: Sequence[torch.Tensor], num_layers: int) -> GroupedFeatures:
+    """Per-group `(tokens, layers * hidden)` tensors -> `grouped[layer][group]`."""
+    split = [group.view(group.shape[0], num_layers, -1) for group in groups]
+    return [[group[:, k] for group in split] for k in range(num_layers)]
+
+
+def count_grouped_rows(grouped: GroupedFeatures) -> int:
+    return sum(group.shape[0] for group in grouped[0])
+
+
+def grid_pixel_inputs(config: PretrainedConfig, height: int, width: int, batch_size: int, grid: bool,
+                      count_crops: Callable[..., int], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """Anyres pixels: `(batch, crops, 3, size, size)` and `image_sizes`, as the NeXT and OneVision processors give."""
+    size = config.vision_config.image_size
+    crops = count_crops([height, width], config.image_grid_pinpoints, size) if grid else 1
+    return {"pixel_values": torch.randn(batch_size, crops, 3, size, size, dtype=dtype, device=device),
+            "image_sizes": torch.tensor([[height, width]] * batch_size, device=device)}
+
+
+def tiny_vision(model_type: str, num_layers: int = 6, **overrides: Any) -> dict[str, Any]:
+    """A vision tower small enough for a unit test: 24 x `num_layers`, 28 px crops of 7 px patches (16 patches)."""
+    return dict(model_type=model_type, hidden_size=24, intermediate_size=48, num_hidden_layers=num_layers,
+                num_attention_heads=4, patch_size=7, image_size=28, **overrides)
+
+
+def tiny_text(model_type: str, num_layers: int = 8, vocab_size: int = 128, **overrides: Any) -> dict[str, Any]:
+    """A language model small enough for a unit test: 32 x `num_layers`."""
+    return dict(model_type=model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024,
+                tie_word_embeddings=False, **overrides)
