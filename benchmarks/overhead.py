@@ -1,12 +1,22 @@
-"""Manager overhead at the real LLaVA-OneVision-0.5B-SI shape (random weights), base vs patched side by side.
+"""Manager overhead per LLaVA family, base vs patched side by side (random weights).
 
-    python benchmarks/overhead.py                      # CPU, fp32, ~10 min on 2 cores
-    python benchmarks/overhead.py --device cuda --dtype bfloat16
+    python benchmarks/overhead.py --family all            # every family; CPU, fp32
+    python benchmarks/overhead.py --family llava_next --checkpoint llava-v1.6-mistral-7b
+    python benchmarks/overhead.py --family llava --device cuda --dtype bfloat16 --full-depth   # real shape, timed
 
-One 384 x 384 image (anyres: base crop + one grid crop, 1,485 image tokens) and a 40-token prompt. Prints, for
-each measurement, the median time of the base model, of the patched model, the median of the per-pair ratios, and
-the method's FLOP floor: 1 + (aggregated layers x crop tokens x projector FLOPs) / (base FLOPs), base FLOPs counted
-by torch's flop counter. Base and patched runs come in adjacent pairs, in alternating order, to cancel drift.
+Input per sample: one image (336 x 336 for the CLIP families, 384 x 384 for OneVision: the family's own crops and
+grids) and, for the families that take videos, a 4-frame video, then a 40-token prompt.
+
+1. FLOPs at the real published shape, counted by torch's flop counter, not timed (a 7B model does not fit this
+   machine in fp32). Every decoder layer of a model has the same shape and sees the same tokens, so FLOPs are
+   affine in the decoder depth: base and patched prefills are counted with 1 and 2 decoder layers at the real
+   widths and the real vision tower, and carried to the real depth (patched: a manager before each layer, then
+   the real number of managers). The counter counts matmuls, convolutions and attention, not elementwise work.
+2. Time at a reduced-depth shape (the real widths and vision tower, `--text-layers` decoder layers, managers
+   every 4th): prefill (and with --train, a training step), base and patched in adjacent pairs, the order
+   alternating, the ratio the median of per-pair ratios; next to its FLOP floor, the counted FLOP ratio of that
+   same shape; and the time per cached decode step (no media tokens, so the floor is 1). With --full-depth (a GPU)
+   the real shape is timed instead.
 """
 
 from __future__ import annotations
@@ -16,118 +26,170 @@ import statistics
 import time
 
 import torch
-from transformers import LlavaOnevisionForConditionalGeneration
-from transformers.cache_utils import DynamicCache
 
 from llava_manager import apply_manager, manager_plan, remove_manager
-from llava_manager.analysis.timing import count_flops, rounds, ratio_to, sync, timed
-from llava_manager.families import random_inputs
-from llava_manager.families.llava_onevision import onevision_0_5b_config
+from llava_manager.analysis.timing import count_flops, ratio_to, rounds, sync, timed
+from llava_manager.families import FAMILIES, get_family, random_inputs
+
+IMAGE_SIDE = {"llava_onevision": 384}  # others: 336
+FRAMES = 4
+
+
+def build(adapter, make_config, text_layers: int | None, device, dtype):
+    config = make_config()
+    if text_layers is not None:
+        config.text_config.num_hidden_layers = text_layers
+        if getattr(config.text_config, "layer_types", None):
+            config.text_config.layer_types = config.text_config.layer_types[:text_layers]
+    torch.manual_seed(0)
+    return adapter.model_class(config).to(device, dtype).eval()
+
+
+def inputs_for(model, adapter, prompt_tokens: int):
+    side = IMAGE_SIDE.get(adapter.name, 336)
+    return random_inputs(model, side, side, prompt_tokens, video_frames=FRAMES if adapter.has_video else 0)
 
 
 def prefill(model, inputs):
     with torch.no_grad():
-        return model(**inputs, logits_to_keep=1, use_cache=True)
+        return model(**inputs, logits_to_keep=1)
 
 
-def decode(model, inputs, steps):
-    """Per-token time of `steps` cached decode steps after an untimed prefill."""
+def decode(model, inputs, steps: int = 16) -> float:
+    """Seconds per cached decode step after an untimed prefill (no media tokens: the managers must do nothing)."""
     with torch.no_grad():
-        out = model(**inputs, logits_to_keep=1, use_cache=True, past_key_values=DynamicCache())
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        mask = inputs["attention_mask"]
-        device = token.device
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        out = model(**inputs, logits_to_keep=1, use_cache=True)
+        cache, token, mask = out.past_key_values, out.logits[:, -1:].argmax(-1), inputs["attention_mask"]
+        start = None
+        for step in range(steps + 1):
+            if step == 1:  # the first step builds what the cache needs; time the rest
+                sync(token.device)
+                start = time.perf_counter()
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
             cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        sync(device)
+        sync(token.device)
         return (time.perf_counter() - start) / steps
 
 
 def train_step(model, inputs):
     model.zero_grad(set_to_none=True)
-    loss = model(**inputs, labels=inputs["input_ids"]).loss
-    loss.backward()
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
 
 
-def compare(name, base_fn, patched_fn, repeats, floor, results):
-    """Base and patched in adjacent pairs, the order alternating between pairs; the ratio is the median of the
-    per-pair ratios, so that slow drifts of the machine (clock, other load) cancel within each pair."""
-    times = rounds({"base": base_fn, "patched": patched_fn}, repeats, desc=name, warmup=False)
-    ratio = ratio_to(times, "base")["patched"]
-    results.append((name, statistics.median(times["base"]), statistics.median(times["patched"]), ratio, floor))
+def counted(model, inputs, fn=prefill, **manager) -> tuple[int, int]:
+    base = count_flops(lambda: fn(model, inputs))
+    apply_manager(model, **manager)
+    try:
+        patched = count_flops(lambda: fn(model, inputs))
+    finally:
+        remove_manager(model)
+    return base, patched
+
+
+def published_flops(adapter, make_config, args, device, dtype) -> dict:
+    """Base and patched prefill FLOPs at the real depth, from counts at depths 1 and 2 (see the module doc)."""
+    real = make_config()
+    depth = real.text_config.num_hidden_layers
+    counts = {}
+    for layers in (1, 2):
+        model = build(adapter, make_config, layers, device, dtype)
+        inputs = inputs_for(model, adapter, args.prompt_tokens)
+        counts[layers] = counted(model, inputs, inject_layers=list(range(layers)))
+        tokens = inputs["input_ids"].shape[1]
+        media = {name: int((inputs["input_ids"] == getattr(model.config, f"{name}_token_id", -1)).sum())
+                 for name in ("image", "video")}
+        del model
+    (b1, p1), (b2, p2) = counts[1], counts[2]
+    per_layer, per_manager = b2 - b1, (p2 - b2) - (p1 - b1)
+    once = (p1 - b1) - per_manager  # the aggregated layers through the projector and the layout, once per forward
+    managers = len(range(0, depth, 4))
+    base = b1 + (depth - 1) * per_layer
+    patched = base + once + managers * per_manager
+    return dict(tokens=tokens, media=media, depth=depth, managers=managers, base=base, patched=patched)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="all", choices=["all", *FAMILIES])
+    parser.add_argument("--checkpoint", default=None, help="a published checkpoint of --family (default: its first)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--decode-steps", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--prompt-tokens", type=int, default=40)
-    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--text-layers", type=int, default=4, help="decoder layers of the timed reduced-depth shape")
+    parser.add_argument("--full-depth", action="store_true", help="time the real shape (needs a GPU's memory)")
+    parser.add_argument("--train", action="store_true", help="also time a training step (forward + backward)")
+    parser.add_argument("--skip-time", action="store_true", help="FLOPs only")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    families = list(FAMILIES) if args.family == "all" else [args.family]
+    if args.checkpoint and len(families) != 1:
+        parser.error("--checkpoint needs one --family")
+    print(f"device {device}, {args.dtype}, threads {torch.get_num_threads()}")
 
-    torch.manual_seed(0)
-    config = onevision_0_5b_config()
-    model = LlavaOnevisionForConditionalGeneration(config).to(device, dtype).eval()
-    inputs = {k: v.to(device) for k, v in random_inputs(model, 384, 384, args.prompt_tokens).items()}
-    crops = inputs["pixel_values"].shape[1]
-    crop_tokens = crops * (config.vision_config.image_size // config.vision_config.patch_size) ** 2
-    v, d = config.vision_config.hidden_size, config.text_config.hidden_size
-    projector_flops_per_token = 2 * (v * d + d * d)
-    print(f"device {device}, {dtype}, threads {torch.get_num_threads()}; input: {inputs['input_ids'].shape[1]} tokens "
-          f"({int((inputs['input_ids'] == config.image_token_id).sum())} image tokens, {crops} crops)")
+    table = []
+    for name in families:
+        adapter = get_family(name)
+        checkpoint = args.checkpoint or next(iter(adapter.published))
+        if checkpoint not in adapter.published:
+            parser.error(f"{adapter.title} checkpoints: {', '.join(adapter.published)}; got {checkpoint!r}")
+        hub_id, make_config = adapter.published[checkpoint]
+        print(f"\n== {adapter.title}: {hub_id}")
+        real = published_flops(adapter, make_config, args, device, dtype)
+        print(f"   input {real['tokens']} tokens ({real['media']['image']} image, {real['media']['video']} video); "
+              f"{real['managers']} managers over {real['depth']} decoder layers")
+        print(f"   prefill FLOPs at the published shape (counted): base {real['base'] / 1e12:.3f} T, patched "
+              f"{real['patched'] / 1e12:.3f} T, ratio x{real['patched'] / real['base']:.4f}")
+        row = [adapter.title, real["patched"] / real["base"]]
+        if not args.skip_time:
+            layers = None if args.full_depth else args.text_layers
+            model = build(adapter, make_config, layers, device, dtype)
+            inputs = inputs_for(model, adapter, args.prompt_tokens)
+            shape = "published" if layers is None else f"{layers} decoder layers"
+            fn = train_step if args.train else prefill
+            if args.train:
+                model.train()
+            base_flops, patched_flops = counted(model, inputs, fn=fn)
+            floor = patched_flops / base_flops
 
-    base_flops = count_flops(lambda: prefill(model, inputs))
-    apply_manager(model, interval=4)
-    num_vision = len(manager_plan(model)["vision_layers"])
-    patched_flops = count_flops(lambda: prefill(model, inputs))
-    remove_manager(model)
-    floor = 1 + num_vision * crop_tokens * projector_flops_per_token / base_flops
-    print(f"prefill FLOPs: base {base_flops / 1e9:,.1f} G, patched {patched_flops / 1e9:,.1f} G "
-          f"(counted x{patched_flops / base_flops:.4f}); floor x{floor:.4f} = 1 + {num_vision} layers x "
-          f"{crop_tokens} crop tokens x {projector_flops_per_token / 1e6:.2f} MFLOP / base")
+            def pair(measure):
+                def patched_run():
+                    apply_manager(model)
+                    try:
+                        return measure()
+                    finally:
+                        remove_manager(model)
+                return {"base": measure, "patched": patched_run}
 
-    # One model object, patched and unpatched in turn: identical weights, identical memory placement.
-    def run_patched(interval, fn):
-        def go():
-            apply_manager(model, interval=interval)
-            try:
-                return fn()
-            finally:
-                remove_manager(model)
-        return go
+            fn(model, inputs)  # warm-up
+            what = "train step" if args.train else "prefill"
+            times = rounds(pair(lambda: timed(lambda: fn(model, inputs), device)), args.repeats,
+                           desc=f"{adapter.title} {what}", warmup=False)
+            ratio = ratio_to(times, "base")["patched"]
+            model.eval()
+            steps = rounds(pair(lambda: decode(model, inputs)), args.repeats, desc=f"{adapter.title} decode")
+            decode_ratio = ratio_to(steps, "base")["patched"]
+            apply_manager(model)
+            plan = manager_plan(model)
+            remove_manager(model)
+            print(f"   {what} time at {shape} ({len(plan['inject_layers'])} managers x {len(plan['vision_layers'])} "
+                  f"vision layers): base {statistics.median(times['base']) * 1e3:.0f} ms, patched "
+                  f"{statistics.median(times['patched']) * 1e3:.0f} ms, ratio x{ratio:.4f}, FLOP floor x{floor:.4f}")
+            print(f"   decode per token: base {statistics.median(steps['base']) * 1e3:.1f} ms, patched "
+                  f"{statistics.median(steps['patched']) * 1e3:.1f} ms, ratio x{decode_ratio:.4f} (floor x1)")
+            row += [shape, ratio, floor, decode_ratio]
+            del model
+        table.append(row)
 
-    results = []
-    prefill(model, inputs)  # warm-up
-    compare("prefill, interval 4", lambda: timed(lambda: prefill(model, inputs), device),
-            run_patched(4, lambda: timed(lambda: prefill(model, inputs), device)), args.repeats, floor, results)
-    compare("prefill, interval 1 vs 4", run_patched(4, lambda: timed(lambda: prefill(model, inputs), device)),
-            run_patched(1, lambda: timed(lambda: prefill(model, inputs), device)), args.repeats, 1.0, results)
-    compare("decode per token", lambda: decode(model, inputs, args.decode_steps),
-            run_patched(4, lambda: decode(model, inputs, args.decode_steps)), args.repeats, 1.0, results)
-
-    if not args.skip_train:
-        model.train()
-        base_train = count_flops(lambda: train_step(model, inputs))
-        apply_manager(model)
-        train_floor = count_flops(lambda: train_step(model, inputs)) / base_train
-        remove_manager(model)
-        compare("train step (fwd+bwd)", lambda: timed(lambda: train_step(model, inputs), device),
-                run_patched(4, lambda: timed(lambda: train_step(model, inputs), device)),
-                args.repeats, train_floor, results)
-
-    print(f"\n{'measurement':<26}{'base':>12}{'patched':>12}{'ratio':>9}{'floor':>9}{'ratio - floor':>15}")
-    for name, b, p, ratio, fl in results:
-        unit = "ms" if b < 1 else "s"
-        scale = 1e3 if unit == "ms" else 1
-        print(f"{name:<26}{b * scale:>10.2f}{unit:>2}{p * scale:>10.2f}{unit:>2}{ratio:>9.4f}{fl:>9.4f}{ratio - fl:>+15.4f}")
-    print("(interval 1 vs 4: 'base' is the interval-4 patched model)")
+    print(f"\n{'family':<18}{'FLOPs, published':>18}" + ("" if args.skip_time else
+          f"{'timed shape':>20}{'time ratio':>12}{'FLOP floor':>12}{'ratio - floor':>15}{'decode ratio':>14}"))
+    for row in table:
+        line = f"{row[0]:<18}{'x' + format(row[1], '.4f'):>18}"
+        if len(row) > 2:
+            line += (f"{row[2]:>20}{'x' + format(row[3], '.4f'):>12}{'x' + format(row[4], '.4f'):>12}"
+                     f"{row[3] - row[4]:>+15.4f}{'x' + format(row[5], '.4f'):>14}")
+        print(line)
 
 
 if __name__ == "__main__":

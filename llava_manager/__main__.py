@@ -1,7 +1,8 @@
-"""Demo: patch a LLaVA-OneVision model built in code, count what was added, generate with an image.
+"""Demo: patch a LLaVA-family model built in code, count what was added, generate with an image.
 
     python -m llava_manager                 # tiny random model, a few seconds on a laptop CPU
     python -m llava_manager --interval 1    # a manager before every decoder layer
+    python -m llava_manager --family llava_next_video     # any family: llava, llava_next, llava_next_video
     python -m llava_manager --shape 0.5b    # the real 0.5B-SI shape (random weights, ~4 GB RAM, slower)
 """
 
@@ -11,15 +12,16 @@ import argparse
 import time
 
 import torch
-from transformers import LlavaOnevisionForConditionalGeneration
 
 from . import ManagerConfig, apply_manager, get_managers, manager_plan, remove_manager
-from .families import random_inputs
-from .families.llava_onevision import onevision_0_5b_config, tiny_config
+from .families import FAMILIES, get_family, random_inputs
+from .families.llava_onevision import onevision_0_5b_config
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=list(FAMILIES), default="llava_onevision",
+                        help="the family of the tiny model (--shape 0.5b is LLaVA-OneVision)")
     parser.add_argument("--shape", choices=["tiny", "0.5b"], default="tiny")
     parser.add_argument("--interval", type=int, default=4)
     parser.add_argument("--vision-layers", default="top_half", help="top_half | bottom_half | all")
@@ -28,18 +30,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    config = tiny_config() if args.shape == "tiny" else onevision_0_5b_config()
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    adapter = get_family(args.family if args.shape == "tiny" else "llava_onevision")
+    config = adapter.tiny_config() if args.shape == "tiny" else onevision_0_5b_config()
+    model = adapter.model_class(config).eval()
     size = config.vision_config.image_size
-    inputs = random_inputs(model, int(size * 1.5), size * 2)
+    inputs = random_inputs(model, int(size * 1.5), size * 2, video_frames=2 if adapter.has_video else 0)
     base_params = sum(p.numel() for p in model.parameters())
     base_tokens = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
 
     apply_manager(model, ManagerConfig(interval=args.interval, vision_layers=args.vision_layers, manage=args.manage))
     plan = manager_plan(model)
     added = sum(p.numel() for p in model.parameters()) - base_params
-    print(f"model: {args.shape} (LLM {plan['num_decoder_layers']} layers x {plan['text_hidden_size']}), "
-          f"image {tuple(inputs['image_sizes'][0].tolist())} px -> {int((inputs['input_ids'] == config.image_token_id).sum())} image tokens")
+    media = f"{int((inputs['input_ids'] == config.image_token_id).sum())} image tokens"
+    if "pixel_values_videos" in inputs:
+        media += f", {int((inputs['input_ids'] == config.video_token_id).sum())} video tokens (2 frames)"
+    print(f"model: {adapter.title} {args.shape} (LLM {plan['num_decoder_layers']} layers x {plan['text_hidden_size']}), "
+          f"one {int(size * 1.5)} x {size * 2} px image -> {media}")
     print(f"managers before decoder layers {plan['inject_layers']}, aggregating vision layers {plan['vision_layers']}")
     print(f"parameters: base {base_params:,} + managers {added:,} "
           f"(= {len(plan['inject_layers'])} x {len(plan['vision_layers'])} x {plan['text_hidden_size']})")

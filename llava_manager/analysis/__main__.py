@@ -5,7 +5,10 @@
     python -m llava_manager.analysis attention  --model runs/stage2 --compare BASE_DIR --inputs data.json --out analysis/
     python -m llava_manager.analysis siglip     --model runs/stage2 --inputs IMAGES --out analysis/
     python -m llava_manager.analysis budget     --out analysis/          # 0.5B-SI shape, random weights
+    python -m llava_manager.analysis budget     --shape llava-1.5-7b --out analysis/     # any published shape
+    python -m llava_manager.analysis budget     --shape tiny --family llava_next --out analysis/
     python -m llava_manager.analysis budget     --model runs/stage2 --out analysis/
+    python -m llava_manager.analysis layouts    --out analysis/          # every family's defaults, published sizes
 
 --inputs is a folder of images (prompt from a same-named .txt file, else --prompt) or a LLaVA JSON file.
 """
@@ -16,18 +19,21 @@ import argparse
 from pathlib import Path
 
 import torch
-from transformers import LlavaOnevisionForConditionalGeneration
 
 from ..core.config import ManagerConfig
 from ..core.persistence import from_pretrained
 from ..processing.processors import load_processor
 from ..processing.prompts import PROMPT_FORMATS, chat_prompt
-from ..families.llava_onevision import onevision_0_5b_config, tiny_config
+from ..families import FAMILIES, family_of, get_family
 from . import collect, figures
 from .budget import format_table, measure_budget, write_budget
+from .layouts import markdown_table, published_layouts, write_layouts
 from .inputs import DEFAULT_PROMPT, load_samples
 
-COMMANDS = ("weights", "similarity", "attention", "siglip", "budget")
+COMMANDS = ("weights", "similarity", "attention", "siglip", "budget", "layouts")
+# --shape: "tiny" (of --family), "0.5b" (LLaVA-OneVision-0.5B), or any published checkpoint of any family.
+PUBLISHED = {name: (adapter, make) for adapter in FAMILIES.values() for name, (_, make) in adapter.published.items()}
+SHAPES = ["tiny", "0.5b", *PUBLISHED]
 
 
 def load(path: str, device: str):
@@ -41,10 +47,11 @@ def budget(args, parser) -> dict[str, Path]:
     if args.model:
         model, what = from_pretrained(args.model, dtype=dtype), args.model
     else:
-        shape = args.shape or "0.5b"
+        shape = {None: "0.5b", "0.5b": "llava-onevision-qwen2-0.5b-ov"}.get(args.shape, args.shape)
+        adapter, make = (get_family(args.family), None) if shape == "tiny" else PUBLISHED[shape]
         torch.manual_seed(0)
-        model = LlavaOnevisionForConditionalGeneration(onevision_0_5b_config() if shape == "0.5b" else tiny_config())
-        what = f"{'LLaVA-OneVision-0.5B-SI' if shape == '0.5b' else 'tiny'} shape, random weights"
+        model = adapter.model_class(adapter.tiny_config() if make is None else make())
+        what = f"{adapter.title} {shape} shape, random weights"
     model = model.to(args.device, dtype)
     height, width = args.image_size
     title = (f"{what}; {args.device} {str(dtype).replace('torch.', '')}; one sample = {height}x{width} image + "
@@ -67,15 +74,18 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--inputs", help="folder of images or LLaVA JSON file (all but `weights`)")
     parser.add_argument("--image-folder", help="image folder of a JSON file (default: the JSON's folder)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="qwen_1_5",
-                        help="qwen_1_5: the format LLaVA-OneVision was trained with (default); chat_template: the "
-                             "model directory's chat template with typed content")
+    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None,
+                        help="qwen_1_5: the format LLaVA-OneVision was trained with; chat_template: the model "
+                             "directory's chat template with typed content (default: the family's, as lmms-eval)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)
     budget_args = parser.add_argument_group("budget")
-    budget_args.add_argument("--shape", choices=["0.5b", "tiny"], default=None,
-                             help="without --model: the model shape built with random weights (default 0.5b)")
+    budget_args.add_argument("--shape", choices=SHAPES, default=None,
+                             help="without --model: the model shape built with random weights (default 0.5b); a "
+                                  "published checkpoint's name, or tiny (of --family)")
+    budget_args.add_argument("--family", choices=list(FAMILIES), default="llava_onevision",
+                             help="the family of --shape tiny")
     budget_args.add_argument("--image-size", type=int, nargs=2, default=[384, 384], metavar=("H", "W"))
     budget_args.add_argument("--text-tokens", type=int, default=400)
     budget_args.add_argument("--new-tokens", type=int, default=8, help="tokens generated per sample (inference)")
@@ -90,6 +100,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     figures.pyplot()  # fail before any model is loaded or measured, not after
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.command == "layouts":
+        rows = published_layouts(None if args.interval is None else ManagerConfig(interval=args.interval))
+        print(markdown_table(rows))
+        paths = {"table": write_layouts(rows, out)}
+        print(f"table: {paths['table']}")
+        return paths
     if args.command == "budget":
         paths = budget(args, parser)
         for kind, path in paths.items():
@@ -108,10 +124,10 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         models = {labels[0]: (model, processor)}
         if args.compare:
             models[labels[1]] = load(args.compare, args.device)
+        fmt = args.prompt_format or family_of(model)[0].prompt_format
         for _, p in models.values():  # a template that renders no image placeholder fails here, before any sample
-            chat_prompt(p, args.prompt, 1, args.prompt_format)
+            chat_prompt(p, args.prompt, 1, fmt)
         samples = load_samples(args.inputs, args.image_folder, args.limit, args.prompt, processor=processor)
-        fmt = args.prompt_format
         marks = collect.injected_layers(model)
         if args.command == "similarity":
             curves = {}

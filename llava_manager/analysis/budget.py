@@ -23,12 +23,15 @@ import torch
 
 from ..core.config import ManagerConfig
 from ..core.patch import apply_manager, has_manager, manager_config, remove_manager
-from ..families import random_inputs
+from ..families import family_of, random_inputs
 from .figures import pyplot, write_csv
 from .timing import count_flops, ratio_to, rounds, timed
 
 # name -> (managers, grid)
 VARIANTS = {"Baseline": (False, False), "+Manager": (True, False), "+Grid": (False, True), "+Grid+Manager": (True, True)}
+
+# Families whose models take images one way only (LLaVA-1.5: one crop; NeXT: always grids): that layout, +Manager.
+FAMILY_LAYOUT = {"Baseline": (False, True), "+Manager": (True, True)}
 
 # The paper's Table IV ratios against Baseline (0.5B-SI, A100), drawn as a reference in the figure.
 PAPER_RATIOS = {
@@ -112,9 +115,11 @@ def _measure(model, image_size, text_tokens, new_tokens, batch_size, repeats, co
     height, width = image_size
     torch.manual_seed(seed)
     model.eval()
-    one = {grid: random_inputs(model, height, width, text_tokens, grid=grid) for grid in (False, True)}
+    variants = VARIANTS if family_of(model)[0].grids_optional else FAMILY_LAYOUT
+    layouts = sorted({grid for _, grid in variants.values()})
+    one = {grid: random_inputs(model, height, width, text_tokens, grid=grid) for grid in layouts}
     rows = {}
-    for name, (managers, grid) in VARIANTS.items():
+    for name, (managers, grid) in variants.items():
         with _variant(model, managers, config), torch.no_grad():
             inputs = one[grid]
             flops = count_flops(lambda: model(**inputs))
@@ -130,7 +135,7 @@ def _measure(model, image_size, text_tokens, new_tokens, batch_size, repeats, co
         return list(rows.values())
 
     batch = one if batch_size == 1 else {
-        grid: random_inputs(model, height, width, text_tokens, grid=grid, batch_size=batch_size) for grid in (False, True)}
+        grid: random_inputs(model, height, width, text_tokens, grid=grid, batch_size=batch_size) for grid in layouts}
     labels = {grid: inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
               for grid, inputs in batch.items()}
     device = model.device
@@ -147,7 +152,7 @@ def _measure(model, image_size, text_tokens, new_tokens, batch_size, repeats, co
         return seconds / batch_size
 
     for kind in ("train", "infer"):
-        times = rounds({name: partial(run, kind, *flags) for name, flags in VARIANTS.items()}, repeats,
+        times = rounds({name: partial(run, kind, *flags) for name, flags in variants.items()}, repeats,
                        desc="training (fwd+bwd)" if kind == "train" else "inference (generate)")
         ratios = ratio_to(times, "Baseline")
         for name, row in rows.items():

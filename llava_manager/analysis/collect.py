@@ -11,6 +11,9 @@ from tqdm import tqdm
 from ..families.base import vision_encoder_layers
 from ..core.patch import get_managers, has_manager
 from . import metrics
+
+# The image inputs of `get_image_features` across the families (LLaVA-1.5 takes no `image_sizes`).
+IMAGE_KEYS = ("pixel_values", "image_sizes", "batch_num_images")
 from .inputs import encode
 
 
@@ -109,5 +112,5 @@ def siglip_attention_distance(model, processor, samples, prompt_format: str = "q
                 totals[i] += torch.stack(per_crop).mean(0).cpu()
 
             with torch.no_grad(), hooks([layer.self_attn for layer in layers], reduce):
-                model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+                model.model.get_image_features(**{k: v for k, v in inputs.items() if k in IMAGE_KEYS})
     return totals / len(samples)

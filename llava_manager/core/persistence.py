@@ -119,12 +119,14 @@ def manager_model_class(adapter: FamilyAdapter) -> type[PreTrainedModel]:
             name, get_checkpoint_conversion_mapping(adapter.config_class.model_type) or [], overwrite=True
         )
         _MANAGER_CLASSES[adapter.name] = cls
-        globals()[name] = cls  # importable by name, as pickle and multiprocessing look classes up
+        globals()[name] = cls  # importable by name: pickle and multiprocessing look classes up there
     return _MANAGER_CLASSES[adapter.name]
 
 
 _MANAGER_CLASSES: dict[str, type[PreTrainedModel]] = {}
-LlavaOnevisionManagerForConditionalGeneration = manager_model_class(FAMILIES["llava_onevision"])
+for _adapter in FAMILIES.values():  # made at import, so that pickle finds every one by name
+    manager_model_class(_adapter)
+LlavaOnevisionManagerForConditionalGeneration = _MANAGER_CLASSES["llava_onevision"]
 
 
 def from_pretrained(pretrained_model_name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:

@@ -1,21 +1,30 @@
-"""lmms-eval model `llava_ov_manager`: lmms-eval's own HF LLaVA model (`llava_hf`), loading through this package.
+"""lmms-eval models `llava_manager` (any supported LLaVA family) and `llava_ov_manager` (LLaVA-OneVision only):
+lmms-eval's own HF LLaVA model (`llava_hf`), loading through this package.
 
-    lmms-eval --model llava_ov_manager --model_args pretrained=DIR[,manager_path=MDIR][,dtype=bfloat16] --tasks ...
+    lmms-eval --model llava_manager --model_args pretrained=DIR[,manager_path=MDIR][,dtype=bfloat16] --tasks ...
 
 `pretrained` is a model saved by this package (patched `save_pretrained`: the managers come back), a plain
-LLaVA-OneVision (scored as the baseline), or a plain one plus `manager_path` (a `save_manager` directory). What this
-class changes in `llava_hf`:
+checkpoint of a supported family (scored as the baseline), or a plain one plus `manager_path` (a `save_manager`
+directory). The family is read from the checkpoint's config (`model_type`): LLaVA-1.5 (`llava`), LLaVA-NeXT
+(`llava_next`), LLaVA-NeXT-Video (`llava_next_video`, scored on images) or LLaVA-OneVision (`llava_onevision`).
+`--model llava_ov_manager` is the same model restricted to LLaVA-OneVision checkpoints (its name before the other
+families were supported); it refuses other checkpoints before loading them. What this class changes in `llava_hf`:
 - loading: `llava_manager.from_pretrained` (+ `load_manager`), and a processor that needs no torchvision;
-- prompts: `prompt_format=qwen_1_5` (default), the format LLaVA-OneVision was trained with and lmms-eval's own
-  `llava_onevision` model uses, or `prompt_format=chat_template`, the checkpoint's chat template with typed content
-  (`chat_template=` a template or a .jinja file overrides it); see `llava_manager.processing.prompts`;
+- prompts: `prompt_format=qwen_1_5`, the format LLaVA-OneVision was trained with and lmms-eval's own
+  `llava_onevision` model uses (the default for OneVision), or `prompt_format=chat_template`, the checkpoint's chat
+  template with typed content (the default for the other families, as lmms-eval's `llava_hf` prompts them;
+  `chat_template=` a template or a .jinja file overrides it, and implies `prompt_format=chat_template`); see
+  `llava_manager.processing.prompts`;
 - `generate_until`: batches (`--batch_size N`), honours `until` stop strings and `max_new_tokens`;
 - `loglikelihood`: images go with the context, the continuation is tokenised on its own; returns the mean negative
   log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it;
-- images: every document's images go through `llava_manager.processing.images.to_rgb` (EXIF orientation, any PIL mode to RGB).
+- images: every document's images go through `llava_manager.processing.images.to_rgb` (EXIF orientation, any PIL mode to RGB)
+  and then the family's processor, whose outputs go to the model as they are (LLaVA-1.5: one crop per image; NeXT:
+  grid crops and `image_sizes`; OneVision: also `batch_num_images`).
   A document whose image the model cannot represent, or that fails on its image, is refused with a logged message
   naming the task, doc_id and reason, and the rest of the batch is scored: it gets "" in generation and a +inf
   negative log-likelihood (never preferred over a scored choice) in loglikelihood.
+Videos are not scored: a video visual is refused like any other visual that is not an image.
 """
 
 from __future__ import annotations
@@ -31,19 +40,25 @@ from lmms_eval.models.simple.llava_hf import LlavaHf
 from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
+from transformers import AutoConfig
 
-from ..processing.images import ImageError, open_image, to_rgb, unsupported_reason
 from ..core.patch import has_manager
 from ..core.persistence import from_pretrained, load_manager
+from ..families import FAMILIES, FamilyAdapter, family_of_config
+from ..processing.images import ImageError, open_image, to_rgb, unsupported_reason
 from ..processing.processors import load_processor
-from ..processing.prompts import chat_prompt
+from ..processing.prompts import PROMPT_FORMATS, chat_prompt
 
 ARGS = ("pretrained", "manager_path", "revision", "device", "dtype", "batch_size", "device_map", "prompt_format",
         "chat_template", "use_cache", "attn_implementation", "max_frames_num", "ll_reduction", "max_batch_size")
 
 
-class LlavaOvManager(LlavaHf):
+class LlavaManager(LlavaHf):
+    """`--model llava_manager`: a checkpoint of any family in `llava_manager.families.FAMILIES`."""
+
     is_simple = True
+    name = "llava_manager"  # lmms-eval's model name, in messages
+    families: tuple[str, ...] | None = None  # the families this model takes (None: all)
 
     def __init__(self, pretrained: str, manager_path: str | None = None, revision: str = "main",
                  device: str | None = None, dtype: str = "auto", batch_size: int | str = 1,
@@ -53,17 +68,22 @@ class LlavaOvManager(LlavaHf):
         lmms.__init__(self)
         unknown.pop("max_batch_size", None)  # lmms-eval passes it along with batch_size
         if unknown:
-            raise ValueError(f"llava_ov_manager: unknown model_args {sorted(unknown)}; allowed: {', '.join(ARGS)}.")
+            raise ValueError(f"{self.name}: unknown model_args {sorted(unknown)}; allowed: {', '.join(ARGS)}.")
         if ll_reduction not in ("mean", "sum"):
-            raise ValueError(f"llava_ov_manager: ll_reduction={ll_reduction!r}; use 'mean' (as llava_hf) or 'sum'.")
-        # The processor and the prompt format are checked before the model is loaded: a chat template that renders no
-        # image placeholder fails here, not at the first document.
+            raise ValueError(f"{self.name}: ll_reduction={ll_reduction!r}; use 'mean' (as llava_hf) or 'sum'.")
+        if prompt_format is not None and prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"{self.name}: prompt_format {prompt_format!r}: use one of {PROMPT_FORMATS}.")
+        # The family, the processor and the prompt format are checked before the model is loaded: a checkpoint of
+        # another family, or a chat template that renders no image placeholder, fails here, not at the first document.
+        self.family = self.check_family(pretrained, revision)
         self._image_processor = load_processor(pretrained, revision=revision)
         self._tokenizer = self._image_processor.tokenizer
         self._tokenizer.padding_side = "left"
         if chat_template and Path(chat_template).is_file():
             chat_template = Path(chat_template).read_text()
-        self.prompt_format = prompt_format or ("chat_template" if chat_template else "qwen_1_5")
+        # The family's own format by default (OneVision: qwen_1_5, as lmms-eval's `llava_onevision`; the others:
+        # their chat template, as lmms-eval's `llava_hf`).
+        self.prompt_format = prompt_format or ("chat_template" if chat_template else self.family.prompt_format)
         self.chat_template = chat_template
         self.prompt("Describe the image.", 1)
 
@@ -80,7 +100,7 @@ class LlavaOvManager(LlavaHf):
         model = from_pretrained(pretrained, **kwargs)
         if manager_path:
             if has_manager(model):
-                raise ValueError(f"llava_ov_manager: {pretrained} already has managers; drop manager_path or load a "
+                raise ValueError(f"{self.name}: {pretrained} already has managers; drop manager_path or load a "
                                  "plain model.")
             load_manager(model, manager_path)
         self._model = model.eval()
@@ -94,6 +114,15 @@ class LlavaOvManager(LlavaHf):
         if accelerator.num_processes > 1:
             self._model = accelerator.prepare_model(self._model, evaluation_mode=True)
         self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
+
+    def check_family(self, pretrained: str, revision: str) -> FamilyAdapter:
+        """The family of the checkpoint at `pretrained`, from its config; one this model does not take is refused."""
+        adapter = family_of_config(AutoConfig.from_pretrained(pretrained, revision=revision))
+        if self.families is not None and adapter.name not in self.families:
+            takes = ", ".join(FAMILIES[name].title for name in self.families)
+            raise ValueError(f"{self.name} takes {takes} checkpoints; {pretrained} is {adapter.title} "
+                             f"(model_type {adapter.name!r}): use --model llava_manager.")
+        return adapter
 
     def prompt(self, context: str, num_images: int) -> str:
         return chat_prompt(self._image_processor, context, num_images, self.prompt_format, self.chat_template)
@@ -121,7 +150,7 @@ class LlavaOvManager(LlavaHf):
                     raise ImageError("corrupt image", detail) from error
             else:
                 raise ImageError("unsupported image", f"a visual of type {type(visual).__name__} is not an image; "
-                                 "llava_ov_manager reads PIL images and image files")
+                                 f"{self.name} reads PIL images and image files")
             reason = unsupported_reason(self._image_processor, image, self._config, multi_image=len(visuals) > 1)
             if reason:
                 raise ImageError("unsupported image", reason)
@@ -152,11 +181,11 @@ class LlavaOvManager(LlavaHf):
                 if not (isinstance(error, ImageError) or images):
                     raise  # not an image problem
                 refused += 1
-                _log_refusal(task, split, doc_id, error, "it gets a +inf negative log-likelihood")
+                self._log_refusal(task, split, doc_id, error, "it gets a +inf negative log-likelihood")
                 nll, greedy = float("inf"), False
             # lmms-eval 0.7 turns any result that is not text or GenerationResult into a string; this keeps the pair.
             results.append(GenerationResult(text=(nll, greedy)))
-        _log_refusal_count("loglikelihood", refused, len(requests))
+        self._log_refusal_count("loglikelihood", refused, len(requests))
         return results
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -177,7 +206,7 @@ class LlavaOvManager(LlavaHf):
                     usable[k] = self.visuals(*args)
                 except ImageError as error:
                     refused += 1
-                    _log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
+                    self._log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
             if not usable:
                 results.extend(texts)
                 progress.update(len(batch))
@@ -194,7 +223,7 @@ class LlavaOvManager(LlavaHf):
                             raise  # a document without images: not an image problem
                         del usable[k]
                         refused += 1
-                        _log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
+                        self._log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
             for k, text in zip(list(usable), generated):
                 for stop in until:
                     if stop:
@@ -204,7 +233,7 @@ class LlavaOvManager(LlavaHf):
             results.extend(texts)
             progress.update(len(batch))
         progress.close()
-        _log_refusal_count("generate_until", refused, len(requests))
+        self._log_refusal_count("generate_until", refused, len(requests))
         return order.get_original(results)
 
     def _generate(self, contexts: list[str], images: list[list], kwargs: dict) -> list[str]:
@@ -235,13 +264,20 @@ class LlavaOvManager(LlavaHf):
         return float(nll), greedy
 
 
-def _log_refusal(task, split, doc_id, error: Exception, outcome: str) -> None:
-    """A refused document, named so it can be found (and excluded) in the results."""
-    why = str(error) if isinstance(error, ImageError) else f"it failed on its image: {error!r}"
-    eval_logger.error(f"llava_ov_manager: refusing document {doc_id} of task {task} (split {split}): {why}; {outcome}.")
+    def _log_refusal(self, task, split, doc_id, error: Exception, outcome: str) -> None:
+        """A refused document, named so it can be found (and excluded) in the results."""
+        why = str(error) if isinstance(error, ImageError) else f"it failed on its image: {error!r}"
+        eval_logger.error(f"{self.name}: refusing document {doc_id} of task {task} (split {split}): {why}; {outcome}.")
+
+    def _log_refusal_count(self, kind: str, refused: int, total: int) -> None:
+        if refused:
+            eval_logger.warning(f"{self.name}: {kind}: refused {refused} of {total} requests on their images "
+                                "(see the errors above); the others were scored.")
 
 
-def _log_refusal_count(kind: str, refused: int, total: int) -> None:
-    if refused:
-        eval_logger.warning(f"llava_ov_manager: {kind}: refused {refused} of {total} requests on their images "
-                            "(see the errors above); the others were scored.")
+class LlavaOvManager(LlavaManager):
+    """`--model llava_ov_manager`: `llava_manager` for LLaVA-OneVision checkpoints only (scored in `qwen_1_5` by
+    default, as before); a checkpoint of another family is refused before it is loaded."""
+
+    name = "llava_ov_manager"
+    families = ("llava_onevision",)

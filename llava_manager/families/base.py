@@ -44,7 +44,14 @@ class FamilyAdapter:
     model_class: ClassVar[type[nn.Module]]  # ...ForConditionalGeneration
     base_class: ClassVar[type[nn.Module]]  # the bare ...Model
     config_class: ClassVar[type[PretrainedConfig]]
+    processor_class: ClassVar[type]  # the published checkpoints' processor
+    image_processor_class: ClassVar[type]  # its image processor's PIL backend (no torchvision needed)
+    video_processor_class: ClassVar[str | None] = None  # transformers' name for it (it needs torchvision)
+    # How a prompt is written by default (evaluation, analyses): the checkpoint's chat template, or "qwen_1_5", the
+    # conversation format LLaVA-OneVision was trained in (see `processing.prompts`).
+    prompt_format: ClassVar[str] = "chat_template"
     has_grids: ClassVar[bool] = False  # anyres: a base crop followed by grid crops
+    grids_optional: ClassVar[bool] = False  # the model also takes images as their base crop only
     has_video: ClassVar[bool] = False
     # Published checkpoints and their shapes, built in code: {"llava-1.5-7b": (hub id, config factory)}.
     published: ClassVar[dict[str, tuple[str, Callable[[], PretrainedConfig]]]] = {}

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaModel
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaModel, LlavaProcessor
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
 from .base import FamilyAdapter, GroupedFeatures, fold_layers, project_crops, tiny_text, tiny_vision, unfold_groups
 
@@ -43,6 +44,8 @@ class LlavaAdapter(FamilyAdapter):
     model_class = LlavaForConditionalGeneration
     base_class = LlavaModel
     config_class = LlavaConfig
+    processor_class = LlavaProcessor
+    image_processor_class = LlavaImageProcessorPil
     published = {"llava-1.5-7b": ("llava-hf/llava-1.5-7b-hf", llava_1_5_7b_config)}
 
     def image_features(self, inner, hidden, call, manage) -> GroupedFeatures:

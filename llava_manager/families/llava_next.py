@@ -4,7 +4,8 @@ image newline after each row of grid tokens, the "default" strategy; no video.""
 from __future__ import annotations
 
 import torch
-from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextModel
+from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextModel, LlavaNextProcessor
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from .base import (
@@ -67,6 +68,8 @@ class LlavaNextAdapter(FamilyAdapter):
     model_class = LlavaNextForConditionalGeneration
     base_class = LlavaNextModel
     config_class = LlavaNextConfig
+    processor_class = LlavaNextProcessor
+    image_processor_class = LlavaNextImageProcessorPil
     has_grids = True
     published = {"llava-v1.6-mistral-7b": ("llava-hf/llava-v1.6-mistral-7b-hf", llava_next_mistral_7b_config)}
 

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
-from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel
+from transformers import (
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaNextVideoModel,
+    LlavaNextVideoProcessor,
+)
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_next_video.modeling_llava_next_video import image_size_to_num_patches
 
 from .base import (
@@ -49,6 +55,9 @@ class LlavaNextVideoAdapter(FamilyAdapter):
     model_class = LlavaNextVideoForConditionalGeneration
     base_class = LlavaNextVideoModel
     config_class = LlavaNextVideoConfig
+    processor_class = LlavaNextVideoProcessor
+    video_processor_class = "LlavaNextVideoVideoProcessor"  # needs torchvision
+    image_processor_class = LlavaNextImageProcessorPil
     has_grids = True
     has_video = True
     published = {"LLaVA-NeXT-Video-7B": ("llava-hf/LLaVA-NeXT-Video-7B-hf", llava_next_video_7b_config)}

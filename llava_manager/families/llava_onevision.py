@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
+    LlavaOnevisionModel,
+    LlavaOnevisionProcessor,
+)
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from .base import (
@@ -86,7 +92,12 @@ class LlavaOnevisionAdapter(FamilyAdapter):
     model_class = LlavaOnevisionForConditionalGeneration
     base_class = LlavaOnevisionModel
     config_class = LlavaOnevisionConfig
+    processor_class = LlavaOnevisionProcessor
+    video_processor_class = "LlavaOnevisionVideoProcessor"  # needs torchvision
+    prompt_format = "qwen_1_5"  # lmms-eval's own `llava_onevision` model scores it in its training format
+    image_processor_class = LlavaOnevisionImageProcessorPil
     has_grids = True
+    grids_optional = True  # the images of multi-image samples
     has_video = True
     published = {
         "llava-onevision-qwen2-0.5b-ov": ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", onevision_0_5b_config),

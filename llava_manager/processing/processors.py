@@ -1,66 +1,95 @@
-"""LLaVA-OneVision processors with or without torchvision.
+"""The processors of every LLaVA family, with or without torchvision.
 
-transformers' `LlavaOnevisionProcessor` insists on a video processor class, which needs torchvision; machines with
-only a CPU torch have none. For images the video processor is never used, so without torchvision we build the same
-processor with the PIL image processor and no video processor. With torchvision, `AutoProcessor` is used as is.
+transformers' `LlavaOnevisionProcessor` and `LlavaNextVideoProcessor` insist on a video processor class, which needs
+torchvision; machines with only a CPU torch have none. For images the video processor is never used, so without
+torchvision we build the same processor with the PIL image processor and no video processor (images only). The
+LLaVA-1.5 and NeXT processors have no video processor and are used as they are. With torchvision, `AutoProcessor`
+is used as is.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+from functools import cache
 from pathlib import Path
 
-from transformers import AutoTokenizer, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
-PROCESSOR_KWARGS = ("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio", "image_token",
-                    "video_token")
+from ..families import FAMILIES, family_of_config
+
+_PARTS = ("image_processor", "tokenizer", "video_processor", "chat_template")
 
 
-class ImageOnlyProcessor(LlavaOnevisionProcessor):
-    """`LlavaOnevisionProcessor` without a video processor (for machines without torchvision); images only."""
+@cache
+def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """`processor_class` without a video processor, for machines without torchvision; images only."""
+    if "video_processor" not in processor_class.get_attributes():
+        return processor_class
+    image_processor_class = next(a.image_processor_class for a in FAMILIES.values()
+                                 if a.processor_class is processor_class)
 
-    def check_argument_for_proper_class(self, argument_name, argument):
-        if argument_name == "video_processor" and argument is None:
-            return None
-        return super().check_argument_for_proper_class(argument_name, argument)
+    class ImageOnly(processor_class):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
 
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """The parts `from_pretrained` builds: the PIL image processor, the tokenizer and no video processor. The
-        rest (processor_config.json, the chat template in chat_template.json or .jinja) is transformers' own."""
-        kwargs.pop("subfolder", None)
-        return [LlavaOnevisionImageProcessorPil.from_pretrained(pretrained_model_name_or_path, **kwargs),
-                AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs), None]
+        @classmethod
+        def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+            """The parts `from_pretrained` builds: the PIL image processor, the tokenizer and no video processor.
+            The rest (processor_config.json, the chat template in chat_template.json or .jinja) is transformers'."""
+            kwargs.pop("subfolder", None)
+            parts = {"image_processor": image_processor_class.from_pretrained(pretrained_model_name_or_path, **kwargs),
+                     "tokenizer": AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
+                     "video_processor": None}
+            return [parts[name] for name in cls.get_attributes()]
 
-    def save_pretrained(self, save_directory, **kwargs):
-        """Writes the tokenizer, the image processor and `processor_config.json`, the files `AutoProcessor` reads."""
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(save_directory)
-        self.image_processor.save_pretrained(save_directory)
-        config = {key: getattr(self, key) for key in PROCESSOR_KWARGS}
-        config["processor_class"] = LlavaOnevisionProcessor.__name__
-        (save_directory / "processor_config.json").write_text(json.dumps(config, indent=2))
-        if self.chat_template is not None:
-            (save_directory / "chat_template.jinja").write_text(self.chat_template)
-        return [str(save_directory / "processor_config.json")]
+        def save_pretrained(self, save_directory, **kwargs):
+            """Writes the tokenizer, the image processor and `processor_config.json`, the files `AutoProcessor`
+            reads (transformers' own writer would serialise the missing video processor)."""
+            save_directory = Path(save_directory)
+            save_directory.mkdir(parents=True, exist_ok=True)
+            self.tokenizer.save_pretrained(save_directory)
+            self.image_processor.save_pretrained(save_directory)
+            names = [n for n in inspect.signature(processor_class.__init__).parameters if n not in _PARTS]
+            config = {n: getattr(self, n) for n in names if isinstance(getattr(self, n, None), (str, int, float))}
+            config["processor_class"] = processor_class.__name__
+            (save_directory / "processor_config.json").write_text(json.dumps(config, indent=2))
+            if self.chat_template is not None:
+                (save_directory / "chat_template.jinja").write_text(self.chat_template)
+            return [str(save_directory / "processor_config.json")]
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = f"ImageOnly{processor_class.__name__}"
+    ImageOnly.__doc__ = f"`{processor_class.__name__}` without a video processor (no torchvision); images only."
+    return ImageOnly
 
 
-def load_processor(path: str | Path, **kwargs) -> LlavaOnevisionProcessor:
-    """The processor saved with a LLaVA-OneVision model (local directory or Hub id; `kwargs` go to
-    `from_pretrained`, e.g. `revision`, `local_files_only`)."""
+# Kept under its first name: the OneVision processor without a video processor.
+ImageOnlyProcessor = image_only(FAMILIES["llava_onevision"].processor_class)
+
+
+def load_processor(path: str | Path, **kwargs) -> ProcessorMixin:
+    """The processor saved with a LLaVA-family model (local directory or Hub id; `kwargs` go to `from_pretrained`,
+    e.g. `revision`, `local_files_only`); the family is read from the model's config."""
     if is_torchvision_available():
-        from transformers import AutoProcessor
-
         return AutoProcessor.from_pretrained(path, **kwargs)
-    return ImageOnlyProcessor.from_pretrained(path, **kwargs)
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only", "token", "cache_dir")}
+    adapter = family_of_config(AutoConfig.from_pretrained(path, **hub_kwargs))
+    return image_only(adapter.processor_class).from_pretrained(path, **kwargs)
 
 
-def build_processor(image_processor, tokenizer, **kwargs) -> LlavaOnevisionProcessor:
-    """A processor from its parts, with no video processor when torchvision is missing."""
-    if is_torchvision_available():
-        from transformers import LlavaOnevisionVideoProcessor
+def build_processor(image_processor, tokenizer, family: str = "llava_onevision", **kwargs) -> ProcessorMixin:
+    """A processor of `family` from its parts, with no video processor when torchvision is missing."""
+    adapter = FAMILIES[family]
+    processor_class, parts = adapter.processor_class, {"image_processor": image_processor, "tokenizer": tokenizer}
+    if "video_processor" in processor_class.get_attributes():
+        if is_torchvision_available():
+            import transformers
 
-        return LlavaOnevisionProcessor(image_processor, tokenizer, LlavaOnevisionVideoProcessor(), **kwargs)
-    return ImageOnlyProcessor(image_processor, tokenizer, None, **kwargs)
+            parts["video_processor"] = getattr(transformers, adapter.video_processor_class)()
+        else:
+            processor_class, parts["video_processor"] = image_only(processor_class), None
+    return processor_class(**parts, **kwargs)
