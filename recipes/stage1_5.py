@@ -6,6 +6,12 @@
 With no model or data arguments it trains the embedded default (a tiny model, synthetic shapes questions):
 
     python recipes/stage1_5.py
+
+A tiny model of another family (llava, llava_next, llava_next_video; default llava_onevision):
+
+    python recipes/stage1_5.py --family llava_next
+
+The model may be of any of these families; its config says which.
 """
 
 from llava_manager.training.train import run

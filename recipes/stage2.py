@@ -8,6 +8,12 @@ on a CPU-only machine, with or without DeepSpeed:
 
     python recipes/stage2.py
     deepspeed --num_gpus 2 recipes/stage2.py --deepspeed recipes/zero2.json
+
+A tiny model of another family (llava, llava_next, llava_next_video; default llava_onevision):
+
+    python recipes/stage2.py --family llava_next
+
+The model may be of any of these families; its config says which.
 """
 
 from llava_manager.training.train import run

@@ -1,4 +1,4 @@
-"""Images as users have them, made into what LLaVA-OneVision reads: RGB, upright, and a size the model can lay out.
+"""Images as users have them, made into what the LLaVA models read: RGB, upright, and a size the model can lay out.
 
 - `to_rgb(image)`: EXIF orientation applied (`ImageOps.exif_transpose`), then RGB. Transparency (RGBA, LA, PA,
   P with a transparent index) is composited on white by transformers' own `image_transforms.convert_to_rgb`; the
@@ -11,12 +11,14 @@
   with a short `reason` ("missing image", "corrupt image", "unsupported image").
 - `unsupported_reason(processor, image, config=None)`: before any model call, whether the model can represent the
   image: None, or why not. It compares the processor's image-token count (`processor._get_number_of_features`, the
-  function `replace_image_token` uses) with the model's own feature layout (`LlavaOnevisionModel.pack_image_features`
-  run on zero features of the right shape; no vision tower). With transformers 5.23 the two agree for every size
-  tried (tiny layout: all sizes 1..199 px; 0.5B-SI layout: ~580,000 sizes, sides 1..5000 px, aspect ratios up to
-  4000:1; real forwards of both layouts at 1x1, 1x4000, 4000x1, 12x2400, 2400x12, 4000x3000), so today only empty
-  (0-pixel) images are refused; the comparison guards against the token/feature mismatches earlier versions had for
-  some aspect ratios (transformers issues #34625, #35775). It costs about a millisecond per image.
+  function `replace_image_token` uses) with the model's own feature layout (`pack_image_features` of the model's
+  family, OneVision's or NeXT's, run on zero features of the right shape; no vision tower). With transformers 5.23
+  the two agree for every OneVision size tried (tiny layout: all sizes 1..199 px; 0.5B-SI layout: ~580,000 sizes,
+  sides 1..5000 px, aspect ratios up to 4000:1; real forwards of both layouts at 1x1, 1x4000, 4000x1, 12x2400,
+  2400x12, 4000x3000), so today only empty (0-pixel) images are refused; the comparison guards against the
+  token/feature mismatches earlier versions had for some aspect ratios (transformers issues #34625, #35775). It
+  costs about a millisecond per image. LLaVA-NeXT and NeXT-Video are checked the same way; LLaVA-1.5 writes one
+  fixed count per image (one resized crop), so only its empty images are refused.
 
 Independent of lmms-eval and of the training code.
 """
@@ -30,6 +32,9 @@ from types import SimpleNamespace
 
 import torch
 from PIL import Image, ImageOps
+
+from ..families import FAMILIES
+from .processors import family_of_processor
 
 logger = logging.getLogger(__name__)
 
@@ -96,24 +101,53 @@ def open_image(path: str | Path) -> Image.Image:
         raise ImageError("corrupt image", f"{path}: {error}") from error
 
 
-def _model_layout(processor, config):
+def _family(processor, config) -> str | None:
+    """The family whose layout is checked: the model config's when given, else the processor's; None when neither
+    says (a processor of another class and no config: OneVision's check is tried, as before)."""
+    if config is not None and getattr(config, "model_type", None):
+        if config.model_type in FAMILIES:
+            return config.model_type
+    try:
+        return family_of_processor(processor)
+    except TypeError:
+        return None
+
+
+def _crop(processor) -> tuple[int, int]:
+    """(height, width) of the processor's crops: `crop_size` where the image processor crops, else `size`."""
+    image_processor = processor.image_processor
+    size = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", False) else None
+    size = size or image_processor.size
+    height = size["height"] if size.get("height") else size["shortest_edge"]
+    width = size["width"] if size.get("width") else size["shortest_edge"]
+    return height, width
+
+
+def _model_layout(processor, config, family: str | None = None):
     """What `pack_image_features` reads from the model: its config (given), or the same fields as the processor
-    implies them (crop size, patch grid from `num_image_tokens`, pinpoints, `vision_aspect_ratio`)."""
+    implies them (crop size, patch grid from `num_image_tokens` or `patch_size`, pinpoints, `vision_aspect_ratio`,
+    the feature-select strategy and the CLS token the processor counts)."""
     if config is not None:
         return config
-    size = processor.image_processor.size
-    crop = size["height"] if size.get("height") else size["shortest_edge"]
-    side = math.isqrt(processor.num_image_tokens)
+    crop, _ = _crop(processor)
+    patch = getattr(processor, "patch_size", None) or crop // math.isqrt(processor.num_image_tokens)
+    cls_tokens = getattr(processor, "num_additional_image_tokens", 0)
     return SimpleNamespace(
+        model_type=family,
         image_grid_pinpoints=processor.image_processor.image_grid_pinpoints,
-        vision_aspect_ratio=processor.vision_aspect_ratio,
-        vision_config=SimpleNamespace(image_size=crop, patch_size=crop // side),
+        vision_aspect_ratio=getattr(processor, "vision_aspect_ratio", "anyres_max_9"),
+        vision_feature_select_strategy=getattr(processor, "vision_feature_select_strategy", None),
+        vision_config=SimpleNamespace(image_size=crop, patch_size=patch,
+                                      model_type="clip_vision_model" if cls_tokens else None),
     )
 
 
 def model_feature_count(config, height: int, width: int, multi_image: bool = False) -> int:
-    """Image features the model packs for one `height` x `width` image (with newlines; before the "default"
-    strategy's first-token drop), by transformers' own `pack_image_features` on zero features: no vision tower."""
+    """Image features the model packs for one `height` x `width` image (with newlines; for OneVision before the
+    "default" strategy's first-token drop, for NeXT after it), by transformers' own `pack_image_features` on zero
+    features: no vision tower. `config.model_type` picks the family (OneVision when it names none)."""
+    if getattr(config, "model_type", None) in ("llava_next", "llava_next_video"):
+        return _next_feature_count(config, height, width)
     from transformers.models.llava_onevision.modeling_llava_onevision import (
         LlavaOnevisionModel,
         image_size_to_num_patches,
@@ -130,14 +164,33 @@ def model_feature_count(config, height: int, width: int, multi_image: bool = Fal
     return int(lengths[0])
 
 
-def processor_token_count(processor, height: int, width: int, multi_image: bool = False) -> int:
-    """Image tokens the processor writes for one `height` x `width` image (before the "default" strategy's
-    one-token drop), by the processor's own counting, as `replace_image_token` does."""
+def _next_feature_count(config, height: int, width: int) -> int:
+    """LLaVA-NeXT (and NeXT-Video, whose images are NeXT's): every image has its grid crops, CLIP's CLS token is
+    dropped by the "default" strategy before the packing."""
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextModel, image_size_to_num_patches
+
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    cls_tokens = 1 if getattr(vision, "model_type", None) == "clip_vision_model" else 0
+    tokens = side * side + cls_tokens - (config.vision_feature_select_strategy == "default")
+    crops = image_size_to_num_patches((height, width), config.image_grid_pinpoints, vision.image_size)
+    _, lengths = LlavaNextModel.pack_image_features(
+        SimpleNamespace(config=config), [torch.zeros(crops, tokens, 1)], torch.tensor([[height, width]]),
+        config.vision_feature_select_strategy, image_newline=torch.zeros(1))
+    return int(lengths[0])
+
+
+def processor_token_count(processor, height: int, width: int, multi_image: bool = False,
+                          family: str | None = None) -> int:
+    """Image tokens the processor writes for one `height` x `width` image, by the processor's own counting, as
+    `replace_image_token` does: for OneVision before the "default" strategy's one-token drop, for NeXT after it."""
+    family = family or _family(processor, None)
+    crop_height, crop_width = _crop(processor)
+    if family in ("llava_next", "llava_next_video"):
+        count = processor._get_number_of_features(height, width, crop_height, crop_width)
+        return count - (processor.vision_feature_select_strategy == "default")
     if multi_image:
         return processor.num_image_tokens + 1  # base crop + newline, as `replace_image_token`
-    size = processor.image_processor.size
-    crop_height = size["height"] if size.get("height") else size["shortest_edge"]
-    crop_width = size["width"] if size.get("width") else size["shortest_edge"]
     return processor._get_number_of_features(height, width, crop_height, crop_width)
 
 
@@ -145,15 +198,20 @@ def unsupported_reason(processor, image: Image.Image, config=None, multi_image: 
     """None when the model can represent `image`, else why not, e.g. "empty image (0x5 pixels)" or "the processor
     writes 900 image tokens for a 12x2400 image (aspect ratio 200.0:1) but the model packs 892 features".
 
-    `processor`: the model's `LlavaOnevisionProcessor`; `config`: the model's config (default: the layout the
+    `processor`: the model's processor (any family); `config`: the model's config (default: the layout the
     processor implies, so a processor / model disagreement goes unseen); `multi_image`: the image is one of several
-    in a sample (base crop only). Call it on the image as the processor will get it (after `to_rgb`)."""
+    in a sample (OneVision: base crop only; the other families lay out every image alike). Call it on the image as
+    the processor will get it (after `to_rgb`). LLaVA-1.5 writes the same token count for every image (one crop,
+    resized), so for it only empty images are refused; NeXT and NeXT-Video are checked like OneVision."""
     width, height = image.size
     if width < 1 or height < 1:
         return f"empty image ({width}x{height} pixels)"
-    layout = _model_layout(processor, config)
+    family = _family(processor, config)
+    if family == "llava":
+        return None
+    layout = _model_layout(processor, config, family)
     try:
-        tokens = processor_token_count(processor, height, width, multi_image)
+        tokens = processor_token_count(processor, height, width, multi_image, family)
     except Exception as error:
         return f"the processor cannot count the image tokens of a {width}x{height} image: {error!r}"
     try:

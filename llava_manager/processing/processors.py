@@ -71,6 +71,16 @@ def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
 ImageOnlyProcessor = image_only(FAMILIES["llava_onevision"].processor_class)
 
 
+def family_of_processor(processor) -> str:
+    """The `FAMILIES` key of `processor` (a family's processor class, or its image-only variant)."""
+    classes = {adapter.processor_class: name for name, adapter in FAMILIES.items()}
+    for cls in type(processor).__mro__:
+        if cls in classes:
+            return classes[cls]
+    raise TypeError(f"{type(processor).__name__} is not the processor of a supported LLaVA family "
+                    f"({', '.join(a.processor_class.__name__ for a in FAMILIES.values())}).")
+
+
 def load_processor(path: str | Path, **kwargs) -> ProcessorMixin:
     """The processor saved with a LLaVA-family model (local directory or Hub id; `kwargs` go to `from_pretrained`,
     e.g. `revision`, `local_files_only`); the family is read from the model's config."""

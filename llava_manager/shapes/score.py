@@ -10,6 +10,9 @@ for lmms-eval. Two scores, the rules of lmms-eval's two task types (no lmms-eval
   with the image) has the lowest mean negative log-likelihood, as `lmms_eval_model.LlavaOvManager.loglikelihood`
   computes it and lmms-eval's multiple choice ranks it.
 
+Any family's export is scored the same way (the processor's image inputs go to the model as they come: pixels, and
+image sizes for the anyres families).
+
     python -m llava_manager.shapes.score runs/stage2 [--samples 200] [--out scores.json]
 """
 
@@ -97,9 +100,11 @@ def choice_nlls(model, processor, doc: dict) -> list[float]:
         input_ids[row, :n] = context["input_ids"][0]
         input_ids[row, n:n + len(target)] = torch.tensor(target, device=model.device)
         attention_mask[row, :n + len(target)] = 1
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
-              "pixel_values": context["pixel_values"].expand(k, *context["pixel_values"].shape[1:]),
-              "image_sizes": context["image_sizes"].expand(k, -1)}
+    # The image inputs, whatever the family's processor gives (pixel_values, and image_sizes for the anyres
+    # families), repeated for each choice.
+    images = {key: value.expand(k, *value.shape[1:]) for key, value in context.items()
+              if key not in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **images}
     logprobs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
     nlls = []
     for row, target in enumerate(targets):

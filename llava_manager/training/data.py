@@ -30,8 +30,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
+IMAGE_KEYS = ("pixel_values", "image_sizes")  # what a sample keeps of the image processor's output
 
 
 class SampleError(ValueError):
@@ -245,7 +244,8 @@ class SupervisedDataset(Dataset):
                 sizes = ", ".join(f"{name} ({i.width}x{i.height})" for name, i in zip(files, images))
                 raise SampleError("unsupported image", f"{sizes}: the image processor failed: {error!r}") from error
             image_tokens = [self.processor.replace_image_token(image_inputs, k) for k in range(len(images))]
-            out.update(pixel_values=image_inputs["pixel_values"], image_sizes=image_inputs["image_sizes"])
+            # (images, 3, H, W) for LLaVA-1.5; (images, crops, 3, H, W) and image_sizes for the anyres families.
+            out.update({k: image_inputs[k] for k in IMAGE_KEYS if k in image_inputs})
         input_ids, labels = tokenize(turns, self.template, self.processor.tokenizer, image_tokens)
         if len(input_ids) > self.max_length:
             raise SampleError("over-length", f"{len(input_ids)} tokens > max length {self.max_length}")
@@ -257,10 +257,22 @@ class SupervisedDataset(Dataset):
 
 @dataclass
 class Collator:
-    """Right-pads tokens (labels with -100), stacks images padded to the batch's largest crop count, and passes the
-    samples' skip records on as `"skipped"` for the trainer to count."""
+    """Right-pads tokens (labels with -100) and batches the images as `family`'s forward takes them (a `FAMILIES`
+    key; default LLaVA-OneVision): LLaVA-1.5's `(images, 3, H, W)` pixels are concatenated; the anyres families'
+    `(images, crops, 3, H, W)` are padded with zero crops to the batch's largest crop count, with `image_sizes`;
+    OneVision also gets `batch_num_images` (images per sample: a sample with several gets base crops only). The
+    samples' skip records go on as `"skipped"` for the trainer to count."""
 
     pad_token_id: int
+    family: str = "llava_onevision"
+
+    def __post_init__(self) -> None:
+        import inspect
+
+        from ..families import get_family
+
+        forward = inspect.signature(get_family(self.family).model_class.forward).parameters
+        self.takes_num_images = "batch_num_images" in forward
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         length = max(len(s["input_ids"]) for s in samples)
@@ -273,14 +285,15 @@ class Collator:
         batch: dict[str, Any] = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
         with_images = [s for s in samples if "pixel_values" in s]
         if with_images:
-            crops = max(s["pixel_values"].shape[1] for s in with_images)
-            pixel_values = []
-            for s in with_images:
-                pv = s["pixel_values"]
-                pad = pv.new_zeros((pv.shape[0], crops - pv.shape[1], *pv.shape[2:]))
-                pixel_values.append(torch.cat([pv, pad], dim=1))
-            batch["pixel_values"] = torch.cat(pixel_values)
-            batch["image_sizes"] = torch.cat([s["image_sizes"] for s in with_images])
-            batch["batch_num_images"] = torch.tensor([len(s.get("image_sizes", ())) for s in samples])
+            pixels = [s["pixel_values"] for s in with_images]
+            if pixels[0].dim() == 5:  # anyres: pad every image to the batch's largest crop count
+                crops = max(pv.shape[1] for pv in pixels)
+                pixels = [torch.cat([pv, pv.new_zeros((pv.shape[0], crops - pv.shape[1], *pv.shape[2:]))], dim=1)
+                          for pv in pixels]
+            batch["pixel_values"] = torch.cat(pixels)
+            if "image_sizes" in with_images[0]:
+                batch["image_sizes"] = torch.cat([s["image_sizes"] for s in with_images])
+            if self.takes_num_images:
+                batch["batch_num_images"] = torch.tensor([len(s.get("pixel_values", ())) for s in samples])
         batch["skipped"] = [record for s in samples for record in s.get("skipped", ())]
         return batch

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, set_seed
+from transformers import AutoConfig, AutoModelForImageTextToText, set_seed
 
 from ..shapes import score as shapes_score
 
@@ -18,6 +18,7 @@ from . import train_args
 from .data import Collator, SupervisedDataset, load_records
 from ..core.patch import apply_manager, has_manager, manager_config
 from ..core.persistence import from_pretrained
+from ..families import family_of_config, get_family
 from ..processing.processors import load_processor
 from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from .trainer import ManagerTrainer, set_trainable
@@ -25,15 +26,30 @@ from .trainer import ManagerTrainer, set_trainable
 logger = logging.getLogger(__name__)
 
 
+def checkpoint_family(model_args) -> str:
+    """The family of `--model_name_or_path` (from its config); a `--family` that disagrees is an error."""
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    family = family_of_config(config).name
+    if model_args.family is not None and model_args.family != family:
+        raise ValueError(f"--family {model_args.family} disagrees with {model_args.model_name_or_path}, a "
+                         f"{family} model (its config's model_type); the family of a model comes from its config, "
+                         f"so drop --family (it picks the embedded default's family when no model is given).")
+    return family
+
+
 def build_model(model_args, manager_args, training_args):
-    """The model and its processor: the tiny default built in code, or a checkpoint (plain: the managers are
-    applied; already patched: its managers are kept, and manager flags must agree with them)."""
+    """The model and its processor: the tiny default of `--family` built in code, or a checkpoint of any supported
+    family (plain: the managers are applied; already patched: its managers are kept, and manager flags must agree
+    with them)."""
     if model_args.model_name_or_path is None:
-        processor = tiny_processor()
+        family = model_args.tiny_family()
+        processor = tiny_processor(family=family)
         set_seed(training_args.seed)
         # from_config, not the constructor: under ZeRO-3 it builds the weights inside deepspeed.zero.Init.
-        model = AutoModelForImageTextToText.from_config(tiny_model_config(processor))
+        model = AutoModelForImageTextToText.from_config(tiny_model_config(processor, family))
+        logger.info("embedded default: a tiny %s model", get_family(family).title)
     else:
+        checkpoint_family(model_args)
         processor = load_processor(model_args.model_name_or_path)
         # DeepSpeed keeps fp32 master weights, so bf16 weights are fine there; a plain torch optimizer needs fp32.
         dtype = torch.bfloat16 if training_args.bf16 and training_args.deepspeed else torch.float32
@@ -75,7 +91,8 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
     dataset = build_dataset(data_args, training_args, processor, model.config)
     trainer = ManagerTrainer(
         model=model, args=training_args, train_dataset=dataset,
-        data_collator=Collator(processor.tokenizer.pad_token_id), processing_class=processor.tokenizer,
+        data_collator=Collator(processor.tokenizer.pad_token_id, family_of_config(model.config).name),
+        processing_class=processor.tokenizer,
         vision_tower_lr=model_args.vision_tower_lr, manager_lr=model_args.manager_lr,
     )
     resume = training_args.resume_from_checkpoint
@@ -98,13 +115,13 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
 def score_heldout(training_args, data_args) -> dict | None:
     """The embedded default proves itself: its export, scored on held-out shapes images (`shapes_score`), printed
     and written to `{output_dir}/shapes_score.json`. Skipped for a run cut short by `--max_steps` (tests, smoke
-    runs; `python -m llava_manager.evaluation.shapes_score DIR` scores any export) and for Stage-1's caption format."""
+    runs; `python -m llava_manager.shapes.score DIR` scores any export) and for Stage-1's caption format."""
     out = Path(training_args.output_dir)
     if data_args.template == "plain":
         return None
     if training_args.max_steps > 0:
         logger.info("held-out score skipped: --max_steps %d cuts the run short; score the export with "
-                       "`python -m llava_manager.evaluation.shapes_score %s`", training_args.max_steps, out)
+                       "`python -m llava_manager.shapes.score %s`", training_args.max_steps, out)
         return None
     result = shapes_score.score_export(out)
     (out / "shapes_score.json").write_text(json.dumps(result, indent=1))

@@ -8,6 +8,8 @@ Sources of the stage defaults (LLaVA-NeXT's public OneVision scripts, and the Ma
   checkpointing, anyres_max_9 (from the model's config), 4 data loader workers; max length 16,384 (the paper's;
   LLaVA-OneVision used 32,768).
 - Managers (this package): trainable in every stage, at the stage's learning rate unless `--manager_lr` is given.
+- Families: every supported family trains with these defaults; a model's family comes from its config, and
+  `--family` picks the embedded default's (LLaVA-OneVision unless given).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from . import cpu_distributed
 from ..core.config import ManagerConfig
+from ..families import FAMILIES
 
 MODULES = ("vision_tower", "projector", "llm")
+DEFAULT_FAMILY = "llava_onevision"  # the embedded default's family when --family is not given
 
 COMMON = dict(
     num_train_epochs=1, lr_scheduler_type="cosine", warmup_steps=0.03, weight_decay=0.0,
@@ -57,12 +61,22 @@ TINY = dict(learning_rate=7e-4, vision_tower_lr=7e-4, lr_scheduler_type="constan
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={
-        "help": "A LLaVA-OneVision directory or Hub id (plain or already patched). Default: a tiny model built in code."})
+        "help": "A directory or Hub id of any supported family (LLaVA-1.5, LLaVA-NeXT, LLaVA-NeXT-Video, "
+                "LLaVA-OneVision; plain or already patched); its config says the family. Default: a tiny model "
+                "built in code (see --family)."})
+    family: str | None = field(default=None, metadata={
+        "help": f"The embedded default's family (without --model_name_or_path): one of {', '.join(FAMILIES)}; "
+                f"default {DEFAULT_FAMILY}. With a model it must agree with the model's config (or be left out).",
+        "choices": list(FAMILIES)})
     train_modules: str = field(default="vision_tower,projector,llm", metadata={
         "help": f"Comma list of {MODULES} to train; the managers always train."})
     vision_tower_lr: float | None = field(default=None, metadata={"help": "Vision tower lr (default: the stage's lr)."})
     manager_lr: float | None = field(default=None, metadata={"help": "Managers' lr (default: the stage's lr)."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2, eager."})
+
+    def tiny_family(self) -> str:
+        """The family of the embedded default: `--family`, else LLaVA-OneVision."""
+        return self.family or DEFAULT_FAMILY
 
     def modules(self) -> set[str]:
         chosen = {m.strip() for m in self.train_modules.split(",") if m.strip()}

@@ -19,12 +19,13 @@ logger = logging.getLogger(__name__)
 
 def module_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The parameters of each trainable part, found by module (not by name): vision_tower, projector (with the
-    image newline), llm (language model and head) and managers."""
+    image newline of the anyres families; LLaVA-1.5 has none), llm (language model and head) and managers."""
     inner = model.model
     managers = [p for m in get_managers(model) for p in m.parameters()]
+    newline = getattr(inner, "image_newline", None)
     parts = {
         "vision_tower": list(inner.vision_tower.parameters()),
-        "projector": list(inner.multi_modal_projector.parameters()) + [inner.image_newline],
+        "projector": list(inner.multi_modal_projector.parameters()) + ([newline] if newline is not None else []),
         "managers": managers,
     }
     seen = {id(p) for ps in parts.values() for p in ps}
