@@ -108,7 +108,9 @@ def test_a_llava_next_model_directory_trains_through_the_recipe(tmp_path):
     (so the run started from it), the projector and the managers train, with the stage's activation checkpointing."""
     model_dir = plain_model_dir(tmp_path / "plain", "llava_next")
     out = tmp_path / "out"
+    # the directory's tokenizer is the tiny Qwen-like one, not Mistral's: its format, not mistral_instruct
     run_recipe("stage2", out, "--model_name_or_path", str(model_dir), "--family", "llava_next",
+               "--template", "qwen_1_5",
                "--train_modules", "projector", "--learning_rate", "1e-3", "--max_steps", str(STEPS),
                "--synthetic_samples", "16", "--per_device_train_batch_size", "4", "--logging_steps", "1",
                "--save_steps", "100", "--dataloader_num_workers", "0")

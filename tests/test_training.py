@@ -26,7 +26,7 @@ def test_stage_defaults_follow_llava_onevision_and_the_command_line_wins():
     assert (t.learning_rate, m.train_modules, d.template, t.per_device_train_batch_size) == (1e-3, "projector", "plain", 16)
     m, mg, d, t = parse("stage2", real)
     assert (t.learning_rate, m.vision_tower_lr, m.manager_lr) == (1e-5, 2e-6, None)
-    assert m.modules() == {"vision_tower", "projector", "llm"} and d.template == "qwen_1_5"
+    assert m.modules() == {"vision_tower", "projector", "llm"} and d.template is None  # the model's LLM's, at run time
     assert (t.num_train_epochs, t.lr_scheduler_type.value, t.warmup_steps, t.weight_decay) == (1, "cosine", 0.03, 0.0)
     assert getattr(t, _CHECKPOINTING) and d.max_length == 16384 and not t.remove_unused_columns
     assert t.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())

@@ -140,37 +140,63 @@ def check_turns(record: dict, num_images: int) -> list[tuple[str, str]]:
 
 def tokenize(turns: list[tuple[str, str]], template: Template, tokenizer, image_tokens: list[str]) -> tuple[list[int], list[int]]:
     """Token ids and labels of a checked conversation. `image_tokens[k]` replaces the k-th `<image>` (the processor's
-    own expansion, so the count matches the model's packing)."""
+    own expansion, so the count matches the model's packing). BOS goes first, once, when the template or the
+    tokenizer asks for it (`Template.bos`); a `whole_text` template is tokenised in one piece, a token labelled when
+    its characters overlap labelled text (SentencePiece's word-start marker joins a token to the text after it)."""
     images = iter(image_tokens)
 
     def expand(text: str) -> str:
         parts = text.split(IMAGE_PLACEHOLDER)
         return parts[0] + "".join(next(images) + part for part in parts[1:])
 
-    def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-    input_ids, labels = [], []
-
-    def add(text: str, labelled: bool) -> None:
-        ids = encode(text)
-        input_ids.extend(ids)
-        labels.extend(ids if labelled else [IGNORE_INDEX] * len(ids))
-
+    pieces: list[tuple[str, bool]] = []  # (text, labelled)
     system = [text for role, text in turns if role == "system"]
     if template.system:
-        add(template.system.format(system[0] if system else template.default_system), False)
+        pieces.append((template.system.format(system[0] if system else template.default_system), False))
     for role, text in turns:
         if role == "user":
             if not template.keep_user_text:
                 text = IMAGE_PLACEHOLDER * text.count(IMAGE_PLACEHOLDER)
-            add(template.user.format(expand(text)), False)
+            pieces.append((template.user.format(expand(text)), False))
         elif role == "assistant":
-            add(template.assistant, False)
-            add(text, True)
-            add(template.end_of_turn, True)
-            add(template.after_turn, False)
+            pieces += [(template.assistant, False), (text, True), (template.end_of_turn, True),
+                       (template.after_turn, False)]
+    pieces = [(text, labelled) for text, labelled in pieces if text]
+
+    input_ids, labels = [], []
+    if template.bos or (getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None):
+        if tokenizer.bos_token_id is None:
+            raise ValueError(f"template {template.name!r} starts with a BOS token, but the tokenizer has none; "
+                             f"choose the template of this model's LLM with --template.")
+        input_ids.append(tokenizer.bos_token_id)
+        labels.append(IGNORE_INDEX)
+    if not template.whole_text:
+        for text, labelled in pieces:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            input_ids.extend(ids)
+            labels.extend(ids if labelled else [IGNORE_INDEX] * len(ids))
+        return input_ids, labels
+    spans, start = [], 0
+    for text, labelled in pieces:
+        if labelled:
+            spans.append((start, start + len(text)))
+        start += len(text)
+    encoded = tokenizer("".join(text for text, _ in pieces), add_special_tokens=False, return_offsets_mapping=True)
+    for token, (begin, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        input_ids.append(token)
+        labels.append(token if any(begin < b and a < end for a, b in spans) else IGNORE_INDEX)
     return input_ids, labels
+
+
+def check_template(template: Template, tokenizer) -> None:
+    """The tokenizer knows the template's own tokens (e.g. Qwen's `<|im_start|>`, Llama's `</s>`) as single tokens:
+    a conversation in another LLM's format would otherwise train as ordinary text, silently wrong."""
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in template.special_tokens if token not in vocab]
+    if missing:
+        raise ValueError(f"template {template.name!r} writes {missing}, which the tokenizer does not have as tokens: "
+                         f"it is another LLM's format. Choose this model's with --template: one of "
+                         f"{sorted(TEMPLATES)}.")
 
 
 class SupervisedDataset(Dataset):
@@ -193,6 +219,7 @@ class SupervisedDataset(Dataset):
         self.processor = processor
         self.image_folder = Path(image_folder) if image_folder else None
         self.template = TEMPLATES[template]
+        check_template(self.template, processor.tokenizer)
         self.max_length = max_length
         self.strict = strict
         self.model_config = model_config

@@ -20,6 +20,7 @@ from ..core.patch import apply_manager, has_manager, manager_config
 from ..core.persistence import from_pretrained
 from ..families import family_of_config, get_family
 from ..processing.processors import load_processor
+from ..processing.templates import template_for_config
 from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from .trainer import ManagerTrainer, set_trainable
 
@@ -35,6 +36,19 @@ def checkpoint_family(model_args) -> str:
                          f"{family} model (its config's model_type); the family of a model comes from its config, "
                          f"so drop --family (it picks the embedded default's family when no model is given).")
     return family
+
+
+def choose_template(model_args, data_args) -> str:
+    """`--template`, else (Stage-1.5 / Stage-2 from a model directory) the template of the checkpoint's LLM
+    (`templates.LLM_TEMPLATES`: qwen2 -> qwen_1_5, llama -> vicuna_v1, mistral -> mistral_instruct); an LLM without
+    one is an error naming --template. The embedded default's is set by `train_args.parse` (qwen_1_5)."""
+    if data_args.template is None:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+        family_of_config(config)  # not a LLaVA family: that error first
+        data_args.template = template_for_config(config)
+        logger.info("conversation template: %s (from %s's LLM; --template chooses another)",
+                    data_args.template, model_args.model_name_or_path)
+    return data_args.template
 
 
 def build_model(model_args, manager_args, training_args):
@@ -87,6 +101,7 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
     model_args, manager_args, data_args, training_args = train_args.parse(stage, argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    choose_template(model_args, data_args)  # before the weights load: an LLM without a default fails at once
     model, processor = build_model(model_args, manager_args, training_args)
     dataset = build_dataset(data_args, training_args, processor, model.config)
     trainer = ManagerTrainer(

@@ -23,6 +23,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from . import cpu_distributed
 from ..core.config import ManagerConfig
 from ..families import FAMILIES
+from ..processing.templates import TEMPLATES
 
 MODULES = ("vision_tower", "projector", "llm")
 DEFAULT_FAMILY = "llava_onevision"  # the embedded default's family when --family is not given
@@ -41,10 +42,11 @@ COMMON.update({_CHECKPOINTING: True, f"{_CHECKPOINTING}_kwargs": {"use_reentrant
 STAGES = {
     "stage1": dict(learning_rate=1e-3, per_device_train_batch_size=16, train_modules="projector", template="plain",
                    output_dir="runs/stage1"),
+    # template None: the chat template of the checkpoint's LLM (`templates.template_for_config`), chosen at run time.
     "stage1_5": dict(learning_rate=1e-5, vision_tower_lr=2e-6, train_modules="vision_tower,projector,llm",
-                     template="qwen_1_5", output_dir="runs/stage1_5"),
+                     template=None, output_dir="runs/stage1_5"),
     "stage2": dict(learning_rate=1e-5, vision_tower_lr=2e-6, train_modules="vision_tower,projector,llm",
-                   template="qwen_1_5", output_dir="runs/stage2"),
+                   template=None, output_dir="runs/stage2"),
 }
 # The embedded default (no --model_name_or_path): a random tiny model learns nothing at 1e-5 in a few minutes, and
 # at 1e-3 and more its image path can break down before colour is learnt (the image tokens turn into a large,
@@ -56,6 +58,7 @@ STAGES = {
 TINY = dict(learning_rate=7e-4, vision_tower_lr=7e-4, lr_scheduler_type="constant_with_warmup",
             per_device_train_batch_size=8, num_train_epochs=4, synthetic_samples=2048, save_steps=256,
             logging_steps=16, dataloader_num_workers=0, **{_CHECKPOINTING: False})
+TINY_TEMPLATE = "qwen_1_5"  # the embedded default's chat format (its word-level tokenizer is made for it), every family
 
 
 @dataclass
@@ -115,7 +118,12 @@ class DataArguments:
     data_path: str | None = field(default=None, metadata={
         "help": "LLaVA conversation JSON/JSONL or a data YAML mixture. Default: synthetic shapes data made offline."})
     image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' image paths are relative to."})
-    template: str = field(default="qwen_1_5", metadata={"help": "qwen_1_5 (chat) or plain (Stage-1 captions)."})
+    template: str | None = field(default=None, metadata={
+        "help": "Conversation format: plain (Stage-1 captions), qwen_1_5 (LLaVA-OneVision), vicuna_v1 (LLaVA-1.5, "
+                "Vicuna/Llama LLMs), mistral_instruct (LLaVA-NeXT Mistral). Default: plain in Stage-1; later, the "
+                "format of the model's LLM (qwen2, llama, mistral; others must choose), qwen_1_5 for the embedded "
+                "default.",
+        "choices": list(TEMPLATES)})
     max_length: int = field(default=16384, metadata={"help": "Longer samples are skipped, never cut."})
     strict_data: bool = field(default=False, metadata={"help": "Stop at the first bad sample instead of skipping it."})
     synthetic_samples: int = field(default=1024, metadata={"help": "Size of the synthetic default data set."})
@@ -130,6 +138,8 @@ def parse(stage: str, argv: list[str] | None = None):
     defaults = {**COMMON, **STAGES[stage]}
     if not any(a == "--model_name_or_path" or a.startswith("--model_name_or_path=") for a in argv):
         defaults.update(TINY)
+        if defaults["template"] is None:
+            defaults["template"] = TINY_TEMPLATE
         if stage == "stage1":  # only the projector and managers train: they take a higher rate
             defaults.update(learning_rate=5e-3)
     defaults.update(cpu_distributed.prepare(argv))
