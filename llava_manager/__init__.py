@@ -1,4 +1,4 @@
-"""LLaVA-OV-Manager for Hugging Face LLaVA-OneVision models (Xu, Qin, Che, Kan, TCSVT 2025)."""
+"""LLaVA-OV-Manager (Xu, Qin, Che, Kan, TCSVT 2025) for the Hugging Face LLaVA family: 1.5, NeXT, NeXT-Video, OneVision."""
 
 from ._compat import check_transformers
 
