@@ -24,8 +24,9 @@ it all); an image that still fails to decode when a batch is made is skipped by 
 Collators (model inputs: `input_ids`, `attention_mask` from the tokenizer, at most `max_length` = 50 tokens,
 truncated; `pixel_values`, `pixel_mask` from the image processor):
 
-- `PretrainCollator`: + `labels` (masked-language-modelling targets, -100 where not masked) and `itm_labels`
-  (1 = the caption's own image, 0 = another sample's image).
+- `PretrainCollator`: the caption and its image, + `mlm_input_ids` / `mlm_labels` (masked-language-modelling
+  inputs and targets) and `itm_pixel_values` / `itm_pixel_mask` / `itm_labels` (1 = the caption's own image,
+  0 = another sample's image).
 - `VQACollator`: + `labels`, float soft scores over the answer vocabulary (BCE targets); none for test questions.
 - `SNLIVECollator`: + `labels` (contradiction 0, neutral 1, entailment 2).
 - `NLVR2Collator`: the left image as `pixel_values` / `pixel_mask`, the right as `pixel_values_2` / `pixel_mask_2`,
@@ -520,14 +521,17 @@ def itm_pairs(image_keys: list[Any], generator: torch.Generator | None = None) -
 
 @dataclass
 class PretrainCollator(_TowerCollator):
-    """Masked language modelling + image-text matching on image-caption records (`read_image_captions`).
+    """Masked language modelling + image-text matching on image-caption records (`read_image_captions`), in the
+    two passes of ManagerTower's objectives.py: MLM on the masked caption with its own image, ITM on the unmasked
+    caption with an image that is another sample's for half the batch.
 
-    Masking is transformers' `DataCollatorForLanguageModeling` (as ManagerTower's datamodule_base.py): each text
-    token with probability `mlm_probability` (0.15; never `<s>`, `</s>` or padding) becomes a target; of those 80%
-    are replaced by `<mask>`, 10% by a random token, 10% kept; `labels` is -100 elsewhere. ITM pairs are
-    `itm_pairs`. One forward pass serves both: the masked text is shown with the (possibly swapped) image, and
-    `labels` is all -100 on mismatched samples (`itm_labels` 0), whose caption does not describe the image (in
-    ManagerTower MLM always sees the true image). `itm=False` keeps every image (`itm_labels` all 1).
+    - `input_ids`, `attention_mask`, `pixel_values`, `pixel_mask`: the caption, unmasked, and its own image;
+    - `mlm_input_ids`, `mlm_labels`: transformers' `DataCollatorForLanguageModeling` masking (as ManagerTower's
+      datamodule_base.py): each text token with probability `mlm_probability` (0.15; never `<s>`, `</s>` or
+      padding) becomes a target; of those 80% are replaced by `<mask>`, 10% by a random token, 10% kept;
+      `mlm_labels` is -100 elsewhere;
+    - `itm_pixel_values`, `itm_pixel_mask`, `itm_labels`: the images of `itm_pairs` (1 = the caption's own image).
+      `itm=False` leaves the ITM keys out.
 
     Reproducible: the masking generator of the transformers collator is seeded with `seed` (+ the DataLoader
     worker id in a worker) and drives the ITM draws too; `seed=None` uses torch's global generator."""
@@ -552,17 +556,17 @@ class PretrainCollator(_TowerCollator):
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         generator = self.generator()
-        if self.itm:
-            itm_labels, order = itm_pairs([item["record"]["image"] for item in items], generator)
-        else:
-            itm_labels, order = torch.ones(len(items), dtype=torch.long), list(range(len(items)))
         batch = encode_texts(self.processor, self.texts(items), self.max_length, self.padding,
                              special_tokens_mask=True)
-        batch["input_ids"], batch["labels"] = self.masker.torch_mask_tokens(
+        batch["mlm_input_ids"], batch["mlm_labels"] = self.masker.torch_mask_tokens(
             batch["input_ids"].clone(), special_tokens_mask=batch.pop("special_tokens_mask"))
-        batch["labels"][itm_labels == 0] = IGNORE_INDEX
-        batch.update(encode_images(self.processor, [items[j]["images"][0] for j in order]))
-        batch["itm_labels"] = itm_labels
+        images = [item["images"][0] for item in items]
+        batch.update(encode_images(self.processor, images))
+        if self.itm:
+            itm_labels, order = itm_pairs([item["record"]["image"] for item in items], generator)
+            swapped = encode_images(self.processor, [images[j] for j in order])
+            batch["itm_pixel_values"], batch["itm_pixel_mask"] = swapped["pixel_values"], swapped["pixel_mask"]
+            batch["itm_labels"] = itm_labels
         return batch
 
 

@@ -169,7 +169,7 @@ def _fit(key: str, tensor: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
         grown = torch.cat([tensor, tensor[-1:].expand(extra, -1)], dim=0)
         return grown, (f"token types grown from {tensor.shape[0]} to {target.shape[0]} rows, the new rows copying "
                        f"row {tensor.shape[0] - 1} (the image type; official NLVR2 set-up)")
-    if tensor.numel() == 1 and target.numel() == 1:
+    if key.endswith("temperature") and tensor.numel() == 1 and target.numel() == 1:  # official 0-dim temperature
         return tensor.reshape(target.shape), f"scalar reshaped from {tuple(tensor.shape)} to {tuple(target.shape)}"
     return None
 
@@ -592,7 +592,8 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     if check_config:
         errors = _compare_bridgetower_config(_config_of(model, prefix), source_config)
         if errors:
-            raise ValueError("the BridgeTower checkpoint's config disagrees with the model's:\n  " + "\n  ".join(errors))
+            raise ValueError("the BridgeTower checkpoint's config disagrees with the model's:\n  "
+                             + "\n  ".join(errors))
     task_layout = any(k.startswith("bridgetower.") for k in state)
     plan, heads = {}, set()
     for key, value in state.items():
@@ -608,20 +609,20 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     # hold only the embeddings
     if ("mlm_score.decoder.weight" in target and "mlm_score.decoder.weight" not in state
             and "mlm_score.bias" in state and "bridgetower." + WORD_EMBEDDINGS_KEY in state):
-        plan["mlm_score.decoder.weight"] = ("bridgetower." + WORD_EMBEDDINGS_KEY, state["bridgetower." + WORD_EMBEDDINGS_KEY])
+        tied = "bridgetower." + WORD_EMBEDDINGS_KEY
+        plan["mlm_score.decoder.weight"] = (tied, state[tied])
         heads.add("mlm_score.decoder.weight")
         report.reshaped["mlm_score.decoder.weight"] = "tied to the word embeddings in the source (not in the file)"
     if any(k.startswith(("itc_text_head.", "itc_image_head.")) for k in heads):
         report.notes.append("BridgeTowerForContrastiveLearning's itc_image_head reads the projected image features "
                             "(transform + token type); the official ITC image head reads ln_post(V_L) directly. "
                             "Loaded by name where the model has the head.")
-    model_heads = {k for k in target if not (prefix and k.startswith(prefix))} if prefix else set()
 
     may_miss = _may_miss_added(prefix, plan)
 
     def may_leave(key: str, source_key: str) -> bool:
         if source_key in heads:
-            return key not in model_heads
+            return True  # a source head the model lacks
         return key[len(prefix):].startswith(REMOVED_PREFIXES)
 
     return _load(model, plan, may_miss=may_miss, may_leave=may_leave, report=report,
@@ -729,17 +730,16 @@ def load_official_checkpoint(model: nn.Module, path_or_state_dict, *, allow_pick
     state, _ = read_state_dict(path_or_state_dict, allow_pickle=allow_pickle)
     prefix = backbone_prefix(model)
     converted, report = convert_official_state_dict(state, backbone_prefix=prefix)
-    heads = {k for k in converted if not (prefix and k.startswith(prefix)) and official_key(report.sources[k])[0] == "head"}
+    heads = {k for k in converted if official_key(report.sources[k])[0] == "head"}
     plan = {k: (report.sources[k], v) for k, v in converted.items()}
     target = model.state_dict()
-    model_heads = {k for k in target if not k.startswith(prefix)} if prefix else set()
     report.sources = {}
 
     may_miss = _may_miss_added(prefix, plan)
 
     def may_leave(key: str, source_key: str) -> bool:
         if key in heads:
-            return key not in model_heads
+            return True  # a checkpoint head the model lacks
         return key[len(prefix):].startswith(REMOVED_PREFIXES)
 
     return _load(model, plan, may_miss=may_miss, may_leave=may_leave, report=report, what="load_official_checkpoint")
