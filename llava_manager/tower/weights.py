@@ -66,6 +66,7 @@ ADDED_PREFIXES = ("cross_modal_text_managers.", "cross_modal_image_managers.",
                   "layer_embeddings_text.", "layer_embeddings_image.")
 REMOVED_PREFIXES = ("cross_modal_text_layernorm.", "cross_modal_image_layernorm.",
                     "cross_modal_text_link_tower.", "cross_modal_image_link_tower.")
+HF_UNMATCHED_HEADS = ("itc_image_head.", "itc_cross_modal_head.", "logit_scale")  # BridgeTowerForContrastiveLearning
 POSITION_KEY = "vision_model.visual.embeddings.position_embedding.weight"
 TOKEN_TYPE_KEY = "token_type_embeddings.weight"
 WORD_EMBEDDINGS_KEY = "text_model.embeddings.word_embeddings.weight"
@@ -575,8 +576,10 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     `source`: a `save_pretrained` folder, a weights file, a module or a state dict of `BridgeTowerModel`,
     `BridgeTowerForMaskedLM`, `BridgeTowerForImageAndTextRetrieval` or `BridgeTowerForContrastiveLearning`. The
     task models' `bridgetower.` prefix is replaced by the model's backbone prefix (`managertower.` for a task
-    model, nothing for a ManagerTowerModel); their heads (`mlm_score.*`, `itm_score.*`, `itc_*_head.*`,
-    `logit_scale`) keep their names and land on the model's heads of the same name.
+    model, nothing for a ManagerTowerModel); their heads `mlm_score.*`, `itm_score.*` and `itc_text_head.*` (same
+    inputs as the official heads of those names) land on the model's heads of the same name. `HF_UNMATCHED_HEADS`
+    (`itc_image_head`: transformers feeds it the projected image features plus the token type, the official head
+    CLIP's ln_post output; `itc_cross_modal_head`; `logit_scale`) are never loaded (`unexpected`).
 
     Strict: `missing` may only be what ManagerTower adds (`ADDED_PREFIXES`: managers and layer embeddings) and
     heads the source lacks; `unexpected` only what it removes (`REMOVED_PREFIXES`: the cross-modal input
@@ -599,6 +602,8 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     for key, value in state.items():
         if task_layout and key.startswith("bridgetower."):
             plan[prefix + key[len("bridgetower."):]] = (key, value)
+        elif task_layout and key.startswith(HF_UNMATCHED_HEADS):
+            report.unexpected.append(key)  # same name, another input: not loaded
         elif task_layout:
             heads.add(key)
             plan[key] = (key, value)
@@ -613,10 +618,11 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
         plan["mlm_score.decoder.weight"] = (tied, state[tied])
         heads.add("mlm_score.decoder.weight")
         report.reshaped["mlm_score.decoder.weight"] = "tied to the word embeddings in the source (not in the file)"
-    if any(k.startswith(("itc_text_head.", "itc_image_head.")) for k in heads):
-        report.notes.append("BridgeTowerForContrastiveLearning's itc_image_head reads the projected image features "
-                            "(transform + token type); the official ITC image head reads ln_post(V_L) directly. "
-                            "Loaded by name where the model has the head.")
+    if any(k.startswith(HF_UNMATCHED_HEADS) for k in state):
+        report.notes.append("BridgeTowerForContrastiveLearning's itc_image_head (on the projected image features "
+                            "plus the image token type), itc_cross_modal_head and logit_scale are not loaded: the "
+                            "official ITC image head reads ln_post(V_L) directly, and ITC uses `temperature`. "
+                            "itc_text_head (on the last text layer's <s>, as the official) is loaded by name.")
 
     may_miss = _may_miss_added(prefix, plan)
 
@@ -732,7 +738,6 @@ def load_official_checkpoint(model: nn.Module, path_or_state_dict, *, allow_pick
     converted, report = convert_official_state_dict(state, backbone_prefix=prefix)
     heads = {k for k in converted if official_key(report.sources[k])[0] == "head"}
     plan = {k: (report.sources[k], v) for k, v in converted.items()}
-    target = model.state_dict()
     report.sources = {}
 
     may_miss = _may_miss_added(prefix, plan)
