@@ -299,3 +299,11 @@ def test_base_parameter_deltas_match_table_vi():
     assert counts["aaum"] - counts["bridge"] == 12_062_292 - 12
     assert round((counts["saum"] - counts["bridge"]) / 1e6, 2) == 0.19
     assert round((counts["aaum"] - counts["bridge"]) / 1e6, 2) == 12.06
+
+
+def test_cross_layer_norm_eps_reaches_only_the_cross_modal_layers():
+    model = build("aaum", cross_layer_norm_eps=1e-12)
+    assert model.cross_modal_text_layers[0].output.LayerNorm.eps == 1e-12
+    assert model.cross_modal_image_layers[1].attention.output.LayerNorm.eps == 1e-12
+    assert model.text_model.encoder.layer[0].output.LayerNorm.eps == 1e-5
+    assert build("aaum").cross_modal_text_layers[0].output.LayerNorm.eps == 1e-5

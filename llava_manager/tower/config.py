@@ -46,6 +46,10 @@ class ManagerTowerConfig(BridgeTowerConfig):
         after pre-training used 2).
     contrastive_hidden_size (`int`, defaults to 256):
         Width of the image-text contrastive projections (retrieval).
+    cross_layer_norm_eps (`float`, *optional*):
+        LayerNorm eps of the cross-modal layers; `None` takes `text_config.layer_norm_eps`, as transformers'
+        BridgeTower (1e-5). The official ManagerTower code used 1e-12: set it to run converted official weights
+        exactly as they were trained.
     """
 
     model_type = "managertower"
@@ -62,6 +66,7 @@ class ManagerTowerConfig(BridgeTowerConfig):
     num_token_types: int = 2
     head_hidden_scale: int = 1
     contrastive_hidden_size: int = 256
+    cross_layer_norm_eps: float | None = None
 
     def validate_managers(self):
         if self.manager_type not in MANAGER_TYPES:

@@ -37,11 +37,12 @@ mt_module.py, bert_model.py) differ, and what this module does (default = what t
 9. SAM (Eq. 4) is not in the code; it is built here from Sec. III-A (separate uniform initialisations 1/N and
    1/(l-1), separate temperatures).
 10. The code's cross-modal layers use LayerNorm eps 1e-12 (RobertaConfig's default); transformers' BridgeTower
-    builds them from `text_config` (1e-5). This module keeps BridgeTower's layers as they are.
+    builds them from `text_config` (1e-5). Default: BridgeTower's; `cross_layer_norm_eps=1e-12` is the code's.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -127,10 +128,14 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         self.token_type_embeddings = nn.Embedding(config.num_token_types, config.hidden_size)
         self.vision_model = BridgeTowerVisionModel(vision_config)
         self.text_model = BridgeTowerTextModel(text_config)
+        cross_config = text_config
+        if config.cross_layer_norm_eps is not None:
+            cross_config = copy.deepcopy(text_config)
+            cross_config.layer_norm_eps = config.cross_layer_norm_eps
         self.cross_modal_image_layers = nn.ModuleList(
-            [BridgeTowerBertCrossLayer(text_config) for _ in range(config.num_hidden_layers)])
+            [BridgeTowerBertCrossLayer(cross_config) for _ in range(config.num_hidden_layers)])
         self.cross_modal_text_layers = nn.ModuleList(
-            [BridgeTowerBertCrossLayer(text_config) for _ in range(config.num_hidden_layers)])
+            [BridgeTowerBertCrossLayer(cross_config) for _ in range(config.num_hidden_layers)])
         self.cross_modal_image_pooler = BridgeTowerPooler(config)
         self.cross_modal_text_pooler = BridgeTowerPooler(config)
         if config.manager_type == "bridge":
