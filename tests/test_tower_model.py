@@ -285,7 +285,7 @@ def test_bad_configs_are_refused_with_the_allowed_values():
 
 def test_base_parameter_deltas_match_table_vi():
     """Table VI (BASE, 384 x 384): BridgeTower 326.58M, +0.19M with SAUM, +12.06M with AAUM's fused query. The
-    official code counts 188,952 and 12,062,292 (research: heads.py shapes), 12 of which are its unused
+    official code counts 188,952 and 12,062,292 (its src/modules/heads.py shapes), 12 of which are its unused
     `softmax_temperature_cross` (one per manager), which this model does not create."""
     counts = {}
     with torch.device("meta"):

@@ -206,6 +206,15 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         states = self.image_layers(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         return self.vision_model.visual.forward_post(states[-1])
 
+    def _ln_post(self, image_states, index, cache=None):
+        """CLIP's ln_post of vision state `index`, batch first; `cache` keeps it for the rest of a forward."""
+        if cache is not None and index in cache:
+            return cache[index]
+        out = self.vision_model.visual.forward_post(image_states[index])
+        if cache is not None:
+            cache[index] = out
+        return out
+
     def _text_transform(self, x, layer):
         t = self.cross_modal_text_transform
         return t(x) if isinstance(t, nn.Linear) else t[layer](x)
@@ -248,12 +257,12 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         image_type = image_token_type_idx or 1
         text_states, attention_mask, text_mask = self.text_layers(input_ids, attention_mask)
         image_states = self.image_layers(pixel_values, image_embeds, interpolate_pos_encoding)
-        visual = self.vision_model.visual
+        post = {}  # ln_post of vision states, computed once per forward
         if self.config.manager_type == "bridge":
-            cross, attentions, weights = self._bridge(text_states, image_states, text_mask, image_type)
+            cross, attentions, weights = self._bridge(text_states, image_states, text_mask, image_type, post)
         else:
             cross, attentions, weights = self._managed(text_states, image_states, attention_mask, text_mask,
-                                                       image_type, bool(output_aggregation_weights))
+                                                       image_type, bool(output_aggregation_weights), post)
         text_features, image_features = cross[-1]
         pooled = torch.cat([self.cross_modal_text_pooler(text_features),
                             self.cross_modal_image_pooler(image_features)], dim=-1)
@@ -265,7 +274,7 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
             attentions=tuple(attentions),
             aggregation_weights=tuple(weights) if output_aggregation_weights and weights else None,
             text_unimodal=text_states[-1],
-            image_unimodal=visual.forward_post(image_states[-1]),
+            image_unimodal=self._ln_post(image_states, len(image_states) - 1, post),
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -274,15 +283,15 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         image_out = self.cross_modal_image_layers[layer](image_in, text_in, encoder_attention_mask=text_mask)
         return (text_out[0], image_out[0]), (text_out[1], image_out[1])
 
-    def _bridge(self, text_states, image_states, text_mask, image_type):
+    def _bridge(self, text_states, image_states, text_mask, image_type, post=None):
         """BridgeTowerModel.forward's cross-modal part: cross-modal layer k takes unimodal layer L - C + 1 + k
         (1-based), through LN(transform + type) for the first and the link towers LN(. + C_{k-1}) after."""
-        visual, c = self.vision_model.visual, self.config.num_hidden_layers
+        c = self.config.num_hidden_layers
         first = len(self.text_model.encoder.layer) - c + 1
         text = self._text_transform(text_states[first], 0)
         text_type = self._type_embedding(0, text)
         text = self.cross_modal_text_layernorm(text + text_type)
-        image = self._image_transform(visual.forward_post(image_states[first]), 0)
+        image = self._image_transform(self._ln_post(image_states, first, post), 0)
         image_type_emb = self._type_embedding(image_type, image)
         image = self.cross_modal_image_layernorm(image + image_type_emb)
         (t, v), attn = self._cross_layer(0, text, image, text_mask)
@@ -292,21 +301,21 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
             text_link = self.cross_modal_text_link_tower if shared else self.cross_modal_text_link_tower[k - 1]
             image_link = self.cross_modal_image_link_tower if shared else self.cross_modal_image_link_tower[k - 1]
             text_in = text_link(self._text_transform(text_states[first + k], k) + text_type, t, text_mask)
-            image_in = self._image_transform(visual.forward_post(image_states[first + k]), k) + image_type_emb
+            image_in = self._image_transform(self._ln_post(image_states, first + k, post), k) + image_type_emb
             image_in = image_link(image_in, v, None)
             (t, v), attn = self._cross_layer(k, text_in, image_in, text_mask)
             cross.append((t, v))
             attentions.append(attn)
         return cross, attentions, []
 
-    def managed_unimodal(self, text_states, image_states, image_type):
+    def managed_unimodal(self, text_states, image_states, image_type, post=None):
         """The top N layers of each tower in the cross-modal space: projected, plus the token-type and layer
         embeddings; B x N x T x D and B x N x P x D."""
-        n, visual = self.config.num_managed_layers, self.vision_model.visual
+        n = self.config.num_managed_layers
         text_idx = range(len(text_states) - 1 - n, len(text_states) - 1)  # 0-based layer numbers
         image_idx = range(len(image_states) - 1 - n, len(image_states) - 1)
         text = torch.stack([text_states[i + 1] for i in text_idx], dim=1)
-        image = torch.stack([visual.forward_post(image_states[i + 1]) for i in image_idx], dim=1)
+        image = torch.stack([self._ln_post(image_states, i + 1, post) for i in image_idx], dim=1)
         text = self._text_transform(text, 0)
         image = self._image_transform(image, 0)
         text = text + self._type_embedding(0, text[:, 0])[:, None]
@@ -317,11 +326,11 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
             image = image + self.layer_embeddings_image(torch.tensor(list(image_idx), device=device))[None, :, None]
         return text, image
 
-    def _managed(self, text_states, image_states, attention_mask, text_mask, image_type, want_weights):
+    def _managed(self, text_states, image_states, attention_mask, text_mask, image_type, want_weights, post=None):
         if not isinstance(self.cross_modal_text_transform, nn.Linear):
             raise ValueError("managers aggregate layers through one shared projection per modality: "
                              "share_cross_modal_transformer_layers must be True with managers.")
-        text_uni, image_uni = self.managed_unimodal(text_states, image_states, image_type)
+        text_uni, image_uni = self.managed_unimodal(text_states, image_states, image_type, post)
         kind = self.config.manager_type
         cross, attentions, weights = [], [], []
         for layer in range(self.config.num_hidden_layers):
