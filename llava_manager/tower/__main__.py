@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 TASKS = ("pretrain", "vqav2", "snli_ve", "nlvr2", "flickr30k")
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 # The split of each synthetic data set the weights are measured on (its evaluation split; pretraining has one).
 SYNTHETIC_SPLITS = {"pretrain": None, "vqav2": "val_questions", "snli_ve": "dev", "nlvr2": "dev", "flickr30k": "test"}
 
@@ -97,12 +96,11 @@ def load_tower(path: str | Path, device: str = "cpu"):
 def load_processor(path: str | Path, config):
     """The checkpoint's `BridgeTowerProcessor` when it has one, else `tiny_tower_processor` at the model's image
     size; the tokenizer must fit the model's vocabulary."""
-    from transformers import BridgeTowerProcessor
-
+    from .processor import TOKENIZER_FILES, load_tower_processor
     from .synthetic import IMAGE_SIZE, tiny_tower_processor
 
-    if any((Path(path) / name).is_file() for name in PROCESSOR_FILES):
-        processor = BridgeTowerProcessor.from_pretrained(path)
+    if any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        processor = load_tower_processor(path)
     else:
         size = config.vision_config.image_size
         processor = tiny_tower_processor(size if size % 32 == 0 else IMAGE_SIZE)

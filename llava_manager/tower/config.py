@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from huggingface_hub.dataclasses import strict
 from transformers import BridgeTowerConfig
 
@@ -95,6 +97,14 @@ class ManagerTowerConfig(BridgeTowerConfig):
         if self.num_hidden_layers > depth:
             raise ValueError(f"ManagerTowerConfig.num_hidden_layers (cross-modal layers) must be <= {depth}, the "
                              f"unimodal layers of the shallower tower; got {self.num_hidden_layers}.")
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """As transformers', but the keyword overrides of our fields go into the constructor, so they are validated
+        with the rest (transformers sets them after building the config, unchecked)."""
+        ours = {f.name for f in dataclasses.fields(cls)}
+        config_dict = dict(config_dict, **{k: kwargs.pop(k) for k in list(kwargs) if k in ours})
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def noise_std(self) -> float:

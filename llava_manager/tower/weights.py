@@ -570,6 +570,10 @@ def _compare_bridgetower_config(model_config, source_config: dict | None) -> lis
     return errors
 
 
+# Non-persistent buffers in transformers 5; the published BridgeTower checkpoints (pytorch_model.bin, 2023) hold them.
+BUFFER_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
+
+
 def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool = True) -> WeightsReport:
     """Warm-start `model` (a ManagerTowerModel, or a task model holding it) from transformers' BridgeTower.
 
@@ -585,7 +589,8 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     heads the source lacks; `unexpected` only what it removes (`REMOVED_PREFIXES`: the cross-modal input
     LayerNorms and link towers) and source heads the model lacks. Documented reshapes (`reshaped`): 2 token types
     into 3 (NLVR2: row 2 = row 1), position embeddings at another resolution (interpolated), a tied MLM decoder
-    absent from the file (taken from the word embeddings). Anything else raises a ValueError naming the keys; so
+    absent from the file (taken from the word embeddings). Dropped (`dropped`): the embeddings' `position_ids` /
+    `token_type_ids` buffers, which the published checkpoints hold. Anything else raises a ValueError naming the keys; so
     do config fields (read from `config.json` or the module) that change what the weights compute
     (`BRIDGETOWER_CONFIG_FIELDS`; `check_config=False` skips this).
     """
@@ -600,7 +605,9 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     task_layout = any(k.startswith("bridgetower.") for k in state)
     plan, heads = {}, set()
     for key, value in state.items():
-        if task_layout and key.startswith("bridgetower."):
+        if key.endswith(BUFFER_KEYS):
+            report.dropped.append(key)  # buffers, rebuilt from the config (published files of 2023 hold them)
+        elif task_layout and key.startswith("bridgetower."):
             plan[prefix + key[len("bridgetower."):]] = (key, value)
         elif task_layout and key.startswith(HF_UNMATCHED_HEADS):
             report.unexpected.append(key)  # same name, another input: not loaded
