@@ -1,4 +1,5 @@
-"""LLaVA-OV-Manager (Xu, Qin, Che, Kan, TCSVT 2025) for the Hugging Face LLaVA family: 1.5, NeXT, NeXT-Video, OneVision."""
+"""LLaVA-OV-Manager (Xu, Qin, Che, Kan, TCSVT 2025) for the Hugging Face LLaVA family: 1.5, NeXT, NeXT-Video, OneVision;
+and ManagerTower, the paper's two-tower model on transformers' BridgeTower (`llava_manager.tower`)."""
 
 from ._compat import check_transformers
 
