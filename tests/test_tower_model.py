@@ -307,3 +307,16 @@ def test_cross_layer_norm_eps_reaches_only_the_cross_modal_layers():
     assert model.cross_modal_image_layers[1].attention.output.LayerNorm.eps == 1e-12
     assert model.text_model.encoder.layer[0].output.LayerNorm.eps == 1e-5
     assert build("aaum").cross_modal_text_layers[0].output.LayerNorm.eps == 1e-5
+
+
+def test_auto_classes_build_the_tower_classes():
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, AutoModelForVisualQuestionAnswering
+
+    import llava_manager.tower as tower
+
+    config = tiny_tower_config(num_labels=4)
+    expected = {AutoModel: tower.ManagerTowerModel, AutoModelForMaskedLM: tower.ManagerTowerForMaskedLM,
+                AutoModelForPreTraining: tower.ManagerTowerForPreTraining,
+                AutoModelForVisualQuestionAnswering: tower.ManagerTowerForQuestionAnswering}
+    for auto, cls in expected.items():
+        assert type(auto.from_config(config)) is cls
