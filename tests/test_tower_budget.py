@@ -1,6 +1,6 @@
-"""tower.budget (Table VI), tower.figures (Fig. 7) and the `python -m llava_manager.tower` commands, against counts
-written here by hand (from the official heads.py / bert_model.py shapes) on tiny configs; the BASE size is counted on the meta device
-only."""
+"""tower.analysis.budget (Table VI), tower.analysis.figures (Fig. 7) and the `python -m llava_manager.tower` commands,
+against counts written here by hand (from the official heads.py / bert_model.py shapes) on tiny configs; the BASE size
+is counted on the meta device only."""
 
 import json
 import os
@@ -15,13 +15,13 @@ from PIL import Image
 from tower import tiny_inputs, tiny_tower_config, tiny_tower_kwargs
 
 from llava_manager.tower import ManagerTowerModel
-from llava_manager.tower.budget import (
+from llava_manager.tower.analysis.budget import (
     count_macs,
     format_table,
     fused_query_macs,
     tower_budget,
 )
-from llava_manager.tower.figures import aggregation_weights, plot_aggregation_weights
+from llava_manager.tower.analysis.figures import aggregation_weights, plot_aggregation_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,7 +222,7 @@ def test_budget_command_params_only():
 
 
 def tiny_checkpoint(tmp_path, cls=ManagerTowerModel, manager_type="aaum", processor=False, **extra):
-    from llava_manager.tower.synthetic import tiny_tower_processor, tiny_tower_tokenizer
+    from llava_manager.tower.data.synthetic import tiny_tower_processor, tiny_tower_tokenizer
 
     kwargs = tiny_tower_kwargs()
     kwargs["text_config"] = {**kwargs["text_config"], "vocab_size": len(tiny_tower_tokenizer())}

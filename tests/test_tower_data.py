@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_manager.tower import data, metrics, synthetic
+from llava_manager.tower import data, metrics
+from llava_manager.tower.data import synthetic
 
 
 @pytest.fixture(scope="module")

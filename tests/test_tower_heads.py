@@ -1,4 +1,4 @@
-"""ManagerTower's task heads (llava_manager/tower/heads.py): shapes, each loss against a computation written here from
+"""ManagerTower's task heads (llava_manager/tower/heads/): shapes, each loss against a computation written here from
 the logits, NLVR2's token types, retrieval training and the retrieval evaluation against brute force, save / load,
 and gradients for every manager type."""
 
@@ -482,7 +482,8 @@ def test_every_head_trains_with_every_manager_type(kind, name):
 
 
 def test_collator_batches_feed_the_heads(tmp_path):
-    from llava_manager.tower import data, synthetic
+    from llava_manager.tower import data
+    from llava_manager.tower.data import synthetic
 
     processor = synthetic.tiny_tower_processor()
     vocab = len(processor.tokenizer)

@@ -58,7 +58,7 @@ def checkpoint(request) -> Path:
 def load_processor(folder: Path):
     """The package's loader: `BridgeTowerProcessor.from_pretrained` cannot resolve the published files
     (see test_processor_from_pretrained_needs_a_model_type)."""
-    from llava_manager.tower.processor import load_tower_processor
+    from llava_manager.tower.data.processor import load_tower_processor
 
     return load_tower_processor(folder)
 

@@ -170,7 +170,7 @@ def test_a_bridgetower_checkpoint_is_warm_started_into_managertower(tmp_path):
     the managers and layer embeddings start fresh."""
     from transformers import BridgeTowerConfig, BridgeTowerForMaskedLM
 
-    from llava_manager.tower.synthetic import tiny_tower_processor
+    from llava_manager.tower.data.synthetic import tiny_tower_processor
 
     processor = tiny_tower_processor()
     tiny = training.tiny_config(processor).to_dict()
@@ -197,7 +197,7 @@ def test_built_from_unimodal_encoders(tmp_path):
     """--text_model / --vision_model: RoBERTa and CLIP weights in the towers, the rest new (weights.from_unimodal)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, RobertaConfig, RobertaModel
 
-    from llava_manager.tower.synthetic import tiny_tower_tokenizer
+    from llava_manager.tower.data.synthetic import tiny_tower_tokenizer
 
     tokenizer = tiny_tower_tokenizer()
     torch.manual_seed(4)

@@ -5,19 +5,18 @@
                                           [--out fig7.png] [--max-samples N]
 
 budget: paper Table VI, parameters and FLOPs of BridgeTower and ManagerTower (SAUM, AAUM with the own query, AAUM
-with the fused query) at the BASE configuration with random weights (`tower.budget`); `--params-only` counts the
-parameters alone, on the meta device (instant, no memory). The full count builds the four BASE models one at a time
+with the fused query) at the BASE configuration with random weights (`tower.analysis.budget`); `--params-only` counts
+the parameters alone, on the meta device (instant, no memory). The full count builds the four BASE models one at a time
 (about 1.3 GB each in fp32) and runs one forward each (about half a minute on two CPU cores).
 
-weights: paper Fig. 7, the managers' aggregation weights averaged over a data set (`tower.figures`), for a tower
-checkpoint saved with `save_pretrained` (`ManagerTowerModel` or any ManagerTower task model: the class named in its
-config's `architectures`, its backbone analysed). TASK is one of pretrain, vqav2, snli_ve, nlvr2, flickr30k; --data is
-what the task's reader takes (pretrain: the captions JSON; vqav2: a questions JSON, --image-folder the COCO root;
+weights: paper Fig. 7, the managers' aggregation weights averaged over a data set (`tower.analysis.figures`), for a
+tower checkpoint saved with `save_pretrained` (`ManagerTowerModel` or any ManagerTower task model: the class named in
+its config's `architectures`, its backbone analysed). TASK is one of pretrain, vqav2, snli_ve, nlvr2, flickr30k; --data
+is what the task's reader takes (pretrain: the captions JSON; vqav2: a questions JSON, --image-folder the COCO root;
 snli_ve: a .jsonl; nlvr2: a data/*.json, --image-folder the NLVR2 root; flickr30k: Karpathy's dataset JSON with
---split). Without --data a synthetic data set of the task is written to a temporary folder (`tower.synthetic`; its
-evaluation split), so the command runs offline on any tiny checkpoint. The processor is the checkpoint's own when
-it has one, else `tiny_tower_processor()`. Writes the PNG (--out) and the numbers as JSON (--json, default next to
-the PNG).
+--split). Without --data a synthetic data set of the task is written to a temporary folder (`tower.data.synthetic`; its
+evaluation split), so the command runs offline on any tiny checkpoint. The processor is the checkpoint's own when it has
+one, else `tiny_tower_processor()`. Writes the PNG (--out) and the numbers as JSON (--json, default next to the PNG).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ SYNTHETIC_SPLITS = {"pretrain": None, "vqav2": "val_questions", "snli_ve": "dev"
 
 
 def budget(args) -> list:
-    from .budget import format_table, tower_budget
+    from .analysis.budget import format_table, tower_budget
 
     what = "parameters only (meta device)" if args.params_only else (
         f"one forward, batch 1, {args.image_size} x {args.image_size} image, text length {args.text_length}, "
@@ -86,7 +85,7 @@ def load_tower(path: str | Path, device: str = "cpu"):
     """(model, backbone) of a tower checkpoint directory, in fp32, eval."""
     from transformers import AutoConfig
 
-    from .figures import backbone
+    from .analysis.figures import backbone
 
     config = AutoConfig.from_pretrained(path)
     model = model_class(config).from_pretrained(path, dtype=torch.float32).to(device).eval()
@@ -96,8 +95,8 @@ def load_tower(path: str | Path, device: str = "cpu"):
 def load_processor(path: str | Path, config):
     """The checkpoint's `BridgeTowerProcessor` when it has one, else `tiny_tower_processor` at the model's image
     size; the tokenizer must fit the model's vocabulary."""
-    from .processor import TOKENIZER_FILES, load_tower_processor
-    from .synthetic import IMAGE_SIZE, tiny_tower_processor
+    from .data.processor import TOKENIZER_FILES, load_tower_processor
+    from .data.synthetic import IMAGE_SIZE, tiny_tower_processor
 
     if any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
         processor = load_tower_processor(path)
@@ -113,7 +112,7 @@ def load_processor(path: str | Path, config):
 
 def synthetic_inputs(task: str, folder: Path, max_samples: int | None) -> tuple[Path, Path, str | None]:
     """(data, image folder, split) of a synthetic `task` data set written under `folder`."""
-    from .synthetic import write_synthetic
+    from .data.synthetic import write_synthetic
 
     n = max(32, 4 * (max_samples or 0))  # the evaluation splits have n // 4 images
     paths = write_synthetic(folder, task, n=n)
@@ -170,7 +169,7 @@ def weights(args) -> dict[str, Path]:
     from torch.utils.data import DataLoader
 
     from .data import TowerDataset
-    from .figures import aggregation_weights, plot_aggregation_weights, write_weights_json
+    from .analysis.figures import aggregation_weights, plot_aggregation_weights, write_weights_json
 
     model, net = load_tower(args.checkpoint, args.device)
     processor = load_processor(args.checkpoint, net.config)

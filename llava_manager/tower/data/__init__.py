@@ -30,6 +30,10 @@ Collators, one per task (`collators.py`, where each one's inputs and targets are
 ITM), `VQACollator`, `SNLIVECollator`, `NLVR2Collator`, `RetrievalCollator`. Model inputs: `input_ids`,
 `attention_mask` from the tokenizer, at most `max_length` = 50 tokens, truncated; `pixel_values`, `pixel_mask` from
 the image processor; the targets as the task's head takes them.
+
+Processors and stand-ins (imported from their modules): `processor.py`, the processor of a tower checkpoint
+(`load_tower_processor`, published BridgeTower layout or our saves); `synthetic.py`, the tiny offline processor
+(`tiny_tower_processor`) and synthetic data sets in each task's published layout (`write_synthetic`).
 """
 
 from .captions import _caption_of, read_image_captions

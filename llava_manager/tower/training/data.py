@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data as tower_data
-from ..synthetic import write_synthetic
+from ..data.synthetic import write_synthetic
 from .args import TowerArgs, TowerDataArguments
 
 logger = logging.getLogger(__name__)

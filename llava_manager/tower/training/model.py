@@ -18,7 +18,7 @@ from transformers import set_seed
 
 from ...core.checkpoint import check_load
 from ..config import ManagerTowerConfig
-from ..synthetic import tiny_tower_processor
+from ..data.synthetic import tiny_tower_processor
 from .args import TowerArgs
 from .tasks import TASK_HEADS, TASK_MODELS
 

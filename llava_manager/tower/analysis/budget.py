@@ -47,8 +47,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .config import ManagerTowerConfig
-from .modeling import ManagerTowerModel
+from ..config import ManagerTowerConfig
+from ..modeling import ManagerTowerModel
 
 # name -> (label, config overrides)
 VARIANTS = {
