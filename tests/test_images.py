@@ -171,6 +171,23 @@ def test_corrupt_and_missing_files(tmp_path):
     assert error.value.reason == "missing image"
 
 
+def test_truncated_files_are_refused_even_when_a_library_allows_them(tmp_path, monkeypatch):
+    """lmms-eval sets PIL's process-wide `ImageFile.LOAD_TRUNCATED_IMAGES = True` at import; a truncated training
+    image must still be refused, not decoded half grey, and the flag is left as it was."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    rng = torch.Generator().manual_seed(0)
+    noise = (torch.rand(96, 96, 3, generator=rng) * 255).to(torch.uint8).numpy()
+    Image.fromarray(noise).save(tmp_path / "whole.jpg")
+    (tmp_path / "half.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[: (tmp_path / "whole.jpg").stat().st_size // 2])
+    with Image.open(tmp_path / "half.jpg") as image:
+        image.load()  # PIL itself accepts it under the flag
+    with pytest.raises(ImageError, match="corrupt image"):
+        open_image(tmp_path / "half.jpg")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # What the model can represent
 

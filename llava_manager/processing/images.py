@@ -31,7 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from ..families import FAMILIES
 from .processors import family_of_processor
@@ -84,6 +84,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(convert_to_rgb(image, return_numpy=True), "RGB")
 
 
+def _load_whole(image: Image.Image) -> None:
+    """`image.load()`, refusing truncated files even where a library has set PIL's process-wide
+    `ImageFile.LOAD_TRUNCATED_IMAGES` (lmms-eval does at import), which would decode them half grey."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        image.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def open_image(path: str | Path) -> Image.Image:
     """The image at `path` decoded and converted by `to_rgb` (its first frame for animations and multi-page files).
     Raises `ImageError`: "missing image", "corrupt image" (PIL cannot decode it) or "unsupported image" (more
@@ -93,7 +104,7 @@ def open_image(path: str | Path) -> Image.Image:
         raise ImageError("missing image", str(path))
     try:
         with Image.open(path) as image:
-            image.load()
+            _load_whole(image)
             return to_rgb(image)
     except Image.DecompressionBombError as error:
         raise ImageError("unsupported image", f"{path}: {error}") from error
