@@ -11,6 +11,7 @@ the model's own conversion mapping, as `from_pretrained` does, and any key still
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from torch import nn
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -91,3 +94,31 @@ def check_load(missing: list[str], unexpected: list[str], source: str) -> None:
 def _some(keys: list[str], limit: int = 10) -> str:
     keys = sorted(keys)
     return f"{keys[:limit]}" + (f" and {len(keys) - limit} more ({len(keys)} keys)" if len(keys) > limit else "")
+
+
+class StrictCheckpointLoading:
+    """`Trainer` mixin: resuming and `load_best_model_at_end` read the checkpoint through `load_checkpoint_weights`
+    (the model's own key conversion; any missing or unexpected key is an error), and a load that leaves keys out is
+    an error, not a warning. DeepSpeed, FSDP and peft adapters read checkpoints of their own making; the Trainer
+    handles those."""
+
+    def _loads_own_checkpoints(self, model) -> bool:
+        from transformers.trainer_utils import _is_peft_model
+
+        return self.is_deepspeed_enabled or self.is_fsdp_enabled or _is_peft_model(model)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        if self._loads_own_checkpoints(model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("loading the model weights of %s (strictly)", resume_from_checkpoint)
+        load_checkpoint_weights(model, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if self._loads_own_checkpoints(self.model):
+            return super()._load_best_model()
+        logger.info("loading the best model, %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result):
+        check_load(load_result.missing_keys, load_result.unexpected_keys, "the checkpoint")

@@ -9,9 +9,8 @@ from collections import Counter
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import _is_peft_model
 
-from ..core.checkpoint import check_load, load_checkpoint_weights
+from ..core.checkpoint import StrictCheckpointLoading
 from ..core.patch import get_managers
 
 logger = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ class SkipReport:
                 "samples": sorted({(r["index"], r["id"], r["reason"]) for r in self.records})}
 
 
-class ManagerTrainer(Trainer):
+class ManagerTrainer(StrictCheckpointLoading, Trainer):
     """`Trainer` with learning rates per module (vision tower, managers), the manager norm callback first in line
     (so that every logger gets the norms), skipped samples counted in the logs, and checkpoints loaded strictly.
 
@@ -139,25 +138,6 @@ class ManagerTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
-    def _loads_own_checkpoints(self, model) -> bool:
-        """DeepSpeed, FSDP and peft adapters read checkpoints of their own making; the Trainer handles those."""
-        return self.is_deepspeed_enabled or self.is_fsdp_enabled or _is_peft_model(model)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        model = self.model if model is None else model
-        if self._loads_own_checkpoints(model):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        logger.info("loading the model weights of %s", resume_from_checkpoint)
-        load_checkpoint_weights(model, resume_from_checkpoint)
-
-    def _load_best_model(self):
-        if self._loads_own_checkpoints(self.model):
-            return super()._load_best_model()
-        logger.info("loading the best model, %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
-        load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
-
-    def _issue_warnings_after_load(self, load_result):
-        check_load(load_result.missing_keys, load_result.unexpected_keys, "the checkpoint")
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.skips.add(inputs.pop("skipped", []))

@@ -21,9 +21,8 @@ from collections import defaultdict
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import _is_peft_model
 
-from ...core.checkpoint import check_load, load_checkpoint_weights
+from ...core.checkpoint import StrictCheckpointLoading
 from ...processing.images import open_image
 from .. import data as tower_data
 from ..heads import retrieval_scores
@@ -61,7 +60,7 @@ EVAL_IGNORE_KEYS = {"pretrain": ["mlm_loss", "itm_loss"]}
 LOGGED_LOSSES = ("mlm_loss", "itm_loss", "itc_loss")
 
 
-class TowerTrainer(Trainer):
+class TowerTrainer(StrictCheckpointLoading, Trainer):
     """`Trainer` with the recipes' optimizer groups (`parameter_groups`), the components of the loss in the logs
     (`mlm_loss`, `itm_loss`, `itc_loss`, this process's mean since the last log), Flickr30K's retrieval evaluation
     (`retrieval`: {"images": paths, "texts", "text_to_image"}), and strict checkpoint loading on resume and for
@@ -109,23 +108,6 @@ class TowerTrainer(Trainer):
                  "weight_decay": g["weight_decay"]}
                 for label, size, g in zip(self.group_labels, self.group_sizes, groups)]
 
-    def _loads_own_checkpoints(self, model) -> bool:
-        return self.is_deepspeed_enabled or self.is_fsdp_enabled or _is_peft_model(model)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        model = self.model if model is None else model
-        if self._loads_own_checkpoints(model):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        logger.info("loading the model weights of %s (strictly)", resume_from_checkpoint)
-        load_checkpoint_weights(model, resume_from_checkpoint)
-
-    def _load_best_model(self):
-        if self._loads_own_checkpoints(self.model):
-            return super()._load_best_model()
-        load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
-
-    def _issue_warnings_after_load(self, load_result):
-        check_load(load_result.missing_keys, load_result.unexpected_keys, "the checkpoint")
 
     # -- losses in the logs ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
