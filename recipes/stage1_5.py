@@ -3,6 +3,11 @@
     deepspeed --num_gpus 8 recipes/stage1_5.py --deepspeed recipes/zero3.json \
         --model_name_or_path runs/stage1 --data_path mid_stage.yaml --image_folder IMAGES --output_dir runs/stage1_5
 
+FSDP2 instead of ZeRO, same flags and export (recipes/fsdp2.yaml; on a machine without a GPU it runs on the CPU):
+
+    accelerate launch --config_file recipes/fsdp2.yaml --num_processes 8 recipes/stage1_5.py ...
+    torchrun --nproc_per_node 8 recipes/stage1_5.py --fsdp --fsdp_config recipes/fsdp2.json ...
+
 With no model or data arguments it trains the embedded default (a tiny model, synthetic shapes questions):
 
     python recipes/stage1_5.py

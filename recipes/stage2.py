@@ -3,6 +3,11 @@
     deepspeed --num_gpus 8 recipes/stage2.py --deepspeed recipes/zero3.json \
         --model_name_or_path runs/stage1_5 --data_path si_data.yaml --image_folder IMAGES --output_dir runs/stage2
 
+FSDP2 instead of ZeRO, same flags and export (recipes/fsdp2.yaml; on a machine without a GPU it runs on the CPU):
+
+    accelerate launch --config_file recipes/fsdp2.yaml --num_processes 8 recipes/stage2.py ...
+    torchrun --nproc_per_node 8 recipes/stage2.py --fsdp --fsdp_config recipes/fsdp2.json ...
+
 With no model or data arguments it trains the embedded default (a tiny model, synthetic shapes questions), also
 on a CPU-only machine, with or without DeepSpeed:
 

@@ -8,7 +8,8 @@
   scaled by 255, others taken as 8-bit values (clipped; NaN -> 0). 1-bit, L, P, CMYK, YCbCr, LAB, HSV: PIL's own
   conversion (no ICC colour management, as LLaVA's own data pipeline).
 - `open_image(path)`: opens, decodes and converts; a missing, undecodable or oversized file raises `ImageError`
-  with a short `reason` ("missing image", "corrupt image", "unsupported image").
+  with a short `reason` ("missing image", "corrupt image", "unsupported image"). It also takes the encoded image
+  itself (bytes, e.g. an image column of parquet shards; `name` labels it in errors).
 - `unsupported_reason(processor, image, config=None)`: before any model call, whether the model can represent the
   image: None, or why not. It compares the processor's image-token count (`processor._get_number_of_features`, the
   function `replace_image_token` uses) with the model's own feature layout (`pack_image_features` of the model's
@@ -25,6 +26,7 @@ Independent of lmms-eval and of the training code.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from pathlib import Path
@@ -95,21 +97,27 @@ def _load_whole(image: Image.Image) -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> Image.Image:
     """The image at `path` decoded and converted by `to_rgb` (its first frame for animations and multi-page files).
+    `path` may also be the encoded image itself (bytes, bytearray or memoryview: an image held in memory, such as
+    the `{"bytes", "path"}` cells of a `datasets` Image column); `name` then labels it in errors.
     Raises `ImageError`: "missing image", "corrupt image" (PIL cannot decode it) or "unsupported image" (more
     pixels than PIL's decompression-bomb limit, `2 * Image.MAX_IMAGE_PIXELS`)."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError("missing image", str(path))
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source, label = io.BytesIO(path), name or f"<{memoryview(path).nbytes} bytes>"
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise ImageError("missing image", str(path))
+        source = label = path
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             _load_whole(image)
             return to_rgb(image)
     except Image.DecompressionBombError as error:
-        raise ImageError("unsupported image", f"{path}: {error}") from error
+        raise ImageError("unsupported image", f"{label}: {error}") from error
     except Exception as error:  # PIL raises many types for a broken file
-        raise ImageError("corrupt image", f"{path}: {error}") from error
+        raise ImageError("corrupt image", f"{label}: {error}") from error
 
 
 def _family(processor, config) -> str | None:

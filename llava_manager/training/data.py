@@ -2,12 +2,14 @@
 tokenised with the loss on answer tokens only.
 
 A sample is `{"id", "image" (optional; a file name or a list of them), "conversations": [{"from": "human" | "gpt" |
-"system", "value": "..."}]}`. Human turns hold one `<image>` placeholder per image (one is put in front of the first
-turn when missing, as LLaVA does). Labels: the text of each assistant turn and its end-of-turn token; everything else
-is -100. Images go through `images.open_image` (EXIF orientation applied, any PIL mode to RGB: 16-bit scaled,
-transparency on white). A sample that cannot be used (missing or corrupt image, an image the model cannot represent,
-malformed conversation, longer than the maximum length, no answer tokens) is skipped and reported with the batch, or
-raises at once with `strict=True`.
+"system", "value": "..."}]}`; rows of parquet / arrow shards (`streaming.py`, the LLaVA-OneVision data release's
+layout) have the same shape with the image held in memory, `{"bytes": <encoded image>, "path": name}`. Human turns
+hold one `<image>` placeholder per image (one is put in front of the first turn when missing, as LLaVA does).
+Labels: the text of each assistant turn and its end-of-turn token; everything else is -100. Images go through
+`images.open_image` (EXIF orientation applied, any PIL mode to RGB: 16-bit scaled, transparency on white). A sample
+that cannot be used (missing or corrupt image, an image the model cannot represent, malformed conversation, longer
+than the maximum length, no answer tokens) is skipped and reported with the batch, or raises at once with
+`strict=True`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,59 +61,96 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def sample_records(records: list, strategy: str, seed: int = 0) -> list:
-    """LLaVA-NeXT's `sampling_strategy`: `all`, `first:N%`, `end:N%`, `random:N%` (or a count instead of N%)."""
+def strategy_indices(size: int, strategy: str, seed: int = 0) -> range | list[int] | None:
+    """The rows of a `size`-row source that LLaVA-NeXT's `sampling_strategy` keeps, in their order: None for `all`;
+    `first:N%`, `end:N%` (a range), `random:N%` (seeded; a list); a count instead of N% (at most `size`)."""
     if strategy == "all":
-        return records
+        return None
     kind, _, amount = strategy.partition(":")
     if kind not in ("first", "end", "random") or not amount:
         raise ValueError(f"sampling_strategy {strategy!r}: use 'all', 'first:N%', 'end:N%' or 'random:N%' (or a count).")
     try:
-        count = int(len(records) * float(amount[:-1]) / 100) if amount.endswith("%") else int(amount)
+        count = int(size * float(amount[:-1]) / 100) if amount.endswith("%") else int(amount)
     except ValueError:
         raise ValueError(f"sampling_strategy {strategy!r}: the amount must be a percentage like 10% or a count.") from None
+    count = max(0, min(count, size))
     if kind == "first":
-        return records[:count]
+        return range(count)
     if kind == "end":
-        return records[len(records) - count:] if count else []
-    return random.Random(seed).sample(records, min(count, len(records)))
+        return range(size - count, size)
+    # the indices random.Random(seed).sample(records, count) picks: the records chosen are the same
+    return random.Random(seed).sample(range(size), count)
 
 
-def load_records(data_path: str | Path, seed: int = 0) -> list[dict]:
-    """Samples from a LLaVA JSON/JSONL file, or from a YAML mixture `datasets: [{json_path, sampling_strategy}]`
-    (relative paths resolve against the YAML's folder; `random:` sampling is seeded)."""
-    data_path = Path(data_path)
+def sample_records(records, strategy: str, seed: int = 0):
+    """LLaVA-NeXT's `sampling_strategy`: `all`, `first:N%`, `end:N%`, `random:N%` (or a count instead of N%).
+    A list gives a list; a lazy record view (`streaming.ShardRecords`, `streaming.MixedRecords`) a view."""
+    chosen = strategy_indices(len(records), strategy, seed)
+    if chosen is None:
+        return records
+    if isinstance(records, list):
+        return [records[i] for i in chosen]
+    return records.select(chosen)
+
+
+def load_records(data_path: str | Path, seed: int = 0):
+    """Samples from a LLaVA JSON/JSONL file, from parquet / arrow shards with image bytes (a `.parquet` / `.arrow`
+    file, a folder of them, or a glob: the layout of the LLaVA-OneVision data release, see `streaming.py`), or from
+    a YAML mixture `datasets: [{json_path | data_files, sampling_strategy}]` (relative paths resolve against the
+    YAML's folder; `random:` sampling is seeded). JSON alone gives a list of records, as always; with shards, a
+    lazy sequence of records (`streaming.ShardRecords` / `MixedRecords`) that reads rows from `datasets`'
+    memory-mapped Arrow tables on access (parquet is converted into the `datasets` cache once)."""
+    from . import streaming
+
+    data_path = Path(data_path) if not isinstance(data_path, Path) else data_path
     if data_path.suffix not in (".yaml", ".yml"):
+        if streaming.is_shard_source(data_path):
+            return streaming.shard_records(streaming.resolve_data_files(data_path), source=str(data_path))
         return read_records(data_path)
-    import yaml
-
-    spec = yaml.safe_load(data_path.read_text()) or {}
-    entries = spec.get("datasets") if isinstance(spec, dict) else None
-    if not entries:
-        raise ValueError(f"{data_path}: a data mixture needs a non-empty 'datasets:' list of {{json_path, sampling_strategy}}.")
-    records = []
-    for entry in entries:
-        if "json_path" not in entry:
-            raise ValueError(f"{data_path}: every entry of 'datasets' needs a json_path; got {entry}.")
-        path = Path(entry["json_path"])
-        path = path if path.is_absolute() else data_path.parent / path
-        chosen = sample_records(read_records(path), str(entry.get("sampling_strategy", "all")), seed)
-        logger.info("data mixture: %d samples from %s (%s)", len(chosen), path, entry.get("sampling_strategy", "all"))
-        records += chosen
-    return records
+    parts = []
+    for entry in streaming.mixture_entries(data_path):
+        records = (read_records(entry.path) if entry.kind == "json"
+                   else streaming.shard_records(entry.files, source=entry.name))
+        chosen = sample_records(records, entry.strategy, seed)
+        logger.info("data mixture: %d samples from %s (%s)", len(chosen), entry.name, entry.strategy)
+        parts.append(chosen)
+    if all(isinstance(part, list) for part in parts):
+        return [record for part in parts for record in part]
+    return streaming.MixedRecords(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # One sample: images, conversation checks, tokens and labels
 
 
-def image_files(record: dict) -> list[str]:
+def _is_image_ref(image) -> bool:
+    """A file name, or an image held in memory as `datasets` stores one: `{"bytes": <encoded image>, "path": name}`
+    (`bytes` None: the image is the file `path`)."""
+    if isinstance(image, str):
+        return bool(image)
+    if not isinstance(image, dict):
+        return False
+    data, path = image.get("bytes"), image.get("path")
+    return isinstance(data, (bytes, bytearray, memoryview)) or (data is None and isinstance(path, str) and bool(path))
+
+
+def image_name(image) -> str:
+    """How an image of `image_files` is named in messages: its file name, else `<N bytes>`."""
+    if isinstance(image, str):
+        return image
+    return image.get("path") or f"<{memoryview(image['bytes']).nbytes} bytes>"
+
+
+def image_files(record: dict) -> list:
+    """The images of a record: file names (relative to the image folder), or in-memory images `{"bytes", "path"}`
+    (rows of parquet / arrow shards, `streaming.py`)."""
     image = record.get("image")
     if image is None:
         return []
     files = image if isinstance(image, list) else [image]
-    if not all(isinstance(f, str) and f for f in files):
-        raise SampleError("malformed", f"'image' must be a file name or a list of them, got {image!r}")
+    if not all(_is_image_ref(f) for f in files):
+        raise SampleError("malformed", f"'image' must be a file name, an image {{'bytes', 'path'}} or a list of "
+                                       f"them, got {reprlib.repr(image)}")
     return files
 
 
@@ -243,9 +283,18 @@ class SupervisedDataset(Dataset):
             return sample
         raise RuntimeError(f"no usable sample in the whole data set; the first problems: {skipped[:3]}")
 
-    def load_image(self, name: str) -> Image.Image:
-        """The image `name` (under `image_folder`), upright and in RGB; "missing image" / "corrupt image" /
-        "unsupported image" (over PIL's pixel limit) raise `SampleError`."""
+    def load_image(self, name) -> Image.Image:
+        """The image `name` (under `image_folder`; or an in-memory image `{"bytes", "path"}`, decoded from its
+        bytes), upright and in RGB; "missing image" / "corrupt image" / "unsupported image" (over PIL's pixel
+        limit) raise `SampleError`."""
+        if isinstance(name, dict):
+            if name.get("bytes") is None:  # an image stored by path only
+                name = name["path"]
+            else:
+                try:
+                    return open_image(name["bytes"], name=image_name(name))
+                except ImageError as error:
+                    raise SampleError(error.reason, error.detail) from error
         path = self.image_folder / name if self.image_folder else Path(name)
         try:
             return open_image(path)
@@ -264,11 +313,11 @@ class SupervisedDataset(Dataset):
             for name, image in zip(files, images):
                 reason = unsupported_reason(self.processor, image, self.model_config, multi_image=len(images) > 1)
                 if reason:
-                    raise SampleError("unsupported image", f"{name}: {reason}")
+                    raise SampleError("unsupported image", f"{image_name(name)}: {reason}")
             try:
                 image_inputs = self.processor.image_processor([images], return_tensors="pt")
             except Exception as error:  # never seen for an image that passed the check; a sample, not the run
-                sizes = ", ".join(f"{name} ({i.width}x{i.height})" for name, i in zip(files, images))
+                sizes = ", ".join(f"{image_name(name)} ({i.width}x{i.height})" for name, i in zip(files, images))
                 raise SampleError("unsupported image", f"{sizes}: the image processor failed: {error!r}") from error
             image_tokens = [self.processor.replace_image_token(image_inputs, k) for k in range(len(images))]
             # (images, 3, H, W) for LLaVA-1.5; (images, crops, 3, H, W) and image_sizes for the anyres families.
@@ -288,7 +337,8 @@ class Collator:
     key; default LLaVA-OneVision): LLaVA-1.5's `(images, 3, H, W)` pixels are concatenated; the anyres families'
     `(images, crops, 3, H, W)` are padded with zero crops to the batch's largest crop count, with `image_sizes`;
     OneVision also gets `batch_num_images` (images per sample: a sample with several gets base crops only). The
-    samples' skip records go on as `"skipped"` for the trainer to count."""
+    samples' skip records go on as `"skipped"` for the trainer to count. `packing.PackingCollator` is the
+    padding-free variant (`--padding_free true`)."""
 
     pad_token_id: int
     family: str = "llava_onevision"
@@ -310,17 +360,25 @@ class Collator:
             n = len(s["input_ids"])
             input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
         batch: dict[str, Any] = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
-        with_images = [s for s in samples if "pixel_values" in s]
-        if with_images:
-            pixels = [s["pixel_values"] for s in with_images]
-            if pixels[0].dim() == 5:  # anyres: pad every image to the batch's largest crop count
-                crops = max(pv.shape[1] for pv in pixels)
-                pixels = [torch.cat([pv, pv.new_zeros((pv.shape[0], crops - pv.shape[1], *pv.shape[2:]))], dim=1)
-                          for pv in pixels]
-            batch["pixel_values"] = torch.cat(pixels)
-            if "image_sizes" in with_images[0]:
-                batch["image_sizes"] = torch.cat([s["image_sizes"] for s in with_images])
-            if self.takes_num_images:
-                batch["batch_num_images"] = torch.tensor([len(s.get("pixel_values", ())) for s in samples])
+        batch.update(self.batch_images(samples))
         batch["skipped"] = [record for s in samples for record in s.get("skipped", ())]
+        return batch
+
+    def batch_images(self, samples: list[dict]) -> dict[str, Any]:
+        """The images of `samples`, in the samples' order (the order of their image tokens in the batch), as the
+        family's forward takes them; {} when no sample has one. Shared with `packing.PackingCollator`."""
+        with_images = [s for s in samples if "pixel_values" in s]
+        if not with_images:
+            return {}
+        batch: dict[str, Any] = {}
+        pixels = [s["pixel_values"] for s in with_images]
+        if pixels[0].dim() == 5:  # anyres: pad every image to the batch's largest crop count
+            crops = max(pv.shape[1] for pv in pixels)
+            pixels = [torch.cat([pv, pv.new_zeros((pv.shape[0], crops - pv.shape[1], *pv.shape[2:]))], dim=1)
+                      for pv in pixels]
+        batch["pixel_values"] = torch.cat(pixels)
+        if "image_sizes" in with_images[0]:
+            batch["image_sizes"] = torch.cat([s["image_sizes"] for s in with_images])
+        if self.takes_num_images:
+            batch["batch_num_images"] = torch.tensor([len(s.get("pixel_values", ())) for s in samples])
         return batch

@@ -14,14 +14,17 @@ from transformers import AutoConfig, AutoModelForImageTextToText, set_seed
 
 from ..shapes import score as shapes_score
 
-from . import train_args
+from . import fsdp, train_args
 from .data import Collator, SupervisedDataset, load_records
+from .packing import build_collator
+from .sampling import SamplingOptions
 from ..core.patch import apply_manager, has_manager, manager_config
 from ..core.persistence import from_pretrained
 from ..families import family_of_config, get_family
 from ..processing.processors import load_processor
 from ..processing.templates import template_for_config
 from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
+from .liger import apply_liger
 from .trainer import ManagerTrainer, set_trainable
 
 logger = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ def build_model(model_args, manager_args, training_args):
     else:
         apply_manager(model, manager_args.config())
     set_trainable(model, model_args.modules())
+    apply_liger(model, model_args.use_liger)  # Liger's kernels on the LLM: CUDA + liger_kernel only
     model.config.use_cache = False  # training; generation turns it back on
     return model, processor
 
@@ -92,6 +96,10 @@ def build_dataset(data_args, training_args, processor, model_config=None):
         image_folder = paths["image_folder"]
     else:
         data_path, image_folder = data_args.data_path, data_args.image_folder
+    if data_args.streaming:  # an endless IterableDataset over JSON / shards / a mixture (streaming.py)
+        from .streaming import streaming_dataset
+
+        return streaming_dataset(data_path, image_folder, data_args, training_args, processor, model_config)
     records = load_records(data_path, seed=training_args.data_seed or training_args.seed)
     return SupervisedDataset(records, processor, image_folder, data_args.template, data_args.max_length,
                              data_args.strict_data, model_config=model_config)
@@ -102,19 +110,25 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     choose_template(model_args, data_args)  # before the weights load: an LLM without a default fails at once
+    sampling = SamplingOptions.from_args(data_args, training_args)  # checked before the weights load too
     model, processor = build_model(model_args, manager_args, training_args)
+    # --padding_free: packing.PackingCollator; built before the data set, whose --max_length it may lower to the budget
+    collator = build_collator(data_args, model, processor, training_args)
     dataset = build_dataset(data_args, training_args, processor, model.config)
     trainer = ManagerTrainer(
         model=model, args=training_args, train_dataset=dataset,
-        data_collator=Collator(processor.tokenizer.pad_token_id, family_of_config(model.config).name),
+        data_collator=collator,
         processing_class=processor.tokenizer,
-        vision_tower_lr=model_args.vision_tower_lr, manager_lr=model_args.manager_lr,
+        vision_tower_lr=model_args.vision_tower_lr, manager_lr=model_args.manager_lr, peak_tflops=model_args.peak_tflops,
     )
+    trainer.sampling = sampling  # --group_by_modality_length, --token_budget (sampling.py)
+    trainer.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
     resume = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
 
     skips = trainer.gather_skips()
-    trainer.save_model()  # under ZeRO-3 this gathers the 16-bit weights, managers included
+    with fsdp.full_state_dict(trainer):  # FSDP: the full model, whatever the checkpoints' state-dict type
+        trainer.save_model()  # under ZeRO-3 / FSDP this gathers the weights, managers included
     trainer.save_state()
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)

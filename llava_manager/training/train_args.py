@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from . import cpu_distributed
+from . import cpu_distributed, fsdp
 from ..core.config import ManagerConfig
 from ..families import FAMILIES
 from ..processing.templates import TEMPLATES
@@ -76,6 +76,12 @@ class ModelArguments:
     vision_tower_lr: float | None = field(default=None, metadata={"help": "Vision tower lr (default: the stage's lr)."})
     manager_lr: float | None = field(default=None, metadata={"help": "Managers' lr (default: the stage's lr)."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2, eager."})
+    use_liger: str = field(default="auto", metadata={
+        "help": "Liger's RMSNorm and SwiGLU kernels on the LLM (training/liger.py): auto (when liger_kernel is "
+                "installed and a CUDA GPU is there), true (required), false.", "choices": ["auto", "true", "false"]})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "Peak TFLOP/s of one GPU for the `mfu` log (default: the dense bf16 peak of a known GPU, "
+                "training/throughput.py GPU_PEAK_TFLOPS; give it for another GPU or for fp32/TF32 training)."})
 
     def tiny_family(self) -> str:
         """The family of the embedded default: `--family`, else LLaVA-OneVision."""
@@ -116,7 +122,10 @@ class ManagerArguments:
 @dataclass
 class DataArguments:
     data_path: str | None = field(default=None, metadata={
-        "help": "LLaVA conversation JSON/JSONL or a data YAML mixture. Default: synthetic shapes data made offline."})
+        "help": "LLaVA conversation JSON/JSONL, parquet / arrow shards with image bytes (a file, a folder of them or "
+                "a glob: the LLaVA-OneVision data release's layout), or a data YAML mixture of both (json_path / "
+                "data_files entries). Default: synthetic shapes data made offline. See "
+                "llava_manager/training/streaming.py."})
     image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' image paths are relative to."})
     template: str | None = field(default=None, metadata={
         "help": "Conversation format: plain (Stage-1 captions), qwen_1_5 (LLaVA-OneVision), vicuna_v1 (LLaVA-1.5, "
@@ -127,6 +136,40 @@ class DataArguments:
     max_length: int = field(default=16384, metadata={"help": "Longer samples are skipped, never cut."})
     strict_data: bool = field(default=False, metadata={"help": "Stop at the first bad sample instead of skipping it."})
     synthetic_samples: int = field(default=1024, metadata={"help": "Size of the synthetic default data set."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Stream the data (an endless IterableDataset; shards are read as they are, not converted into the "
+                "datasets cache); needs --max_steps. Exactly resumable with the same world size, batch size and "
+                "--dataloader_num_workers. See llava_manager/training/streaming.py."})
+    shuffle_buffer: int = field(default=1000, metadata={
+        "help": "With --streaming: rows in each data reader's shuffle buffer (the pieces of the mixture are "
+                "permuted each pass too); 0 reads the data in order, unshuffled."})
+    group_by_modality_length: bool = field(default=False, metadata={
+        "help": "As LLaVA-NeXT: samples with images and text-only samples in separate length-sorted groups, so a "
+                "batch (all ranks' batches of a step) holds one modality; one process: every sample once, one "
+                "remainder batch an epoch may mix; several: each modality filled up to whole steps with repeats, "
+                "so no rank lacks images while another has some (ZeRO-2 / DDP would fail). Seeded by --data_seed "
+                "(else --seed), reshuffled each epoch, exactly resumable. See llava_manager/training/sampling.py."})
+    token_budget: int | None = field(default=None, metadata={
+        "help": "Batches of varying size whose estimated tokens stay within this budget (per device; see "
+                "--token_budget_mode); --per_device_train_batch_size is then unused. Per modality with "
+                "--group_by_modality_length. Default: fixed-size batches."})
+    token_budget_mode: str | None = field(default=None, metadata={
+        "help": "How a batch's tokens count against --token_budget: padded (batch size x longest sample) or packed "
+                "(sum of the lengths). Default: packed with --padding_free, else padded.",
+        "choices": ["padded", "packed"]})
+    image_token_estimate: int | None = field(default=None, metadata={
+        "help": "Tokens counted an image in the length estimate of --group_by_modality_length / --token_budget "
+                "(images are not opened). Default: what the processor writes for a square image at its largest "
+                "grid pinpoint."})
+    padding_free: bool = field(default=False, metadata={
+        "help": "Pack the samples of a batch into rows of at most --max_packed_tokens tokens (image tokens counted), "
+                "no padding between them, positions restarting per sample, no attention across samples (flash "
+                "attention's varlen kernel on a GPU, transformers' packed-sequence mask for SDPA / eager): the same "
+                "per-token losses as padded batches, without computing padding. See "
+                "llava_manager/training/packing.py."})
+    max_packed_tokens: int | None = field(default=None, metadata={
+        "help": "Tokens a packed row may hold with --padding_free (default: --max_length, which is lowered to it "
+                "when larger, so that a sample that cannot be packed is skipped as over-length)."})
 
 
 def parse(stage: str, argv: list[str] | None = None):
@@ -143,6 +186,7 @@ def parse(stage: str, argv: list[str] | None = None):
         if stage == "stage1":  # only the projector and managers train: they take a higher rate
             defaults.update(learning_rate=5e-3)
     defaults.update(cpu_distributed.prepare(argv))
+    defaults.update(fsdp.prepare(argv))  # FSDP2: a world of one without a launcher; the CPU's gloo group
     parser.set_defaults(**defaults)
     model_args, manager_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     model_args.modules()  # check early

@@ -12,6 +12,8 @@ from transformers import Trainer, TrainerCallback
 
 from ..core.checkpoint import StrictCheckpointLoading
 from ..core.patch import get_managers
+from .throughput import ThroughputCallback
+from . import fsdp, packing
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +79,9 @@ class ManagerNormCallback(TrainerCallback):
             return
         managers = get_managers(model)
         with gathered([m.weight for m in managers]):
-            norms = {f"manager_norm/layer_{m.layer_idx}": round(float(m.weight.detach().float().norm()), 6)
-                     for m in managers}
+            # full_tensor: FSDP2 shards them (DTensors; the norm of a shard would be logged otherwise)
+            norms = {f"manager_norm/layer_{m.layer_idx}":
+                     round(float(fsdp.full_tensor(m.weight.detach()).float().norm()), 6) for m in managers}
         logs.update(norms)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(norms)  # the trainer recorded the logs before calling back
@@ -110,16 +113,29 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
     no key of a LLaVA checkpoint and only warn. Any missing or unexpected key is an error here.
     """
 
-    def __init__(self, *args, vision_tower_lr: float | None = None, manager_lr: float | None = None, **kwargs):
+    def __init__(self, *args, vision_tower_lr: float | None = None, manager_lr: float | None = None,
+                 peak_tflops: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.vision_tower_lr, self.manager_lr = vision_tower_lr, manager_lr
         self.skips = SkipReport()
         self.callback_handler.callbacks.insert(0, ManagerNormCallback())
+        # tokens/s, samples/s, padding fraction, MFU (throughput.py); fed by compute_loss
+        self.throughput = ThroughputCallback(peak_tflops=peak_tflops)
+        self.callback_handler.callbacks.insert(1, self.throughput)
         ds_config = getattr(self.args, "hf_deepspeed_config", None)
         if ds_config is not None and "optimizer" in ds_config.config and (vision_tower_lr or manager_lr):
             raise ValueError("The DeepSpeed config has an 'optimizer' section, so DeepSpeed builds the optimizer and "
                              "the per-module learning rates (--vision_tower_lr, --manager_lr) would be lost. Remove "
                              "that section (the recipes' configs have none) or drop those flags.")
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        fsdp.setup(self)  # FSDP2: the wrap classes of this model's family, and FSDP on CPU (gloo); else a no-op
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        if self.is_fsdp_enabled:  # FSDP2 checkpoints leave out parameters without optimizer state (fsdp.py)
+            fsdp.complete_optimizer_state(self.optimizer)
+        super()._save_optimizer_and_scheduler(output_dir)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -141,10 +157,14 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.skips.add(inputs.pop("skipped", []))
+        if model.training:  # training micro-batches only (prediction_step comes here too, in eval mode)
+            self.throughput.count(inputs)
+        packing.pop_accounting(inputs)  # a packed batch's num_tokens / num_padding / sample_lengths (packing.py)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         inputs.pop("skipped", None)
+        packing.pop_accounting(inputs)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
     def log(self, logs, *args, **kwargs):
@@ -161,3 +181,81 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
         total = SkipReport()
         total.records = [r for rank in records for r in rank]
         return total.summary()
+
+    # -- Data order (sampling.py): --group_by_modality_length, --token_budget ------------------------------------
+
+    sampling = None  # a `sampling.SamplingOptions`; set by `train.run` (None: the Trainer's own sampler)
+
+    def _sampling_lengths(self, dataset) -> list[int]:
+        """The signed estimated lengths of `dataset` (`sampling.dataset_lengths`), computed once."""
+        from . import sampling
+
+        cached = getattr(self, "_sampling_cache", None)
+        if cached is None or cached[0] is not dataset:
+            if not hasattr(dataset, "__len__") or isinstance(dataset, torch.utils.data.IterableDataset):
+                raise ValueError("--group_by_modality_length and --token_budget order a data set with a length; "
+                                 f"{type(dataset).__name__} is streamed (an IterableDataset): drop those flags.")
+            if self.args.train_sampling_strategy != "random":
+                raise ValueError(f"--train_sampling_strategy {self.args.train_sampling_strategy} and "
+                                 "--group_by_modality_length / --token_budget both choose the data order: keep one.")
+            cached = self._sampling_cache = (dataset, sampling.dataset_lengths(dataset, self.sampling.image_token_estimate))
+        return cached[1]
+
+    def _follow_epochs(self, sampler) -> None:
+        """Have `sampling.SamplerEpochCallback` set `sampler`'s epoch at each epoch's start."""
+        from . import sampling
+
+        callback = next((c for c in self.callback_handler.callbacks if isinstance(c, sampling.SamplerEpochCallback)),
+                        None)
+        if callback is None:
+            callback = sampling.SamplerEpochCallback()
+            self.add_callback(callback)
+        callback.sampler = sampler
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`--group_by_modality_length` (without a token budget): `sampling.ModalityLengthGroupedSampler`, in units
+        of world size x per-device batch that accelerate deals to the processes batch by batch."""
+        from . import sampling
+
+        options = self.sampling
+        if options is None or not options.group_by_modality_length or options.token_budget is not None:
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        sampler = sampling.ModalityLengthGroupedSampler(self._sampling_lengths(dataset), self._train_batch_size,
+                                                        self.accelerator.num_processes, sampling.sampling_seed(self.args))
+        self._follow_epochs(sampler)
+        return sampler
+
+    def get_train_dataloader(self):
+        """`--token_budget`: batches of varying size from `sampling.TokenBudgetBatchSampler` (per modality with
+        `--group_by_modality_length`), as the loader's `batch_sampler`; otherwise the Trainer's loader."""
+        options = self.sampling
+        if options is None or options.token_budget is None:
+            return super().get_train_dataloader()
+        from functools import partial
+
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        from . import sampling
+
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        dataset = self.train_dataset
+        batches = sampling.TokenBudgetBatchSampler(
+            self._sampling_lengths(dataset), options.token_budget, options.token_budget_mode,
+            options.group_by_modality_length, sampling.sampling_seed(self.args), self.args.dataloader_drop_last,
+            world_size=self.accelerator.num_processes)
+        self._follow_epochs(batches)
+        args = self.args
+        loader = DataLoader(
+            dataset, batch_sampler=batches,
+            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="training"),
+            num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+            prefetch_factor=args.dataloader_prefetch_factor, in_order=args.dataloader_in_order,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index))
+        logger.info("token budget: %d batches an epoch for %d samples (%s, at most %d estimated tokens a batch)",
+                    len(batches), len(dataset), options.token_budget_mode, options.token_budget)
+        return self.accelerator.prepare(loader)

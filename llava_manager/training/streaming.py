@@ -1,0 +1,592 @@
+"""Training data as the LLaVA-OneVision data release publishes it: sharded parquet (or arrow) files with the image
+bytes in the rows, read with `datasets`, either with random access (map-style: the Trainer's sampler and
+`--group_by_modality_length` / `--token_budget` work as on JSON) or streamed (`--streaming`: an IterableDataset), and
+mixable with LLaVA JSON in the data YAML. Bad rows are skipped and counted as on JSON (`data.SupervisedDataset`).
+
+**The release's layout.** `lmms-lab/LLaVA-OneVision-Data` on the Hugging Face Hub holds one folder per subset (each a
+`datasets` config, about 90), e.g. `CLEVR-Math(MathV360K)/train-00000-of-00002.parquet`,
+`aokvqa(cauldron,llava_format)/train-00000-of-00014.parquet` (the Hub's parquet converter also serves them as
+`<subset>/train/0000.parquet` on `refs/convert/parquet`). A row has `id` (string), `image` (a `datasets` Image: in
+parquet a struct `{bytes: binary, path: string}`, null for a text-only row), `conversations` (a list of LLaVA's
+`{from, value}` turns) and `data_source` (string), the features the LLaVA-NeXT-Data card declares for the same
+family of releases. The card's "Code Guidance" converts the rows to LLaVA JSON + an image folder (each image saved as
+`{id}.jpg`), because LLaVA-NeXT trains from JSON and image folders: its data YAML lists `json_path` +
+`sampling_strategy` entries. Here the shards are read as published, no conversion, no image folder. Sources:
+- https://huggingface.co/datasets/lmms-lab/LLaVA-OneVision-Data (file tree per subset, e.g. `tree/main/CLEVR-Math(
+  MathV360K)`: `train-00000-of-00002.parquet`, `train-00001-of-00002.parquet`; the viewer's subset list)
+- https://huggingface.co/datasets/lmms-lab/LLaVA-NeXT-Data/raw/main/README.md (`dataset_info.features`: id,
+  conversations [from, value], data_source, image)
+- https://huggingface.co/datasets/lmms-lab/LLaVA-OneVision-Mid-Data/commit/cb2ab99420710ef84d61721766ce3045336849bf
+  (the cards' "Code Guidance": "During LLaVA-OneVision training, we use the `json` and `image/video` folder to store
+  the data")
+- https://github.com/LLaVA-VL/LLaVA-NeXT/blob/main/scripts/train/README.md ("About the LLaVA-OneVision Data": the
+  YAML mixtures, `json_path` / `sampling_strategy`; rows carry `data_source`)
+- `datasets` 5.2: `load_dataset("parquet", data_files=..., streaming=True)`, `IterableDataset.reshard()` (parquet: one
+  shard per row group), `.shard()`, `.iter()`; `Dataset.from_file` for arrow files.
+
+**Sources accepted** (`--data_path`, or a YAML entry's `data_files`): a `.parquet` / `.arrow` file, a folder (all
+`.parquet` / `.arrow` files under it, sorted by path), a glob (`**` recursive), or a list of these; paths in a YAML
+resolve against the YAML's folder. One format per entry; every file of an entry must have the same columns (one
+entry per subset of the release, as LLaVA-NeXT's YAML has one `json_path` per dataset). A row becomes a record of
+`data.SupervisedDataset`'s shape: its columns as they are (`id`, `conversations`, `data_source`, ...), `image` the
+cell `{"bytes", "path"}` (decoded from the bytes by `images.open_image`, in memory; a cell with a path and no bytes,
+or a string column, names a file under `--image_folder`), or a list of cells, or left out when null; a row without
+`id` gets `<source>:<row>`.
+
+**YAML mixtures** (`load_records`, `stream_sources`): each entry has `json_path` (LLaVA JSON / JSONL, as LLaVA-NeXT) or
+`data_files` (shards, as above), and `sampling_strategy` for both: `all`, `first:N%`, `end:N%`, `random:N%` or a count
+(`data.strategy_indices`; for shards the row counts come from the parquet footers / arrow files, so the same rows are
+kept as the map-style path keeps; `random:` seeded by `--data_seed`, else `--seed`)::
+
+    datasets:
+      - json_path: llava_instruct.json
+        sampling_strategy: all
+      - data_files: LLaVA-OneVision-Data/CLEVR-Math(MathV360K)     # folder, file, glob or list
+        sampling_strategy: random:50%
+
+**Map-style** (`shard_records`): `datasets.load_dataset("parquet", data_files=...)` converts the shards once into
+`datasets`' Arrow cache (`HF_DATASETS_CACHE`; a copy the size of the data, made by the first run and reused), arrow
+files are memory-mapped as they are (`Dataset.from_file`). Records are read on access, zero-copy (the image bytes are
+a memoryview of the mapped table until decoded), so a mixture of millions of rows costs no memory, and iterating the
+records (the length estimate of `--group_by_modality_length` / `--token_budget`) does not read the images.
+
+**Streaming** (`StreamingSupervisedDataset`, `--streaming`, requires `--max_steps`): no conversion, no cache; the
+shards are read with `datasets`' streaming parquet / arrow readers. The order is a pure function of the data, the
+seed, the world size, the per-device batch size and `--dataloader_num_workers`:
+- Pieces: one parquet row group (`IterableDataset.reshard()`'s unit) or one arrow file of a shard entry; 256 records
+  of a JSON entry. Each pass ("epoch") of the stream permutes the pieces of the whole mixture (seeded by the seed and
+  the pass), then deals them round-robin to the `world_size x max(1, num_workers)` readers (rank r's worker w is
+  reader `r * workers + w`); each reader reads its pieces' kept rows in file order through a shuffle buffer of
+  `--shuffle_buffer` rows (seeded by seed, pass and reader). With fewer pieces than readers, every reader reads every
+  piece and keeps every n-th row instead. `--shuffle_buffer 0`: no shuffling at all (pieces in mixture order, rows in
+  file order). The buffer holds raw rows (encoded images): about buffer x mean image size of memory per reader.
+- So `random:` keeps the same rows as map-style but reads them in file order, and the mixture is mixed by the piece
+  permutation and the buffer, not by a global permutation as the map-style sampler does.
+- Endless: each reader goes on with the next pass when its pieces are done, so every rank always has data (no rank
+  stops early and hangs the others), and `--max_steps` alone decides the length of the run (the Trainer requires it
+  for a data set without a length; `--num_train_epochs` is unused).
+- Bad rows: a row that cannot be used is skipped with the same reasons and reports as on JSON (`data_skipped` in the
+  logs, `data_skipped.json`; the skip's `index` is the row's number in the mixture), the next good row of the stream
+  takes its place; `--strict_data` raises. A reader that goes through a whole pass without a usable row raises.
+- Several processes: each rank's readers read only their own pieces and decode only their own samples. accelerate
+  wraps an IterableDataset in `IterableDatasetShard`, which reads world_size x batch consecutive elements and keeps
+  the rank's slice; this dataset yields cheap placeholders (None) at the other ranks' positions, so the wrapper keeps
+  exactly the rank's own samples. `dispatch_batches` is set to False (with dispatch, rank 0 would read and
+  concatenate every rank's batches, which needs equal shapes); `split_batches` must stay off.
+
+**Resume with streaming** (transformers 5.23 / accelerate 1.15). For a data loader without a length the Trainer counts
+the whole run as one epoch of `max_steps` steps; resuming at step s it calls `accelerate.skip_first_batches(loader,
+s x gradient_accumulation_steps)`, which, for an IterableDataset, iterates the fresh loader and throws the first
+batches away (`DataLoaderShard(skip_batches=...)`). The stream is deterministic and endless, so this lands exactly on
+the batch an uninterrupted run would have trained next (tested: same batches, same per-step losses), also across
+passes, provided the data, seed, world size, per-device batch size and `--dataloader_num_workers` are unchanged
+(another worker count deals the pieces to other readers: a different order). The skipped batches are rebuilt on the
+way (images decoded and processed, no forward pass): resuming after s steps costs about the data-loading time of s
+steps. `--ignore_data_skip true` starts the stream from its beginning instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import random
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..processing.templates import TEMPLATES
+from .data import SampleError, SupervisedDataset, check_template, read_records, sample_records, strategy_indices
+
+logger = logging.getLogger(__name__)
+
+SHARD_SUFFIXES = (".parquet", ".arrow")
+GLOB_CHARS = "*?["
+JSON_PIECE = 256  # records of a JSON entry per streaming piece
+READ_BATCH = 64  # rows per arrow table read from a streamed piece
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sources: files, YAML entries
+
+
+def is_shard_source(spec) -> bool:
+    """Whether `spec` (a `--data_path` or a YAML `data_files` value) names shards: a list, a `.parquet` / `.arrow`
+    file, a folder or a glob."""
+    if isinstance(spec, (list, tuple)):
+        return True
+    text = str(spec)
+    path = Path(text)
+    return path.suffix in SHARD_SUFFIXES or path.is_dir() or (any(c in text for c in GLOB_CHARS) and not path.exists())
+
+
+def resolve_data_files(spec, base: str | Path | None = None) -> list[Path]:
+    """The shard files `spec` names (see the module doc), relative paths against `base`; sorted within a folder or a
+    glob, in the given order across a list. One format (parquet or arrow) for all."""
+    files: list[Path] = []
+    for item in spec if isinstance(spec, (list, tuple)) else [spec]:
+        path = Path(str(item)).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path
+        if path.is_dir():
+            found = sorted((p for p in path.rglob("*") if p.suffix in SHARD_SUFFIXES and p.is_file()),
+                           key=lambda p: p.relative_to(path).as_posix())
+            where = f"folder {path}"
+        elif path.exists():
+            found, where = [path], str(path)
+        elif any(c in str(item) for c in GLOB_CHARS):
+            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).suffix in SHARD_SUFFIXES)
+            where = f"glob {path}"
+        else:
+            raise FileNotFoundError(f"data files not found: {path}")
+        if not found:
+            raise FileNotFoundError(f"no .parquet or .arrow files in {where}")
+        files += [p for p in found if p not in files]
+    suffixes = {p.suffix for p in files}
+    if len(suffixes) > 1:
+        raise ValueError(f"{spec}: parquet and arrow files mixed in one source; give each format its own entry.")
+    return files
+
+
+@dataclass
+class MixtureEntry:
+    """One entry of a data YAML: LLaVA JSON (`json_path`) or shards (`data_files`)."""
+
+    kind: str  # "json" or "shards"
+    name: str
+    strategy: str = "all"
+    path: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def mixture_entries(yaml_path: str | Path) -> list[MixtureEntry]:
+    """The entries of a LLaVA-NeXT data YAML, `datasets: [{json_path | data_files, sampling_strategy}]`."""
+    import yaml
+
+    yaml_path = Path(yaml_path)
+    spec = yaml.safe_load(yaml_path.read_text()) or {}
+    entries = spec.get("datasets") if isinstance(spec, dict) else None
+    if not entries:
+        raise ValueError(f"{yaml_path}: a data mixture needs a non-empty 'datasets:' list of "
+                         f"{{json_path or data_files, sampling_strategy}}.")
+    out = []
+    for entry in entries:
+        keys = [k for k in ("json_path", "data_files") if isinstance(entry, dict) and k in entry]
+        if len(keys) != 1:
+            raise ValueError(f"{yaml_path}: every entry of 'datasets' needs one json_path (LLaVA JSON) or data_files "
+                             f"(parquet / arrow shards); got {entry}.")
+        strategy = str(entry.get("sampling_strategy", "all"))
+        if keys[0] == "json_path":
+            path = Path(entry["json_path"])
+            path = path if path.is_absolute() else yaml_path.parent / path
+            if path.suffix in SHARD_SUFFIXES or path.is_dir():
+                raise ValueError(f"{yaml_path}: json_path {path} names shards; give them as data_files.")
+            out.append(MixtureEntry("json", str(path), strategy, path=path))
+        else:
+            files = resolve_data_files(entry["data_files"], yaml_path.parent)
+            out.append(MixtureEntry("shards", str(entry["data_files"]), strategy, files=files))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rows -> records
+
+
+def _image_cell(scalar):
+    """An arrow image cell as a record's image: `{"bytes": memoryview (zero-copy) or None, "path"}` for a `datasets`
+    Image struct, a list of them, a string as it is, None for null."""
+    import pyarrow as pa
+
+    if not scalar.is_valid:
+        return None
+    if isinstance(scalar, pa.StructScalar) and "bytes" in [f.name for f in scalar.type]:
+        data = scalar["bytes"]
+        path = scalar["path"].as_py() if "path" in [f.name for f in scalar.type] else None
+        return {"bytes": memoryview(data.as_buffer()) if data.is_valid else None, "path": path}
+    if isinstance(scalar, (pa.ListScalar, pa.LargeListScalar)):
+        return [_image_cell(item) for item in scalar.values]
+    return scalar.as_py()
+
+
+def arrow_records(table, first: int, source: str) -> Iterator[dict]:
+    """The rows of a pyarrow table as records (see the module doc); `first`: the first row's number in its source,
+    for rows without an `id`."""
+    columns = {name: table.column(name) for name in table.column_names}
+    for k in range(table.num_rows):
+        record = {name: (_image_cell(column[k]) if name == "image" else column[k].as_py())
+                  for name, column in columns.items()}
+        if record.get("image") is None:
+            record.pop("image", None)
+        if record.get("id") is None:
+            record["id"] = f"{source}:{first + k}"
+        yield record
+
+
+def open_table(files: list[Path]):
+    """The rows of `files` as one map-style `datasets.Dataset`: parquet through `load_dataset` (into the `datasets`
+    cache, once), arrow files memory-mapped."""
+    import datasets
+
+    if files[0].suffix == ".parquet":
+        return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+
+
+class ShardRecords(Sequence):
+    """The rows of shard files as records, read on access from `datasets`' memory-mapped Arrow table (`rows`: the
+    table rows in view, in order). `select(indices)` gives a view of some of them (`data.sample_records`)."""
+
+    def __init__(self, table, source: str, rows: Sequence[int] | None = None) -> None:
+        self.table, self.source = table, source
+        self.rows = range(len(table)) if rows is None else rows
+        self._arrow = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrow": None}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.select(range(len(self.rows))[index])
+        row = self.rows[index]
+        if self._arrow is None:
+            self._arrow = self.table.with_format("arrow")
+        return next(arrow_records(self._arrow[row], row, self.source))
+
+    def __iter__(self) -> Iterator[dict]:
+        for k in range(len(self.rows)):
+            yield self[k]
+
+    def select(self, indices: Sequence[int]) -> "ShardRecords":
+        if isinstance(indices, range) and isinstance(self.rows, range):
+            return ShardRecords(self.table, self.source, self.rows[indices.start:indices.stop:indices.step])
+        return ShardRecords(self.table, self.source, [self.rows[i] for i in indices])
+
+
+class MixedRecords(Sequence):
+    """Several record sequences (lists, `ShardRecords`) as one, in order."""
+
+    def __init__(self, parts: list[Sequence]) -> None:
+        self.parts = [part for part in parts if len(part)]
+        self.starts = [0]
+        for part in self.parts:
+            self.starts.append(self.starts[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.select(range(len(self))[index])
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = bisect_right(self.starts, index) - 1
+        return self.parts[k][index - self.starts[k]]
+
+    def __iter__(self) -> Iterator[dict]:
+        for part in self.parts:
+            yield from part
+
+    def select(self, indices: Sequence[int]) -> "MixedRecords":
+        return MixedRecords([_Picked(self, list(indices))])
+
+
+class _Picked(Sequence):
+    def __init__(self, base: Sequence, indices: list[int]) -> None:
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return _Picked(self.base, self.indices[index])
+        return self.base[self.indices[index]]
+
+
+def shard_records(files: list[Path], source: str | None = None) -> ShardRecords:
+    """Map-style records of shard `files` (see the module doc)."""
+    source = source or (str(files[0].parent) if len(files) > 1 else str(files[0]))
+    table = open_table(files)
+    logger.info("shards: %d rows from %d file(s) of %s", len(table), len(files), source)
+    return ShardRecords(table, source)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A unit of the stream: shard `shard` of entry `entry` (a parquet row group / an arrow file; for JSON, the
+    `shard`-th chunk of JSON_PIECE records); `start`: the mixture number of its first row; `keep`: its rows kept by
+    `sampling_strategy` (local numbers), None for all."""
+
+    entry: int
+    shard: int
+    start: int
+    rows: int
+    keep: frozenset | range | None = None
+
+    def kept(self) -> int:
+        return self.rows if self.keep is None else len(self.keep)
+
+
+@dataclass
+class StreamEntry:
+    """One source of a stream: shards (`stream`: a `datasets` IterableDataset whose shards are the pieces) or JSON
+    records (`records`, already sampled)."""
+
+    name: str
+    strategy: str
+    rows: int
+    start: int  # the mixture number of its first row
+    stream: Any = None
+    records: list | None = None
+    pieces: list[Piece] = field(default_factory=list)
+
+
+def _shard_stream(files: list[Path]) -> tuple[Any, list[int]]:
+    """The streaming `datasets` IterableDataset of `files` and the row count of each of its shards: parquet row
+    groups (`reshard()`), or whole files (arrow, or when the row groups cannot be matched)."""
+    import datasets
+
+    kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
+    stream = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        groups, per_file = [], []
+        for f in files:
+            meta = pq.ParquetFile(f).metadata
+            groups += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            per_file.append(meta.num_rows)
+        resharded = stream.reshard()
+        if resharded.num_shards == len(groups):
+            return resharded, groups
+    else:
+        per_file = [datasets.Dataset.from_file(str(f)).num_rows for f in files]
+    if stream.num_shards != len(files):
+        raise RuntimeError(f"datasets made {stream.num_shards} shards of {len(files)} files; cannot map rows to files.")
+    return stream, per_file
+
+
+def _pieces(entry: int, counts: list[int], start: int, keep: range | list[int] | None) -> list[Piece]:
+    """Pieces of `counts` rows each, the kept rows (`keep`: entry-level numbers) spread over them."""
+    out, offset = [], 0
+    ordered = None if keep is None or isinstance(keep, range) else sorted(keep)
+    for shard, rows in enumerate(counts):
+        lo, hi = offset, offset + rows
+        if keep is None:
+            local = None
+        elif isinstance(keep, range):
+            local = range(max(lo, keep.start) - lo, max(lo, min(hi, keep.stop)) - lo)
+        else:
+            local = frozenset(i - lo for i in ordered[bisect_left(ordered, lo):bisect_left(ordered, hi)])
+        piece = Piece(entry, shard, start + lo, rows, local)
+        if rows and piece.kept():
+            out.append(piece)
+        offset = hi
+    return out
+
+
+def stream_sources(data_path: str | Path, seed: int = 0) -> list[StreamEntry]:
+    """The entries of a stream from `--data_path` (JSON, shards, or a YAML mixture), with their pieces and the rows
+    `sampling_strategy` keeps (the same rows as `data.load_records` keeps)."""
+    data_path = Path(data_path)
+    if data_path.suffix in (".yaml", ".yml"):
+        specs = mixture_entries(data_path)
+    elif is_shard_source(data_path):
+        specs = [MixtureEntry("shards", str(data_path), files=resolve_data_files(data_path))]
+    else:
+        specs = [MixtureEntry("json", str(data_path), path=data_path)]
+    entries, start = [], 0
+    for e, spec in enumerate(specs):
+        if spec.kind == "json":
+            records = sample_records(read_records(spec.path), spec.strategy, seed)
+            counts = [min(JSON_PIECE, len(records) - k) for k in range(0, len(records), JSON_PIECE)]
+            entry = StreamEntry(spec.name, spec.strategy, len(records), start, records=records,
+                                pieces=_pieces(e, counts, start, None))
+        else:
+            stream, counts = _shard_stream(spec.files)
+            total = sum(counts)
+            entry = StreamEntry(spec.name, spec.strategy, total, start, stream=stream,
+                                pieces=_pieces(e, counts, start, strategy_indices(total, spec.strategy, seed)))
+        kept = sum(p.kept() for p in entry.pieces)
+        logger.info("data stream: %d of %d rows from %s (%s), %d pieces", kept, entry.rows, spec.name, spec.strategy,
+                    len(entry.pieces))
+        entries.append(entry)
+        start += entry.rows
+    return entries
+
+
+def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """`items` through a shuffle buffer of `size` (as `datasets`' `shuffle(buffer_size=...)`); size <= 1: as they
+    come."""
+    if size <= 1:
+        yield from items
+        return
+    buffer = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        k = rng.randrange(size)
+        yield buffer[k]
+        buffer[k] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class StreamingSupervisedDataset(IterableDataset):
+    """`data.SupervisedDataset`'s samples from a stream (see the module doc for the order, several processes and
+    resuming): endless, each sample built as `SupervisedDataset.build` builds it, the skipped rows under "skipped"
+    of the next sample.
+
+    `entries`: `stream_sources(...)`; `world_size`, `rank`, `batch_size`: the training processes and the per-device
+    batch size (placeholders for the other ranks' slices when world_size > 1); `seed`, `shuffle_buffer`: the order.
+    """
+
+    build = SupervisedDataset.build  # the same checks, tokens, labels and images as the map-style data set
+    load_image = SupervisedDataset.load_image
+
+    def __init__(self, entries: list[StreamEntry], processor, image_folder: str | Path | None = None,
+                 template: str = "qwen_1_5", max_length: int = 16384, strict: bool = False, model_config=None,
+                 seed: int = 0, shuffle_buffer: int = 1000, world_size: int = 1, rank: int = 0,
+                 batch_size: int = 1) -> None:
+        if template not in TEMPLATES:
+            raise ValueError(f"template {template!r}: use one of {sorted(TEMPLATES)}.")
+        self.entries = entries
+        self.pieces = [piece for entry in entries for piece in entry.pieces]
+        if not self.pieces:
+            raise ValueError("the data set is empty.")
+        self.processor = processor
+        self.image_folder = Path(image_folder) if image_folder else None
+        self.template = TEMPLATES[template]
+        check_template(self.template, processor.tokenizer)
+        self.max_length, self.strict, self.model_config = max_length, strict, model_config
+        self.seed, self.shuffle_buffer = seed, shuffle_buffer
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world size {world_size}")
+        self.world_size, self.rank, self.batch_size = world_size, rank, batch_size
+        self.rows = sum(piece.kept() for piece in self.pieces)
+
+    # -- the order ----------------------------------------------------------------------------------------------
+
+    def _rng(self, *key) -> random.Random:
+        return random.Random("llava_manager.streaming:" + ":".join(str(k) for k in (self.seed, *key)))
+
+    def pass_pieces(self, epoch: int) -> list[Piece]:
+        """The pieces of pass `epoch`, in reading order (permuted unless shuffle_buffer is 0)."""
+        pieces = list(self.pieces)
+        if self.shuffle_buffer > 0:
+            self._rng("pieces", epoch).shuffle(pieces)
+        return pieces
+
+    def read(self, piece: Piece) -> Iterator[tuple[int, dict]]:
+        """(mixture row number, record) of the kept rows of `piece`, in file order."""
+        entry = self.entries[piece.entry]
+        if entry.records is not None:
+            first = piece.shard * JSON_PIECE
+            for k, record in enumerate(entry.records[first:first + piece.rows]):
+                if piece.keep is None or k in piece.keep:
+                    yield piece.start + k, record
+            return
+        shard = entry.stream.shard(num_shards=entry.stream.num_shards, index=piece.shard).with_format("arrow")
+        k = 0
+        for table in shard.iter(batch_size=READ_BATCH):  # `.iter`, not `__iter__`: no splitting over workers here
+            for record in arrow_records(table, piece.start - entry.start + k, entry.name):
+                if piece.keep is None or k in piece.keep:
+                    yield piece.start + k, record
+                k += 1
+
+    def reader_rows(self, reader: int, readers: int, epoch: int) -> Iterator[tuple[int, dict]]:
+        """The rows reader `reader` of `readers` reads in pass `epoch`, before its shuffle buffer."""
+        pieces = self.pass_pieces(epoch)
+        if len(pieces) >= readers:
+            for piece in pieces[reader::readers]:
+                yield from self.read(piece)
+        else:  # fewer pieces than readers (small data): every reader reads all, keeps every readers-th row
+            k = 0
+            for piece in pieces:
+                for item in self.read(piece):
+                    if k % readers == reader:
+                        yield item
+                    k += 1
+
+    def reader_samples(self, reader: int, readers: int) -> Iterator[dict]:
+        """Endless built samples of a reader, pass after pass."""
+        if self.rows < readers:
+            raise ValueError(f"{self.rows} rows for {readers} readers (world size x data loader workers): use fewer "
+                             f"workers or more data.")
+        skipped: list[dict] = []
+        epoch = 0
+        while True:
+            usable = False
+            rows = self.reader_rows(reader, readers, epoch)
+            for index, record in _shuffled(rows, self.shuffle_buffer, self._rng("rows", epoch, reader)):
+                try:
+                    sample = self.build(record)
+                except SampleError as error:
+                    name = record.get("id", "?") if isinstance(record, dict) else "?"
+                    if self.strict:
+                        raise ValueError(f"sample {index} (id {name!r}): {error}. Run without --strict_data to skip "
+                                         f"such samples.") from error
+                    skipped.append({"index": index, "id": str(name), "reason": error.reason, "detail": str(error)})
+                    continue
+                usable = True
+                sample["skipped"], skipped = skipped, []
+                yield sample
+            if not usable:
+                raise RuntimeError(f"no usable sample in a whole pass of data reader {reader} of {readers}; the first "
+                                   f"problems: {skipped[:3]}")
+            epoch += 1
+            logger.info("data reader %d of %d: pass %d", reader, readers, epoch)
+
+    def __iter__(self) -> Iterator[dict | None]:
+        worker = get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        samples = self.reader_samples(self.rank * workers + worker_id, self.world_size * workers)
+        if self.world_size == 1:
+            yield from samples
+            return
+        # accelerate's IterableDatasetShard keeps elements [rank*batch, (rank+1)*batch) of every world*batch
+        before = [None] * (self.rank * self.batch_size)
+        after = [None] * ((self.world_size - self.rank - 1) * self.batch_size)
+        while True:
+            batch = [next(samples) for _ in range(self.batch_size)]
+            yield from before
+            yield from batch
+            yield from after
+
+
+def streaming_dataset(data_path, image_folder, data_args, training_args, processor,
+                      model_config=None) -> StreamingSupervisedDataset:
+    """The recipes' streamed data set (`--streaming`), with the Trainer settings it needs (see the module doc)."""
+    if training_args.max_steps is None or training_args.max_steps <= 0:
+        raise ValueError("--streaming reads an endless stream: give the length of the run with --max_steps.")
+    for flag in ("group_by_modality_length", "token_budget"):
+        if getattr(data_args, flag, None):
+            raise ValueError(f"--{flag} orders a data set with a length; a stream has none: drop it or --streaming.")
+    config = training_args.accelerator_config
+    if getattr(config, "split_batches", False) or getattr(config, "dispatch_batches", None):
+        raise ValueError("--streaming: each process reads its own batches; drop split_batches / dispatch_batches "
+                         "from --accelerator_config.")
+    config.dispatch_batches = False
+    seed = training_args.data_seed or training_args.seed  # as train.build_dataset seeds load_records
+    entries = stream_sources(data_path, seed)
+    dataset = StreamingSupervisedDataset(
+        entries, processor, image_folder, data_args.template, data_args.max_length, data_args.strict_data,
+        model_config=model_config, seed=seed, shuffle_buffer=getattr(data_args, "shuffle_buffer", 1000),
+        world_size=training_args.world_size, rank=training_args.process_index,
+        batch_size=training_args.per_device_train_batch_size)
+    logger.info("streaming %d rows in %d pieces (shuffle buffer %d, world size %d)", dataset.rows, len(dataset.pieces),
+                dataset.shuffle_buffer, dataset.world_size)
+    return dataset
