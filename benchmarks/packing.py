@@ -2,7 +2,7 @@
 tokens/s.
 
     python benchmarks/packing.py                                   # small model, CPU, lengths x 0.14
-    python benchmarks/packing.py --samples 128 --repeats 5
+    python benchmarks/packing.py --samples 128 --repeats 7
     python benchmarks/packing.py --shape 0.5b --device cuda --dtype bfloat16 --attn flash_attention_2   # GPU
 
 The samples go through the recipes' own pipeline (`data.SupervisedDataset`: images through the OneVision processor,
@@ -64,7 +64,8 @@ def build(shape: str):
     pinpoints = [[a * crop, b * crop] for a in (1, 2, 3) for b in (1, 2, 3)]
     tokenizer = tiny_tokenizer()
     adapter = get_family("llava_onevision")
-    image_processor = adapter.image_processor_class(size={"height": crop, "width": crop}, image_grid_pinpoints=pinpoints)
+    image_processor = adapter.image_processor_class(size={"height": crop, "width": crop},
+                                                    image_grid_pinpoints=pinpoints)
     processor = build_processor(image_processor, tokenizer, family="llava_onevision",
                                 num_image_tokens=spec["side"] ** 2, vision_feature_select_strategy="full",
                                 vision_aspect_ratio="anyres_max_9")
@@ -104,7 +105,8 @@ def write_samples(folder: Path, count: int, crop: int, scale: float, seed: int =
         Image.new("RGB", (cols * crop, rows * crop), tuple(rng.randrange(256) for _ in range(3))).save(folder / name)
         length = rng.randint(30, 300)
         records.append({"id": f"image{i}", "image": name, "conversations": [
-            {"from": "human", "value": "<image>\n" + text(0.3 * length)}, {"from": "gpt", "value": text(0.7 * length)}]})
+            {"from": "human", "value": "<image>\n" + text(0.3 * length)},
+            {"from": "gpt", "value": text(0.7 * length)}]})
     return records
 
 
@@ -128,12 +130,12 @@ def step(model, batches) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="small", choices=list(SHAPES))
-    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-packed-tokens", type=int, nargs="+", default=None,
                         help="row budgets of the packed batches, one variant each (default: 16,384 and 8,192 x the "
                              "length scale: the paper's max length, and half of it)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--attn", default="sdpa", help="sdpa, eager or flash_attention_2")
@@ -199,7 +201,9 @@ def main() -> None:
         listed = ", ".join(f"{r}x{w}" for r, w in shapes[name][:3]) + (", ..." if len(shapes[name]) > 3 else "")
         print(f"{name:<14}{listed:>32}{computed:>10,}{t['tokens']:>9,}{t['tokens'] / computed:>8.1%}{seconds:>11.2f}"
               f"{t['tokens'] / seconds:>10,.0f}{'x' + format(1 / ratios[name], '.2f'):>11}")
-    print(f"\ntokens/s ratio to padded: the median over {args.repeats} adjacent rounds of the per-round time ratios")
+    print(f"\nvs padded: tokens/s ratio, the median over {args.repeats} rounds of the per-round time ratios (padded / "
+          f"packed): " + "; ".join(f"{name} " + ", ".join(f"x{p / q:.2f}" for p, q in zip(times["padded"], times[name]))
+                                   for name in inputs if name != "padded"))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def throughput_file(path, **fields):
 
 def test_throughput_files_name_their_stage(tmp_path):
     recorded = throughput_file(tmp_path / "anywhere" / "throughput.json", stage="stage1_5")
-    assert plan.read_throughput(str(recorded)) == ("stage1_5", Measurement(10.0, f"{recorded} (8 x NVIDIA H100 80GB HBM3)"))
+    assert plan.read_throughput(str(recorded)) == ("stage1_5",
+                                                   Measurement(10.0, f"{recorded} (8 x NVIDIA H100 80GB HBM3)"))
     by_folder = throughput_file(tmp_path / "runs" / "stage2" / "throughput.json")
     assert plan.read_throughput(str(by_folder))[0] == "stage2"
     old = throughput_file(tmp_path / "probe" / "throughput.json", samples_per_second_per_device=None)

@@ -77,6 +77,12 @@ def test_shards_give_the_same_samples_as_the_same_rows_in_llava_json(shards, pro
         assert same_sample(a, b) and skips(a) == skips(b), i
     reported = {s["id"]: s["reason"] for i in range(44) for s in from_shards[i]["skipped"]}
     assert reported == BAD_REASONS
+    # the samplers' length estimate (--group_by_modality_length, --token_budget): the same, images unread
+    from llava_manager.training.sampling import dataset_lengths
+
+    assert dataset_lengths(from_shards) == dataset_lengths(from_json)
+    light = list(from_shards.records.without_image_bytes())
+    assert [r.get("image") is not None for r in light] == [r.get("image") is not None for r in from_json.records]
     # a file, a glob, a list: the same rows
     for source in (shards["files"][1], shards["folder"] / "*" / "train-0000[01]-*.parquet"):
         records = load_records(source)
@@ -127,7 +133,8 @@ def test_shuffled_streams_are_deterministic_and_split_over_ranks_and_workers(sha
         got = [s for s, _ in zip(IterableDatasetShard(dataset, batch_size=2, num_processes=2, process_index=rank),
                                  range(len(own)))]
         assert all(s is not None for s in got)
-        assert sorted(ids(got, tok)) == sorted(ids(SupervisedDataset(own, processor), tok))
+        built = SupervisedDataset(own, processor)
+        assert sorted(ids(got, tok)) == sorted(ids([built[i] for i in range(len(own))], tok))
         per_rank.append(own)
     assert sorted(r["id"] for own in per_rank for r in own) == sorted(r["id"] for r in pass_rows)
 
@@ -168,7 +175,7 @@ def test_arrow_files_read_like_the_parquet_shards(shards, processor, tmp_path):
     import datasets
 
     datasets.load_dataset("parquet", data_files=[str(f) for f in shards["files"]], split="train").save_to_disk(
-        str(tmp_path / "arrow"), max_shard_size="20KB")
+        str(tmp_path / "arrow"), num_shards=2)
     assert len(list((tmp_path / "arrow").glob("*.arrow"))) > 1
     parquet, arrow = SupervisedDataset(load_records(shards["folder"]), processor), \
         SupervisedDataset(load_records(tmp_path / "arrow"), processor)
@@ -186,7 +193,8 @@ def test_recipe_runs_on_a_mixture_of_json_and_shards_counting_bad_rows(shards, t
             "--per_device_train_batch_size", "16", *RUN]
     run("stage2", args + ["--max_steps", "3", "--output_dir", str(tmp_path / "map")])  # 48 rows: one epoch
     summary = json.loads((tmp_path / "map" / "data_skipped.json").read_text())
-    assert summary["by_reason"] == {"corrupt image": 2, "malformed": 2}
+    # the JSON's first 4 rows hold bad-bytes too (its image file): counted alike
+    assert summary["by_reason"] == {"corrupt image": 3, "malformed": 2}
     assert {(s[1], s[2]) for s in summary["samples"]} == set(BAD_REASONS.items())
 
     run("stage2", args + ["--max_steps", "3", "--streaming", "true", "--output_dir", str(tmp_path / "stream")])

@@ -45,6 +45,8 @@ def test_counts_of_padding_free_batches():
     position_ids = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     assert counts({"input_ids": ids, "position_ids": position_ids}) == dict(
         samples=3, tokens=9, padding=0, sum_squared_lengths=9 + 4 + 16, vision_tokens=0)
+    two_rows = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]])
+    assert counts({"input_ids": two_rows, "position_ids": two_rows})["sum_squared_lengths"] == 9 + 4 + 16 + 1
     cu = torch.tensor([0, 3, 5, 8], dtype=torch.int32)  # 8 real tokens, one of padding after them
     assert counts({"input_ids": ids, "cu_seq_lens_q": cu, "position_ids": position_ids}) == dict(
         samples=3, tokens=8, padding=1, sum_squared_lengths=9 + 4 + 9, vision_tokens=0)
@@ -132,7 +134,8 @@ def test_mfu_on_a_fake_gpu_table_and_eval_time_left_out(tmp_path):
     _, model = tiny_model()
     clock = FakeClock()
     callback = ThroughputCallback(device_name="Fake GPU 9000", table=[("GPU 9000", 100.0)], clock=clock)
-    args, state, control = fake_args(world_size=2, device="cuda", output_dir=str(tmp_path)), TrainerState(), TrainerControl()
+    args = fake_args(world_size=2, device="cuda", output_dir=str(tmp_path))  # a device name given: no CUDA call
+    state, control = TrainerState(), TrainerControl()
     callback.on_train_begin(args, state, control, model=model)
     ids = torch.tensor([[1, 2, 3, 4], [1, 2, 0, 0]])
     batch = {"input_ids": ids, "attention_mask": (ids > 0).long()}

@@ -4,14 +4,15 @@ bytes in the rows, read with `datasets`, either with random access (map-style: t
 mixable with LLaVA JSON in the data YAML. Bad rows are skipped and counted as on JSON (`data.SupervisedDataset`).
 
 **The release's layout.** `lmms-lab/LLaVA-OneVision-Data` on the Hugging Face Hub holds one folder per subset (each a
-`datasets` config, about 90), e.g. `CLEVR-Math(MathV360K)/train-00000-of-00002.parquet`,
+`datasets` config; the viewer lists 80-odd), e.g. `CLEVR-Math(MathV360K)/train-00000-of-00002.parquet`,
 `aokvqa(cauldron,llava_format)/train-00000-of-00014.parquet` (the Hub's parquet converter also serves them as
 `<subset>/train/0000.parquet` on `refs/convert/parquet`). A row has `id` (string), `image` (a `datasets` Image: in
 parquet a struct `{bytes: binary, path: string}`, null for a text-only row), `conversations` (a list of LLaVA's
 `{from, value}` turns) and `data_source` (string), the features the LLaVA-NeXT-Data card declares for the same
-family of releases. The card's "Code Guidance" converts the rows to LLaVA JSON + an image folder (each image saved as
-`{id}.jpg`), because LLaVA-NeXT trains from JSON and image folders: its data YAML lists `json_path` +
-`sampling_strategy` entries. Here the shards are read as published, no conversion, no image folder. Sources:
+family of releases. The cards' "Code Guidance" converts the rows to LLaVA JSON + an image folder (the scripts that
+follow it save each image as `{id}.jpg`), because LLaVA-NeXT trains from JSON and image folders: its data YAML lists
+`json_path` + `sampling_strategy` entries. Here the shards are read as published: no conversion, no image folder.
+Sources:
 - https://huggingface.co/datasets/lmms-lab/LLaVA-OneVision-Data (file tree per subset, e.g. `tree/main/CLEVR-Math(
   MathV360K)`: `train-00000-of-00002.parquet`, `train-00001-of-00002.parquet`; the viewer's subset list)
 - https://huggingface.co/datasets/lmms-lab/LLaVA-NeXT-Data/raw/main/README.md (`dataset_info.features`: id,
@@ -47,8 +48,9 @@ kept as the map-style path keeps; `random:` seeded by `--data_seed`, else `--see
 **Map-style** (`shard_records`): `datasets.load_dataset("parquet", data_files=...)` converts the shards once into
 `datasets`' Arrow cache (`HF_DATASETS_CACHE`; a copy the size of the data, made by the first run and reused), arrow
 files are memory-mapped as they are (`Dataset.from_file`). Records are read on access, zero-copy (the image bytes are
-a memoryview of the mapped table until decoded), so a mixture of millions of rows costs no memory, and iterating the
-records (the length estimate of `--group_by_modality_length` / `--token_budget`) does not read the images.
+a memoryview of the mapped table until decoded), so a mixture of millions of rows costs no memory; the length
+estimate of `--group_by_modality_length` / `--token_budget` reads the conversations and image counts by column
+(`ShardRecords.without_image_bytes`), not the images.
 
 **Streaming** (`StreamingSupervisedDataset`, `--streaming`, requires `--max_steps`): no conversion, no cache; the
 shards are read with `datasets`' streaming parquet / arrow readers. The order is a pure function of the data, the
@@ -78,11 +80,12 @@ seed, the world size, the per-device batch size and `--dataloader_num_workers`:
 the whole run as one epoch of `max_steps` steps; resuming at step s it calls `accelerate.skip_first_batches(loader,
 s x gradient_accumulation_steps)`, which, for an IterableDataset, iterates the fresh loader and throws the first
 batches away (`DataLoaderShard(skip_batches=...)`). The stream is deterministic and endless, so this lands exactly on
-the batch an uninterrupted run would have trained next (tested: same batches, same per-step losses), also across
-passes, provided the data, seed, world size, per-device batch size and `--dataloader_num_workers` are unchanged
-(another worker count deals the pieces to other readers: a different order). The skipped batches are rebuilt on the
-way (images decoded and processed, no forward pass): resuming after s steps costs about the data-loading time of s
-steps. `--ignore_data_skip true` starts the stream from its beginning instead.
+the batch an uninterrupted run would have trained next, also across passes (tested: the same per-step losses after a
+resume in the second pass; by hand also with DeepSpeed ZeRO-2, world size 2, one loader worker each, on CPU),
+provided the data, seed, world size, per-device batch size and `--dataloader_num_workers` are unchanged (another
+worker count deals the pieces to other readers: another order). The skipped batches are rebuilt on the way (each
+rank its own: images decoded and processed, no forward pass), so resuming after s steps costs about the data-loading
+time of s steps. `--ignore_data_skip true` starts the stream from its beginning instead.
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ def resolve_data_files(spec, base: str | Path | None = None) -> list[Path]:
     """The shard files `spec` names (see the module doc), relative paths against `base`; sorted within a folder or a
     glob, in the given order across a list. One format (parquet or arrow) for all."""
     files: list[Path] = []
+    seen: set[Path] = set()
     for item in spec if isinstance(spec, (list, tuple)) else [spec]:
         path = Path(str(item)).expanduser()
         if not path.is_absolute() and base is not None:
@@ -144,7 +148,7 @@ def resolve_data_files(spec, base: str | Path | None = None) -> list[Path]:
             raise FileNotFoundError(f"data files not found: {path}")
         if not found:
             raise FileNotFoundError(f"no .parquet or .arrow files in {where}")
-        files += [p for p in found if p not in files]
+        files += [p for p in found if not (p in seen or seen.add(p))]
     suffixes = {p.suffix for p in files}
     if len(suffixes) > 1:
         raise ValueError(f"{spec}: parquet and arrow files mixed in one source; give each format its own entry.")
@@ -267,6 +271,37 @@ class ShardRecords(Sequence):
             return ShardRecords(self.table, self.source, self.rows[indices.start:indices.stop:indices.step])
         return ShardRecords(self.table, self.source, [self.rows[i] for i in indices])
 
+    def without_image_bytes(self, block: int = 8192) -> Iterator[dict]:
+        """The records' `conversations` and as many `image` entries as images (placeholders), in order, read by
+        column without touching the image data: what `sampling.dataset_lengths` estimates lengths from."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = self.table.with_format("arrow")
+        columns = [c for c in ("conversations", "image") if c in self.table.column_names]
+
+        def light(part) -> Iterator[dict]:
+            conversations = (part.column("conversations").to_pylist() if "conversations" in columns
+                             else [None] * len(part))
+            if "image" not in columns:
+                counts = [0] * len(part)
+            elif pa.types.is_list(part.column("image").type) or pa.types.is_large_list(part.column("image").type):
+                counts = pc.fill_null(pc.list_value_length(part.column("image")), 0).to_pylist()
+            else:
+                counts = [int(v) for v in pc.is_valid(part.column("image")).to_pylist()]
+            for turns, count in zip(conversations, counts):
+                yield {"conversations": turns, "image": ["image"] * count if count > 1 else "image" if count else None}
+
+        rows = self.rows
+        for k in range(0, len(rows), block):
+            chunk = rows[k:k + block]
+            lo, hi = min(chunk), max(chunk) + 1
+            if hi - lo == len(chunk) and (isinstance(chunk, range) or list(chunk) == list(range(lo, hi))):
+                yield from light(table[lo:hi].select(columns))  # a contiguous block: one zero-copy slice
+            else:
+                for row in chunk:
+                    yield from light(table[row].select(columns))
+
 
 class MixedRecords(Sequence):
     """Several record sequences (lists, `ShardRecords`) as one, in order."""
@@ -296,6 +331,12 @@ class MixedRecords(Sequence):
 
     def select(self, indices: Sequence[int]) -> "MixedRecords":
         return MixedRecords([_Picked(self, list(indices))])
+
+    def without_image_bytes(self) -> Iterator[dict]:
+        """As `ShardRecords.without_image_bytes`, part by part (JSON records as they are)."""
+        for part in self.parts:
+            light = getattr(part, "without_image_bytes", None)
+            yield from light() if callable(light) else part
 
 
 class _Picked(Sequence):
@@ -327,16 +368,19 @@ def shard_records(files: list[Path], source: str | None = None) -> ShardRecords:
 class Piece:
     """A unit of the stream: shard `shard` of entry `entry` (a parquet row group / an arrow file; for JSON, the
     `shard`-th chunk of JSON_PIECE records); `start`: the mixture number of its first row; `keep`: its rows kept by
-    `sampling_strategy` (local numbers), None for all."""
+    `sampling_strategy` (local numbers): None for all, a range, or a byte a row (1: kept) for a random selection."""
 
     entry: int
     shard: int
     start: int
     rows: int
-    keep: frozenset | range | None = None
+    keep: range | bytes | None = None
+
+    def keeps(self, row: int) -> bool:
+        return self.keep is None or (row in self.keep if isinstance(self.keep, range) else self.keep[row] == 1)
 
     def kept(self) -> int:
-        return self.rows if self.keep is None else len(self.keep)
+        return self.rows if self.keep is None else len(self.keep) if isinstance(self.keep, range) else sum(self.keep)
 
 
 @dataclass
@@ -389,7 +433,10 @@ def _pieces(entry: int, counts: list[int], start: int, keep: range | list[int] |
         elif isinstance(keep, range):
             local = range(max(lo, keep.start) - lo, max(lo, min(hi, keep.stop)) - lo)
         else:
-            local = frozenset(i - lo for i in ordered[bisect_left(ordered, lo):bisect_left(ordered, hi)])
+            flags = bytearray(rows)
+            for i in ordered[bisect_left(ordered, lo):bisect_left(ordered, hi)]:
+                flags[i - lo] = 1
+            local = bytes(flags)
         piece = Piece(entry, shard, start + lo, rows, local)
         if rows and piece.kept():
             out.append(piece)
@@ -496,14 +543,14 @@ class StreamingSupervisedDataset(IterableDataset):
         if entry.records is not None:
             first = piece.shard * JSON_PIECE
             for k, record in enumerate(entry.records[first:first + piece.rows]):
-                if piece.keep is None or k in piece.keep:
+                if piece.keeps(k):
                     yield piece.start + k, record
             return
         shard = entry.stream.shard(num_shards=entry.stream.num_shards, index=piece.shard).with_format("arrow")
         k = 0
         for table in shard.iter(batch_size=READ_BATCH):  # `.iter`, not `__iter__`: no splitting over workers here
             for record in arrow_records(table, piece.start - entry.start + k, entry.name):
-                if piece.keep is None or k in piece.keep:
+                if piece.keeps(k):
                     yield piece.start + k, record
                 k += 1
 

@@ -101,7 +101,7 @@ def sequence_lengths(inputs: dict) -> tuple[torch.Tensor, int]:
     if cu is not None:
         return cu.diff().flatten(), computed
     position_ids = inputs.get("position_ids")
-    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 and "attention_mask" not in inputs:
+    if position_ids is not None and inputs.get("attention_mask") is None:  # every row starts a sample at 0
         flat = position_ids.flatten()
         starts = (flat == 0).nonzero().flatten()
         ends = torch.cat([starts[1:], starts.new_tensor([flat.numel()])])
@@ -176,7 +176,8 @@ class ModelFlops:
             sizes[part] = total
             upstream = backward
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        llm_attention = (2 + 4 * (coefficient["llm"] > 2)) * text.num_hidden_layers * text.num_attention_heads * head_dim
+        llm_attention = ((2 + 4 * (coefficient["llm"] > 2)) * text.num_hidden_layers * text.num_attention_heads
+                         * head_dim)
         vision_config = getattr(config, "vision_config", None)
         vision_attention = 0.0
         if vision_config is not None:
@@ -251,7 +252,7 @@ class ThroughputCallback(TrainerCallback):
             self._image_token_id, self._patches_per_frame = _media_ids(model)
             try:
                 self.flops = ModelFlops.of(model)
-            except (AttributeError, KeyError, TypeError, ValueError) as error:  # not a LLaVA model (e.g. wrapped): no mfu
+            except (AttributeError, KeyError, TypeError, ValueError) as error:  # not a LLaVA model (e.g. wrapped)
                 logger.warning("no mfu in the logs: the model's FLOPs are not countable here (%r)", error)
                 self.flops = None
         self._pending = self._local_total = self._warm_local = None

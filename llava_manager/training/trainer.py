@@ -106,7 +106,9 @@ class SkipReport:
 
 class ManagerTrainer(StrictCheckpointLoading, Trainer):
     """`Trainer` with learning rates per module (vision tower, managers), the manager norm callback first in line
-    (so that every logger gets the norms), skipped samples counted in the logs, and checkpoints loaded strictly.
+    (so that every logger gets the norms), throughput next to them (tokens/s, samples/s, padding fraction, MFU on a GPU:
+    `throughput.ThroughputCallback`, fed by `compute_loss`), skipped samples counted in the logs, and checkpoints loaded
+    strictly.
 
     Resuming and `load_best_model_at_end` without DeepSpeed or FSDP read the checkpoint through the model's own key
     conversion (`checkpoint.load_checkpoint_weights`): the Trainer's raw `load_state_dict(strict=False)` would find
