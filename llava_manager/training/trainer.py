@@ -156,7 +156,6 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
             self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
-
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.skips.add(inputs.pop("skipped", []))
         if model.training:  # training micro-batches only (prediction_step comes here too, in eval mode)
