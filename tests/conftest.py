@@ -1,9 +1,24 @@
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pytest
+import pytest  # noqa: E402
+
+from helpers import DISTRIBUTED_ENV  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_distributed_env():
+    """Each test leaves the launcher variables as it found them."""
+    before = {k: os.environ.get(k) for k in DISTRIBUTED_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _published(tmp_path_factory, variant: str):

@@ -7,6 +7,11 @@ from transformers import LlavaOnevisionForConditionalGeneration
 
 from llava_manager.families.llava_onevision import TINY_IMAGE_SIZE, tiny_config
 
+# torch.distributed's launcher variables: an in-process recipe run (plain python with --deepspeed or --fsdp) sets a
+# world of one in os.environ; a subprocess started later (lmms-eval, a recipe) must not inherit its MASTER_PORT, which
+# this process still holds (EADDRINUSE). conftest restores them after every test; subprocesses drop them.
+DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
 
 def tiny_model(seed: int = 0, **config_overrides) -> LlavaOnevisionForConditionalGeneration:
     torch.manual_seed(seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DISTRIBUTED_ENV
 
 pytest.importorskip("lmms_eval")
 datasets = pytest.importorskip("datasets")
@@ -58,7 +59,8 @@ def lmms_eval(root: Path, name: str, model_args: str, batch_size: int = 2) -> Pa
                "--device", "cpu", "--tasks", "shapes_gen,shapes_mc", "--include_path", str(root / "tasks"),
                "--batch_size", str(batch_size), "--output_path", str(out), "--log_samples",
                "--verbosity", "DEBUG"]  # DEBUG: lmms-eval re-raises errors instead of exiting 0
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV},
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out
