@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from llava_manager.shapes.data import tiny_processor
 from llava_manager.shapes.shards import BAD_REASONS, BAD_ROWS, ROW_GROUP, SUBSET, write_synthetic_shards
-from llava_manager.training import streaming
 from llava_manager.training.data import SupervisedDataset, load_records
 from llava_manager.training.streaming import StreamingSupervisedDataset, stream_sources
 from llava_manager.training.train import run

@@ -1,5 +1,5 @@
 """The embedded synthetic shard set: the shapes questions (`shapes/data.py`) as parquet shards with image bytes, in the
-layout of the LLaVA-OneVision data release (`training/streaming.py` describes it and its sources), next to the same
+layout of the LLaVA-OneVision data release (`training/shards.py` describes it and its sources), next to the same
 rows as LLaVA JSON + an image folder (what the release's card converts it to), with a few bad rows.
 
     folder/

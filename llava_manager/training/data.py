@@ -2,7 +2,7 @@
 tokenised with the loss on answer tokens only.
 
 A sample is `{"id", "image" (optional; a file name or a list of them), "conversations": [{"from": "human" | "gpt" |
-"system", "value": "..."}]}`; rows of parquet / arrow shards (`streaming.py`, the LLaVA-OneVision data release's
+"system", "value": "..."}]}`; rows of parquet / arrow shards (`shards.py`, the LLaVA-OneVision data release's
 layout) have the same shape with the image held in memory, `{"bytes": <encoded image>, "path": name}`. Human turns
 hold one `<image>` placeholder per image (one is put in front of the first turn when missing, as LLaVA does).
 Labels: the text of each assistant turn and its end-of-turn token; everything else is -100. Images go through
@@ -84,7 +84,7 @@ def strategy_indices(size: int, strategy: str, seed: int = 0) -> range | list[in
 
 def sample_records(records, strategy: str, seed: int = 0):
     """LLaVA-NeXT's `sampling_strategy`: `all`, `first:N%`, `end:N%`, `random:N%` (or a count instead of N%).
-    A list gives a list; a lazy record view (`streaming.ShardRecords`, `streaming.MixedRecords`) a view."""
+    A list gives a list; a lazy record view (`shards.ShardRecords`, `shards.MixedRecords`) a view."""
     chosen = strategy_indices(len(records), strategy, seed)
     if chosen is None:
         return records
@@ -95,28 +95,28 @@ def sample_records(records, strategy: str, seed: int = 0):
 
 def load_records(data_path: str | Path, seed: int = 0):
     """Samples from a LLaVA JSON/JSONL file, from parquet / arrow shards with image bytes (a `.parquet` / `.arrow`
-    file, a folder of them, or a glob: the layout of the LLaVA-OneVision data release, see `streaming.py`), or from
+    file, a folder of them, or a glob: the layout of the LLaVA-OneVision data release, see `shards.py`), or from
     a YAML mixture `datasets: [{json_path | data_files, sampling_strategy}]` (relative paths resolve against the
     YAML's folder; `random:` sampling is seeded). JSON alone gives a list of records, as always; with shards, a
-    lazy sequence of records (`streaming.ShardRecords` / `MixedRecords`) that reads rows from `datasets`'
+    lazy sequence of records (`shards.ShardRecords` / `MixedRecords`) that reads rows from `datasets`'
     memory-mapped Arrow tables on access (parquet is converted into the `datasets` cache once)."""
-    from . import streaming
+    from . import shards
 
     data_path = Path(data_path) if not isinstance(data_path, Path) else data_path
     if data_path.suffix not in (".yaml", ".yml"):
-        if streaming.is_shard_source(data_path):
-            return streaming.shard_records(streaming.resolve_data_files(data_path), source=str(data_path))
+        if shards.is_shard_source(data_path):
+            return shards.shard_records(shards.resolve_data_files(data_path), source=str(data_path))
         return read_records(data_path)
     parts = []
-    for entry in streaming.mixture_entries(data_path):
+    for entry in shards.mixture_entries(data_path):
         records = (read_records(entry.path) if entry.kind == "json"
-                   else streaming.shard_records(entry.files, source=entry.name))
+                   else shards.shard_records(entry.files, source=entry.name))
         chosen = sample_records(records, entry.strategy, seed)
         logger.info("data mixture: %d samples from %s (%s)", len(chosen), entry.name, entry.strategy)
         parts.append(chosen)
     if all(isinstance(part, list) for part in parts):
         return [record for part in parts for record in part]
-    return streaming.MixedRecords(parts)
+    return shards.MixedRecords(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def image_name(image) -> str:
 
 def image_files(record: dict) -> list:
     """The images of a record: file names (relative to the image folder), or in-memory images `{"bytes", "path"}`
-    (rows of parquet / arrow shards, `streaming.py`)."""
+    (rows of parquet / arrow shards, `shards.py`)."""
     image = record.get("image")
     if image is None:
         return []

@@ -125,7 +125,7 @@ class DataArguments:
         "help": "LLaVA conversation JSON/JSONL, parquet / arrow shards with image bytes (a file, a folder of them or "
                 "a glob: the LLaVA-OneVision data release's layout), or a data YAML mixture of both (json_path / "
                 "data_files entries). Default: synthetic shapes data made offline. See "
-                "llava_manager/training/streaming.py."})
+                "llava_manager/training/shards.py."})
     image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' image paths are relative to."})
     template: str | None = field(default=None, metadata={
         "help": "Conversation format: plain (Stage-1 captions), qwen_1_5 (LLaVA-OneVision), vicuna_v1 (LLaVA-1.5, "
