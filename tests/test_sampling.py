@@ -20,8 +20,9 @@ from torch.utils.data import BatchSampler
 from helpers import ROOT
 from llava_manager.core.persistence import from_pretrained
 from llava_manager.shapes.data import tiny_processor, write_shapes_dataset
-from llava_manager.training import sampling, train_args
+from llava_manager.training import train_args
 from llava_manager.training.data import Collator, SupervisedDataset, load_records
+from llava_manager.training.lengths import dataset_lengths
 from llava_manager.training.sampling import (ModalityLengthGroupedSampler, SamplerEpochCallback, SamplingOptions,
                                              TokenBudgetBatchSampler, batch_cost, modality_grouped_indices)
 from llava_manager.training.train import run
@@ -204,7 +205,7 @@ def shapes(tmp_path_factory):
 
 
 def test_estimated_lengths_sign_the_modality_and_bound_the_real_tokens(shapes):
-    lengths = sampling.dataset_lengths(shapes)
+    lengths = dataset_lengths(shapes)
     for i, record in enumerate(shapes.records):
         real = len(shapes[i]["input_ids"])
         if "image" in record:
@@ -212,10 +213,10 @@ def test_estimated_lengths_sign_the_modality_and_bound_the_real_tokens(shapes):
             assert lengths[i] >= real
         else:
             assert lengths[i] < 0 and abs(-lengths[i] - real) <= 0.1 * real
-    assert sampling.dataset_lengths(shapes, image_tokens=0) != lengths
+    assert dataset_lengths(shapes, image_tokens=0) != lengths
     shapes.modality_lengths = [1] * len(shapes)  # a data set's own lengths come first
     try:
-        assert sampling.dataset_lengths(shapes) == [1] * len(shapes)
+        assert dataset_lengths(shapes) == [1] * len(shapes)
     finally:
         del shapes.modality_lengths
 
@@ -289,7 +290,7 @@ def test_an_interrupted_run_resumes_with_the_same_samples_and_weights(recorded, 
     reference = run("stage2", [*RECIPE, *extra, "--output_dir", full])
     steps = recorded[full]
     assert sorted(steps) == list(range(1, 12))
-    lengths = sampling.dataset_lengths(reference.train_dataset)
+    lengths = dataset_lengths(reference.train_dataset)
     batches = [b for s in sorted(steps) for b in steps[s]]
     order = [i for b in batches for i in b]
     assert sorted(order[:32]) == list(range(32))  # every sample once in the first epoch

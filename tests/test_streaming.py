@@ -77,7 +77,7 @@ def test_shards_give_the_same_samples_as_the_same_rows_in_llava_json(shards, pro
     reported = {s["id"]: s["reason"] for i in range(44) for s in from_shards[i]["skipped"]}
     assert reported == BAD_REASONS
     # the samplers' length estimate (--group_by_modality_length, --token_budget): the same, images unread
-    from llava_manager.training.sampling import dataset_lengths
+    from llava_manager.training.lengths import dataset_lengths
 
     assert dataset_lengths(from_shards) == dataset_lengths(from_json)
     light = list(from_shards.records.without_image_bytes())

@@ -231,7 +231,7 @@ class ShardRecords(Sequence):
 
     def without_image_bytes(self, block: int = 8192) -> Iterator[dict]:
         """The records' `conversations` and as many `image` entries as images (placeholders), in order, read by
-        column without touching the image data: what `sampling.dataset_lengths` estimates lengths from."""
+        column without touching the image data: what `lengths.dataset_lengths` estimates lengths from."""
         import pyarrow as pa
         import pyarrow.compute as pc
 

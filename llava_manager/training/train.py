@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, set_seed
 from ..shapes import score as shapes_score
 
 from . import fsdp, train_args
-from .data import Collator, SupervisedDataset, load_records
+from .data import SupervisedDataset, load_records
 from .packing import build_collator
 from .sampling import SamplingOptions
 from ..core.patch import apply_manager, has_manager, manager_config

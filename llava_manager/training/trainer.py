@@ -188,8 +188,8 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
     sampling = None  # a `sampling.SamplingOptions`; set by `train.run` (None: the Trainer's own sampler)
 
     def _sampling_lengths(self, dataset) -> list[int]:
-        """The signed estimated lengths of `dataset` (`sampling.dataset_lengths`), computed once."""
-        from . import sampling
+        """The signed estimated lengths of `dataset` (`lengths.dataset_lengths`), computed once."""
+        from . import lengths
 
         cached = getattr(self, "_sampling_cache", None)
         if cached is None or cached[0] is not dataset:
@@ -199,7 +199,7 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
             if self.args.train_sampling_strategy != "random":
                 raise ValueError(f"--train_sampling_strategy {self.args.train_sampling_strategy} and "
                                  "--group_by_modality_length / --token_budget both choose the data order: keep one.")
-            cached = self._sampling_cache = (dataset, sampling.dataset_lengths(dataset, self.sampling.image_token_estimate))
+            cached = self._sampling_cache = (dataset, lengths.dataset_lengths(dataset, self.sampling.image_token_estimate))
         return cached[1]
 
     def _follow_epochs(self, sampler) -> None:
