@@ -333,6 +333,50 @@ def test_retrieval_itc_itm_losses_and_hard_negatives():
     torch.testing.assert_close(out.loss, itc + out.itm_loss)
 
 
+def _count_rows(module, seen: list):
+    """Record the batch size of every call of `module` (text embeddings: dim 0; CLIP's pre-transformer: dim 0)."""
+    return module.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0] if args else None))
+
+
+def test_retrieval_training_runs_each_tower_once_per_batch():
+    """The negatives reuse the batch's own unimodal layers (the official default): one pass of each tower for B
+    pairs, not 3B; in training too, where the towers' dropout is then shared by a negative and its positive."""
+    model = make(ManagerTowerForImageTextRetrieval, train=True, seed=3)
+    inputs = tiny_inputs(batch=3)
+    texts, images = [], []
+    hooks = [_count_rows(model.managertower.text_model.embeddings.word_embeddings, texts),
+             _count_rows(model.managertower.vision_model.visual.embeddings, images)]
+    try:
+        out = model(**inputs, generator=torch.Generator().manual_seed(0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert texts == [3] and images == [3]
+    assert out.itm_logits.shape == (9, 2)
+    out.loss.backward()  # gradients flow through the shared towers
+    assert model.managertower.text_model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["bridge", "saum", "aaum", "sam"])
+def test_fuse_of_paired_tower_states_is_the_forward_of_those_pairs(kind):
+    model = make(ManagerTowerForImageTextRetrieval, kind=kind, seed=4).managertower
+    inputs = tiny_inputs(batch=3)
+    text_index, image_index = torch.tensor([2, 0, 1, 1]), torch.tensor([0, 0, 2, 1])
+    with torch.no_grad():
+        towers = model.unimodal(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"])
+        fused = model.fuse(towers.pairs(text_index, image_index), output_aggregation_weights=True)
+        direct = model(input_ids=inputs["input_ids"][text_index], attention_mask=inputs["attention_mask"][text_index],
+                       pixel_values=inputs["pixel_values"][image_index], output_aggregation_weights=True)
+    torch.testing.assert_close(fused.pooler_output, direct.pooler_output)
+    torch.testing.assert_close(fused.text_features, direct.text_features)
+    torch.testing.assert_close(fused.image_features, direct.image_features)
+    torch.testing.assert_close(fused.image_unimodal, direct.image_unimodal)
+    if kind != "bridge":
+        torch.testing.assert_close(fused.aggregation_weights, direct.aggregation_weights)
+    with pytest.raises(ValueError, match="3 text indices for 2 image indices"):
+        towers.pairs(torch.tensor([0, 1, 2]), torch.tensor([0, 1]))
+
+
 def test_retrieval_without_loss_and_temperature_clamp():
     model = make(ManagerTowerForImageTextRetrieval)
     inputs = tiny_inputs()
@@ -392,6 +436,23 @@ def test_retrieval_scores_with_k_at_least_n_is_the_itm_matrix(retrieval_set, cap
     torch.testing.assert_close(scores, brute)
     torch.testing.assert_close(itc, sims)
     assert "ITM re-ranking" in capsys.readouterr().err
+
+
+def test_retrieval_scores_encode_each_image_once_per_batch_of_pairs(retrieval_set):
+    """Re-ranking runs the vision tower once per distinct image in each batch of pairs (pairs in image order), not
+    once per pair: here 3 images x 5 texts = 15 pairs in batches of 4."""
+    model, image_batches, text_batches, brute, _ = retrieval_set
+    pairs = [(i, j) for i in range(3) for j in range(5)]  # every pair is ranked with k >= n, row by row
+    expected = [len({i for i, _ in pairs[s:s + 4]}) for s in range(0, len(pairs), 4)]  # [1, 2, 2, 1]
+    images = []
+    hook = _count_rows(model.managertower.vision_model.visual.embeddings, images)
+    try:
+        scores = retrieval_scores(model, image_batches, text_batches, k=8, batch_size=4, progress=False)
+    finally:
+        hook.remove()
+    assert images[:2] == [2, 1]  # the ITC features, batch by batch
+    assert images[2:] == expected and sum(expected) < len(pairs)
+    torch.testing.assert_close(scores, brute)
 
 
 def test_retrieval_scores_top_k_and_minus_100_elsewhere(retrieval_set):

@@ -78,6 +78,26 @@ class ManagerTowerModelOutput(BridgeTowerModelOutput):
     image_unimodal: torch.Tensor | None = None
 
 
+@dataclass
+class TowerStates:
+    """Every layer of both unimodal towers for a batch (`ManagerTowerModel.unimodal`), what `fuse` reads.
+
+    text_states: the embeddings and every text layer's output, B x T x D_text each; attention_mask: B x T.
+    image_states: `ln_pre` embeddings and every vision block's output, sequence first (P x B x D_vision each).
+    """
+
+    text_states: list
+    attention_mask: torch.Tensor
+    image_states: list
+
+    def pairs(self, text_index: torch.Tensor, image_index: torch.Tensor) -> "TowerStates":
+        """Pair k = text `text_index[k]` with image `image_index[k]` (indices into this batch)."""
+        if len(text_index) != len(image_index):
+            raise ValueError(f"pairs: {len(text_index)} text indices for {len(image_index)} image indices.")
+        return TowerStates([s[text_index] for s in self.text_states], self.attention_mask[text_index],
+                           [s[:, image_index] for s in self.image_states])
+
+
 class ManagerTowerPreTrainedModel(BridgeTowerPreTrainedModel):
     config_class = ManagerTowerConfig
     config: ManagerTowerConfig
@@ -251,12 +271,28 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
     ) -> ManagerTowerModelOutput | tuple:
         """As `BridgeTowerModel.forward` (`pixel_mask` and `token_type_ids` are accepted and unused, as there), plus
         `output_aggregation_weights`. `hidden_states` = (text states, image states (sequence first, as
-        BridgeTower), cross-modal (text, image) pairs); `attentions` = the cross-modal layers' self-attentions."""
+        BridgeTower), cross-modal (text, image) pairs); `attentions` = the cross-modal layers' self-attentions.
+        The same as `fuse(unimodal(...))`."""
+        towers = self.unimodal(input_ids, attention_mask, pixel_values, image_embeds, interpolate_pos_encoding)
+        return self.fuse(towers, image_token_type_idx, output_aggregation_weights, return_dict)
+
+    def unimodal(self, input_ids, attention_mask=None, pixel_values=None, image_embeds=None,
+                 interpolate_pos_encoding=False) -> "TowerStates":
+        """Both unimodal towers, every layer (`TowerStates`): what `fuse` needs, to be kept and paired again
+        (`TowerStates.pairs`) without running the towers twice, as the official ITM negatives and retrieval
+        re-ranking do."""
         if input_ids is None:
             raise ValueError("ManagerTowerModel needs input_ids (inputs_embeds are not supported, as in BridgeTower).")
-        image_type = image_token_type_idx or 1
-        text_states, attention_mask, text_mask = self.text_layers(input_ids, attention_mask)
+        text_states, attention_mask, _ = self.text_layers(input_ids, attention_mask)
         image_states = self.image_layers(pixel_values, image_embeds, interpolate_pos_encoding)
+        return TowerStates(text_states, attention_mask, image_states)
+
+    def fuse(self, towers: "TowerStates", image_token_type_idx: int | None = None,
+             output_aggregation_weights: bool | None = None, return_dict: bool | None = None):
+        """The cross-modal part of `forward` on unimodal states from `unimodal` (pair b: text b with image b)."""
+        image_type = image_token_type_idx or 1
+        text_states, attention_mask, image_states = towers.text_states, towers.attention_mask, towers.image_states
+        _, text_mask = self._text_mask(None, attention_mask, text_states[0])
         post = {}  # ln_post of vision states, computed once per forward
         if self.config.manager_type == "bridge":
             cross, attentions, weights = self._bridge(text_states, image_states, text_mask, image_type, post)

@@ -33,9 +33,10 @@ class ManagerTowerForImageTextRetrieval(_TaskModel):
     `generator` or the global RNG) from the softmax of the ITC logits with the positives zeroed; `itm_score` on
     [(T, I), (T, I_neg), (T_neg, I)] with labels [1] * B + [0] * 2B; CE. loss = itc_loss + itm_loss.
 
-    The negatives go through the whole backbone again (one pass of 2B pairs; the official default reuses the cached
-    unimodal layers and reruns only the cross-modal part, the same numbers in eval mode); the batch is not gathered
-    across processes (the official code all-gathers the ITC features and draws negatives from the global batch)."""
+    The negatives reuse the unimodal layers of the batch's own pass (`TowerStates.pairs`) and rerun only the
+    cross-modal part, as the official default does (so in training a negative pair shares its towers' dropout with
+    the positive pass); the batch is not gathered across processes (the official code all-gathers the ITC features
+    and draws negatives from the global batch)."""
 
     def __init__(self, config: ManagerTowerConfig):
         super().__init__(config)
@@ -90,9 +91,9 @@ class ManagerTowerForImageTextRetrieval(_TaskModel):
         self.clamp_temperature()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, None, None,
-                           interpolate_pos_encoding, output_hidden_states, output_attentions,
-                           output_aggregation_weights)
+        backbone = self.managertower
+        towers = backbone.unimodal(input_ids, attention_mask, pixel_values, None, interpolate_pos_encoding)
+        out = backbone.fuse(towers, None, output_aggregation_weights, return_dict=True)
         text_embeds, image_embeds = self._itc_text(out.text_unimodal), self._itc_image(out.image_unimodal)
         logits_per_text = text_embeds @ image_embeds.t() / self.temperature
         logits_per_image = logits_per_text.t()
@@ -115,14 +116,9 @@ class ManagerTowerForImageTextRetrieval(_TaskModel):
             weights_i2t = F.softmax(logits_per_image.float(), dim=1).masked_fill(positives, 0)
         negative_images = sample_negatives(weights_t2i, generator)  # one image per text
         negative_texts = sample_negatives(weights_i2t, generator)  # one text per image
-        negative_pixel_mask = None
-        if pixel_mask is not None:
-            negative_pixel_mask = torch.cat([pixel_mask[negative_images], pixel_mask])
-        negatives = self._encode(
-            torch.cat([input_ids, input_ids[negative_texts]]),
-            torch.cat([attention_mask, attention_mask[negative_texts]]),
-            torch.cat([pixel_values[negative_images], pixel_values]), negative_pixel_mask,
-            interpolate_pos_encoding=interpolate_pos_encoding)
+        same = torch.arange(batch, device=negative_texts.device)  # [(T, I_neg), (T_neg, I)], towers not rerun
+        negatives = backbone.fuse(towers.pairs(torch.cat([same, negative_texts]), torch.cat([negative_images, same])),
+                                  return_dict=True)
         itm_logits = torch.cat([positive_itm, self.itm_score(negatives.pooler_output)])
         itm_labels = torch.cat([torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)])
         itm_labels = itm_labels.to(itm_logits.device)
@@ -159,7 +155,7 @@ def retrieval_scores(model: ManagerTowerForImageTextRetrieval, image_batches: It
                      return_itc: bool = False):
     """The official Flickr30K scores (`compute_irtr_itm_itc_recall`): n_images x n_texts.
 
-    image_batches: iterable of dicts with `pixel_values` (and optionally `pixel_mask`), or of pixel tensors;
+    image_batches: iterable of dicts with `pixel_values`, or of pixel tensors;
     text_batches: iterable of dicts with `input_ids` (and `attention_mask`), or of id tensors. Texts of batches of
     different lengths are padded to the longest with the pad token, masked.
 
@@ -168,9 +164,12 @@ def retrieval_scores(model: ManagerTowerForImageTextRetrieval, image_batches: It
        raw logit), the other texts get -100; for each text likewise its top-k images.
     3. The result is the elementwise max of the two matrices.
 
-    A pair in both top-k sets is scored once (the same number in eval mode). Each pair goes through the whole backbone
-    (`batch_size` pairs at a time, default k); a tqdm bar follows the re-ranking. The model runs in eval mode (its
-    mode is restored after). `return_itc=True` also returns the ITC similarity matrix."""
+    A pair in both top-k sets is scored once (the same number in eval mode). The pairs go `batch_size` at a time
+    (default k), in image order; each batch runs the towers once per distinct image and text in it and the
+    cross-modal part once per pair (`unimodal`, `TowerStates.pairs`, `fuse`), so an image is encoded about
+    (its pairs / batch_size + 1) times, not once per pair; a tqdm bar follows the re-ranking. A `pixel_mask` is
+    not read (BridgeTower ignores it). The model runs in eval mode (its mode is restored after). `return_itc=True` also
+    returns the ITC similarity matrix."""
     from tqdm.auto import tqdm
 
     if k < 1:
@@ -179,12 +178,10 @@ def retrieval_scores(model: ManagerTowerForImageTextRetrieval, image_batches: It
     model.eval()
     try:
         device = next(model.parameters()).device
-        pixels, pixel_masks, image_feats = [], [], []
+        pixels, image_feats = [], []
         for batch in image_batches:
             values = _field(batch, "pixel_values").to(device)
             pixels.append(values)
-            mask = _field(batch, "pixel_mask")
-            pixel_masks.append(None if mask is None else mask.to(device))
             image_feats.append(model.image_itc_features(values))
         texts, image_feats = [], torch.cat(image_feats)
         text_feats = []
@@ -196,7 +193,6 @@ def retrieval_scores(model: ManagerTowerForImageTextRetrieval, image_batches: It
             text_feats.append(model.text_itc_features(ids, mask))
         text_feats = torch.cat(text_feats)
         pixels = torch.cat(pixels)
-        pixel_mask = None if any(m is None for m in pixel_masks) else torch.cat(pixel_masks)
         length = max(ids.shape[1] for ids, _ in texts)
         pad = model.config.text_config.pad_token_id
         pad = 1 if pad is None else pad
@@ -212,11 +208,14 @@ def retrieval_scores(model: ManagerTowerForImageTextRetrieval, image_batches: It
         pairs = (i2t_ranked | t2i_ranked).nonzero()
         itm = torch.full_like(sims, NOT_RANKED)
         chunk = batch_size or k
+        backbone = model.managertower
         for part in tqdm(pairs.split(chunk), desc="ITM re-ranking", unit="batch", disable=not progress):
             image, text = part[:, 0], part[:, 1]
-            logits = model.itm_logits(input_ids[text], attention_mask[text], pixels[image],
-                                      None if pixel_mask is None else pixel_mask[image])
-            itm[image, text] = logits[:, 1].float()
+            images, image_at = image.unique(return_inverse=True)
+            texts, text_at = text.unique(return_inverse=True)
+            towers = backbone.unimodal(input_ids[texts], attention_mask[texts], pixels[images])
+            out = backbone.fuse(towers.pairs(text_at, image_at), return_dict=True)
+            itm[image, text] = model.itm_score(out.pooler_output)[:, 1].float()
         i2t = torch.where(i2t_ranked, itm, torch.full_like(itm, NOT_RANKED))
         t2i = torch.where(t2i_ranked, itm, torch.full_like(itm, NOT_RANKED))
         scores = torch.maximum(i2t, t2i)
