@@ -23,7 +23,7 @@ def launch(config: str, output_dir: Path, *extra: str, gpus: int = 2) -> None:
     run_recipe("stage2", output_dir, "--deepspeed", str(ROOT / "recipes" / config), "--max_steps", "6",
                "--save_steps", "3", "--logging_steps", "1", "--synthetic_samples", "48",
                "--per_device_train_batch_size", "4", "--dataloader_num_workers", "1", "--data_seed", "42",
-               f"--{_CHECKPOINTING}", "true", *extra,
+               f"--{_CHECKPOINTING}", "true", "--group_by_modality_length", "true", *extra,
                launcher=["deepspeed", "--num_gpus", str(gpus), "--master_port", str(29500 + os.getpid() % 1000)])
 
 
@@ -34,7 +34,9 @@ def test_world_size_2_trains_exports_and_resumes_exactly(tmp_path, config):
     reference = losses(full)
     assert sorted(reference) == [1, 2, 3, 4, 5, 6]
     state = json.loads((full / "trainer_state.json").read_text())
-    assert state["train_batch_size"] == 4 and state["log_history"][-1]["epoch"] == 1.0  # 48 samples / (2 x 4) = 6 steps
+    # 45 samples with an image and 3 text-only, grouped by modality, each group filled up to whole steps of 2 x 4:
+    # 6 + 1 steps an epoch, one of them text-only on both ranks (the vision tower and the managers get no gradient)
+    assert state["train_batch_size"] == 4 and state["log_history"][-1]["epoch"] == pytest.approx(6 / 7)
 
     # the exported model holds the trained managers (gathered from the ZeRO-3 partitions on save)
     exported = llava_manager.from_pretrained(full)

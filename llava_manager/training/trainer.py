@@ -87,6 +87,23 @@ class ManagerNormCallback(TrainerCallback):
             state.log_history[-1].update(norms)  # the trainer recorded the logs before calling back
 
 
+class ZeroStaleGradientsCallback(TrainerCallback):
+    """Zeroes DeepSpeed ZeRO-3's gradient partitions after every optimizer step.
+
+    ZeRO-3 (deepspeed 0.19, `runtime/zero/stage3.py`) keeps each parameter's reduced gradient partition in one flat
+    buffer, `grad_partitions_flat_buffer`, and a step writes only the partitions of the parameters that got a
+    gradient. A parameter with no gradient in a step, such as the vision tower and the managers in a text-only step,
+    would be updated with its gradient of an earlier step. A resumed run starts from a zeroed buffer, so it did not
+    match the run it continued (seen with `--group_by_modality_length`, which gives whole text-only steps). Zeroed, a
+    parameter without a gradient gets a zero one, as under ZeRO-2."""
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's DeepSpeedOptimizerWrapper
+        buffer = getattr(inner, "grad_partitions_flat_buffer", None)
+        if isinstance(buffer, torch.Tensor):
+            buffer.zero_()
+
+
 class SkipReport:
     """Samples the data set skipped, with their reasons."""
 
@@ -124,6 +141,7 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
         # tokens/s, samples/s, padding fraction, MFU (throughput.py); fed by compute_loss
         self.throughput = ThroughputCallback(peak_tflops=peak_tflops)
         self.callback_handler.callbacks.insert(1, self.throughput)
+        self.add_callback(ZeroStaleGradientsCallback())
         ds_config = getattr(self.args, "hf_deepspeed_config", None)
         if ds_config is not None and "optimizer" in ds_config.config and (vision_tower_lr or manager_lr):
             raise ValueError("The DeepSpeed config has an 'optimizer' section, so DeepSpeed builds the optimizer and "
