@@ -13,6 +13,14 @@ from llava_manager.families.llava_onevision import TINY_IMAGE_SIZE, tiny_config
 DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def subprocess_env(**extra: str) -> dict:
+    """This process's environment without the launcher variables (`DISTRIBUTED_ENV`), plus `extra`: for a test's
+    subprocess (a recipe, a launcher, lmms-eval)."""
+    import os
+
+    return {**{k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}, **extra}
+
+
 def tiny_model(seed: int = 0, **config_overrides) -> LlavaOnevisionForConditionalGeneration:
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(tiny_config(**config_overrides))
@@ -79,15 +87,13 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 def run_recipe(stage: str, output_dir, *args: str, launcher: list[str] | None = None, timeout: int = 900) -> str:
     """Runs `recipes/<stage>.py` in a fresh process, as a user would (plain python unless `launcher`, e.g.
     ["deepspeed", "--num_gpus", "2"]); returns its output and fails the test with its tail if it fails."""
-    import os
     import subprocess
     import sys
 
     command = [*(launcher or [sys.executable]), str(ROOT / "recipes" / f"{stage}.py"), "--output_dir", str(output_dir),
                *args]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                            env={**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+                            env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForImageTextToText, TrainingArguments
 
 import llava_manager
-from helpers import ROOT, logged_losses, tiny_model, make_batch
+from helpers import ROOT, logged_losses, make_batch, subprocess_env, tiny_model
 from llava_manager import apply_manager, get_managers
 from llava_manager.families import FAMILIES
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
@@ -69,9 +69,8 @@ def launch(script: Path, *args: str, launcher: str = "torchrun", launcher_args: 
     else:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                    str(ROOT / "recipes" / "fsdp2.yaml"), "--num_processes", "2", "--main_process_port", port]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     result = subprocess.run([*command, *launcher_args, str(script), *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=timeout, env={**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+                            timeout=timeout, env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
 

@@ -4,7 +4,6 @@ small local task (generation + multiple choice), with the results file and score
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DISTRIBUTED_ENV
+from helpers import subprocess_env
 
 pytest.importorskip("lmms_eval")
 datasets = pytest.importorskip("datasets")
@@ -59,8 +58,7 @@ def lmms_eval(root: Path, name: str, model_args: str, batch_size: int = 2) -> Pa
                "--device", "cpu", "--tasks", "shapes_gen,shapes_mc", "--include_path", str(root / "tasks"),
                "--batch_size", str(batch_size), "--output_path", str(out), "--log_samples",
                "--verbosity", "DEBUG"]  # DEBUG: lmms-eval re-raises errors instead of exiting 0
-    env = {**{k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV},
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = subprocess_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out

@@ -5,7 +5,6 @@ chance, so this test fails when the default stops learning."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from helpers import DISTRIBUTED_ENV
+from helpers import subprocess_env
 from transformers import AutoModelForImageTextToText, set_seed
 
 from llava_manager import apply_manager
@@ -26,9 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
     out = tmp_path_factory.mktemp("main_job")
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     result = subprocess.run([sys.executable, "recipes/stage2.py", "--output_dir", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=1800, env=env)
+                            capture_output=True, text=True, timeout=1800, env=subprocess_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out, result.stdout
 

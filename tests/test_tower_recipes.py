@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import subprocess_env
 from safetensors.torch import load_file, save_file
 
 from llava_manager.core.checkpoint import CheckpointMismatchError
@@ -310,10 +311,8 @@ def test_deepspeed_zero2_single_process_on_cpu(tmp_path):
     command = [sys.executable, str(ROOT / "recipes" / "tower_finetune.py"), "--task", "snli_ve", "--deepspeed",
                str(ROOT / "recipes" / "zero2.json"), "--output_dir", str(tmp_path), *QUICK,
                "--dataloader_num_workers", "0", "--learning_rate", "3e-4"]
-    env = {k: v for k, v in __import__("os").environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                            env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(losses(tmp_path)) == [1, 2]
     report = json.loads((tmp_path / "metrics.json").read_text())
