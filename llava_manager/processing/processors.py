@@ -21,6 +21,8 @@ from transformers.utils import is_torchvision_available
 from ..families import FAMILIES, family_of_config
 
 _PARTS = ("image_processor", "tokenizer", "video_processor", "chat_template")
+# `from_pretrained` keywords that say where files come from; the rest configure the processor or its parts.
+_HUB_KEYS = ("revision", "local_files_only", "token", "cache_dir", "force_download", "subfolder")
 
 
 @cache
@@ -38,14 +40,25 @@ def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
             return super().check_argument_for_proper_class(argument_name, argument)
 
         @classmethod
-        def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-            """The parts `from_pretrained` builds: the PIL image processor, the tokenizer and no video processor.
-            The rest (processor_config.json, the chat template in chat_template.json or .jinja) is transformers'."""
-            kwargs.pop("subfolder", None)
-            parts = {"image_processor": image_processor_class.from_pretrained(pretrained_model_name_or_path, **kwargs),
-                     "tokenizer": AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
+        def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+            """Loads the PIL image processor, the tokenizer and no video processor, through public APIs only.
+
+            The image processor's settings come from `preprocessor_config.json` (the llava-hf layout) or from the
+            `image_processor` section of `processor_config.json` (as transformers 5 writes it); the processor's own
+            settings and chat template from `processor_config.json` and `chat_template.json` / `.jinja`. A
+            `video_processor` section or `video_processor/` folder is left unread."""
+            path = pretrained_model_name_or_path
+            hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
+            hub.pop("subfolder", None)
+            processor_dict, _ = cls.get_processor_dict(path, **hub)
+            accepted = [n for n in inspect.signature(processor_class.__init__).parameters if n not in _PARTS[:3]]
+            accepted = [n for n in accepted if n not in ("self", "args", "kwargs")]
+            settings = {k: v for k, v in processor_dict.items() if k in accepted}
+            settings.update({k: kwargs.pop(k) for k in list(kwargs) if k in accepted})
+            parts = {"image_processor": image_processor_class.from_pretrained(path, **hub, **kwargs),
+                     "tokenizer": AutoTokenizer.from_pretrained(path, **hub, **kwargs),
                      "video_processor": None}
-            return [parts[name] for name in cls.get_attributes()]
+            return cls(**{name: parts[name] for name in cls.get_attributes()}, **settings)
 
         def save_pretrained(self, save_directory, **kwargs):
             """Writes the tokenizer, the image processor and `processor_config.json`, the files `AutoProcessor`
@@ -86,7 +99,7 @@ def load_processor(path: str | Path, **kwargs) -> ProcessorMixin:
     e.g. `revision`, `local_files_only`); the family is read from the model's config."""
     if is_torchvision_available():
         return AutoProcessor.from_pretrained(path, **kwargs)
-    hub_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only", "token", "cache_dir")}
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KEYS and k != "subfolder"}
     adapter = family_of_config(AutoConfig.from_pretrained(path, **hub_kwargs))
     return image_only(adapter.processor_class).from_pretrained(path, **kwargs)
 
