@@ -1,9 +1,9 @@
 """LLaVA-OV-Manager (Xu, Qin, Che, Kan, TCSVT 2025) for the Hugging Face LLaVA family: 1.5, NeXT, NeXT-Video, OneVision;
 and ManagerTower, the paper's two-tower model on transformers' BridgeTower (`llava_manager.tower`)."""
 
-from ._compat import check_transformers
+from ._compat import check_versions
 
-check_transformers()
+check_versions()
 
 from .core.config import ManagerConfig  # noqa: E402
 from .core.patch import apply_manager, get_managers, has_manager, manager_config, manager_plan, remove_manager  # noqa: E402

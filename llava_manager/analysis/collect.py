@@ -20,6 +20,7 @@ from .inputs import encode
 @contextlib.contextmanager
 def eager_attention(model):
     """Attention weights exist only in the eager implementation; switch to it for the analysis, then back."""
+    # upstream: see llava_manager/upstream.py
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:

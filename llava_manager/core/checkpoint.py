@@ -107,6 +107,7 @@ class StrictCheckpointLoading:
 
         return self.is_deepspeed_enabled or self.is_fsdp_enabled or _is_peft_model(model)
 
+    # upstream: see llava_manager/upstream.py
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = self.model if model is None else model
         if self._loads_own_checkpoints(model):

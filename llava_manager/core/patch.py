@@ -89,6 +89,7 @@ def apply_manager(model: nn.Module, config: ManagerConfig | None = None, **overr
 def remove_manager(model: nn.Module) -> nn.Module:
     """Undo `apply_manager`: hooks, wrappers, parameters and the config entry go; the base model is left."""
     runtime = _runtime_of(model)
+    # upstream: see llava_manager/upstream.py
     if not isinstance(runtime.inner._modules.get("managers"), ManagerStack):
         raise RuntimeError(
             "remove_manager: `model.model.managers` is wrapped (peft modules_to_save?); unload the peft model first."

@@ -65,6 +65,7 @@ class LlavaManager(LlavaHf):
                  device_map: str | None = None, prompt_format: str | None = None, chat_template: str | None = None,
                  use_cache: bool = True, attn_implementation: str | None = None, max_frames_num: int = 32,
                  ll_reduction: str = "mean", **unknown) -> None:
+        # upstream: see llava_manager/upstream.py
         lmms.__init__(self)
         unknown.pop("max_batch_size", None)  # lmms-eval passes it along with batch_size
         if unknown:

@@ -206,6 +206,7 @@ def processor_token_count(processor, height: int, width: int, multi_image: bool 
     family = family or _family(processor, None)
     crop_height, crop_width = _crop(processor)
     if family in ("llava_next", "llava_next_video"):
+        # upstream: see llava_manager/upstream.py
         count = processor._get_number_of_features(height, width, crop_height, crop_width)
         return count - (processor.vision_feature_select_strategy == "default")
     if multi_image:

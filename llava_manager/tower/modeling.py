@@ -102,6 +102,7 @@ class ManagerTowerPreTrainedModel(BridgeTowerPreTrainedModel):
     config_class = ManagerTowerConfig
     config: ManagerTowerConfig
     base_model_prefix = "managertower"
+    # upstream: see llava_manager/upstream.py
     _no_split_modules = ["BridgeTowerSelfAttention", "BridgeTowerResidualAttention", "SAUM", "AAUM", "SAM"]
 
     @torch.no_grad()

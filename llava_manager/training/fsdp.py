@@ -91,6 +91,7 @@ def wrap_classes(model: nn.Module) -> list[str]:
 
     adapter, inner = family_of(model)
     layers = list(adapter.decoder_layers(inner)) + list(adapter.vision_layers(inner))
+    # upstream: see llava_manager/upstream.py
     return sorted({type(getattr(layer, "_checkpoint_wrapped_module", layer)).__name__ for layer in layers})
 
 
@@ -121,6 +122,7 @@ def _enable_on_cpu(trainer) -> bool:
     # its distributed type from there.
     state.fsdp_plugin = plugin
     state.distributed_type = DistributedType.FSDP
+    # upstream: see llava_manager/upstream.py
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     trainer.is_fsdp_enabled = True
     if trainer.args.save_only_model and "SHARDED_STATE_DICT" in str(plugin.state_dict_type):

@@ -99,6 +99,7 @@ class ZeroStaleGradientsCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's DeepSpeedOptimizerWrapper
+        # upstream: see llava_manager/upstream.py
         buffer = getattr(inner, "grad_partitions_flat_buffer", None)
         if isinstance(buffer, torch.Tensor):
             buffer.zero_()
@@ -231,6 +232,7 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
             self.add_callback(callback)
         callback.sampler = sampler
 
+    # upstream: see llava_manager/upstream.py
     def _get_train_sampler(self, train_dataset=None):
         """`--group_by_modality_length` (without a token budget): `sampling.ModalityLengthGroupedSampler`, in units
         of world size x per-device batch that accelerate deals to the processes batch by batch."""

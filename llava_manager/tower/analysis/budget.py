@@ -145,6 +145,7 @@ def _layer_norm_flop(input_shape, normalized_shape, weight_shape=None, *args, ou
 
 LAYER_NORM_OPS = (torch.ops.aten.native_layer_norm,)
 EXTRA_FLOP_FORMULAS = {
+    # upstream: see llava_manager/upstream.py
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
     torch.ops.aten.native_layer_norm: _layer_norm_flop,
 }
