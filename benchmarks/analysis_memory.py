@@ -18,8 +18,8 @@ from transformers import AutoModelForImageTextToText, LlavaOnevisionImageProcess
 from llava_manager import apply_manager
 from llava_manager.analysis import collect
 from llava_manager.analysis.inputs import encode
-from llava_manager.processing.processors import build_processor
 from llava_manager.families.llava_onevision import ONEVISION_PINPOINTS, onevision_0_5b_config
+from llava_manager.processing.processors import build_processor
 from llava_manager.shapes.data import tiny_processor
 
 
@@ -29,10 +29,13 @@ def peak_gib() -> float:
 
 def main() -> None:
     tokenizer = tiny_processor().tokenizer  # a toy vocabulary is enough: the cost is in the image tokens
-    image_processor = LlavaOnevisionImageProcessorPil(size={"height": 384, "width": 384},
-                                                      image_grid_pinpoints=ONEVISION_PINPOINTS)
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 384, "width": 384}, image_grid_pinpoints=ONEVISION_PINPOINTS
+    )
     processor = build_processor(image_processor, tokenizer, num_image_tokens=729, vision_feature_select_strategy="full")
-    config = onevision_0_5b_config(image_token_index=processor.image_token_id, video_token_index=processor.video_token_id)
+    config = onevision_0_5b_config(
+        image_token_index=processor.image_token_id, video_token_index=processor.video_token_id
+    )
     torch.manual_seed(0)
     model = apply_manager(AutoModelForImageTextToText.from_config(config)).eval()
     samples = [(Image.new("RGB", (384, 384), (120, 30, 200)), "Describe the image in detail .")]

@@ -97,8 +97,10 @@ def published_flops(adapter, make_config, args, device, dtype) -> dict:
         inputs = inputs_for(model, adapter, args.prompt_tokens)
         counts[layers] = counted(model, inputs, inject_layers=list(range(layers)))
         tokens = inputs["input_ids"].shape[1]
-        media = {name: int((inputs["input_ids"] == getattr(model.config, f"{name}_token_id", -1)).sum())
-                 for name in ("image", "video")}
+        media = {
+            name: int((inputs["input_ids"] == getattr(model.config, f"{name}_token_id", -1)).sum())
+            for name in ("image", "video")
+        }
         del model
     (b1, p1), (b2, p2) = counts[1], counts[2]
     per_layer, per_manager = b2 - b1, (p2 - b2) - (p1 - b1)
@@ -140,10 +142,14 @@ def main() -> None:
         row = [adapter.title, float("nan")]
         if not args.skip_flops:
             real = published_flops(adapter, make_config, args, device, dtype)
-            print(f"   input {real['tokens']} tokens ({real['media']['image']} image, {real['media']['video']} video); "
-                  f"{real['managers']} managers over {real['depth']} decoder layers")
-            print(f"   prefill FLOPs at the published shape (counted): base {real['base'] / 1e12:.3f} T, patched "
-                  f"{real['patched'] / 1e12:.3f} T, ratio x{real['patched'] / real['base']:.4f}")
+            print(
+                f"   input {real['tokens']} tokens ({real['media']['image']} image, {real['media']['video']} video); "
+                f"{real['managers']} managers over {real['depth']} decoder layers"
+            )
+            print(
+                f"   prefill FLOPs at the published shape (counted): base {real['base'] / 1e12:.3f} T, patched "
+                f"{real['patched'] / 1e12:.3f} T, ratio x{real['patched'] / real['base']:.4f}"
+            )
             row[1] = real["patched"] / real["base"]
         if not args.skip_time:
             layers = None if args.full_depth else args.text_layers
@@ -163,12 +169,17 @@ def main() -> None:
                         return measure()
                     finally:
                         remove_manager(model)
+
                 return {"base": measure, "patched": patched_run}
 
             fn(model, inputs)  # warm-up
             what = "train step" if args.train else "prefill"
-            times = rounds(pair(lambda: timed(lambda: fn(model, inputs), device)), args.repeats,
-                           desc=f"{adapter.title} {what}", warmup=False)
+            times = rounds(
+                pair(lambda: timed(lambda: fn(model, inputs), device)),
+                args.repeats,
+                desc=f"{adapter.title} {what}",
+                warmup=False,
+            )
             ratio = ratio_to(times, "base")["patched"]
             model.eval()
             steps = rounds(pair(lambda: decode(model, inputs)), args.repeats, desc=f"{adapter.title} decode")
@@ -176,22 +187,34 @@ def main() -> None:
             apply_manager(model)
             plan = manager_plan(model)
             remove_manager(model)
-            print(f"   {what} time at {shape} ({len(plan['inject_layers'])} managers x {len(plan['vision_layers'])} "
-                  f"vision layers): base {statistics.median(times['base']) * 1e3:.0f} ms, patched "
-                  f"{statistics.median(times['patched']) * 1e3:.0f} ms, ratio x{ratio:.4f}, FLOP floor x{floor:.4f}")
-            print(f"   decode per token: base {statistics.median(steps['base']) * 1e3:.1f} ms, patched "
-                  f"{statistics.median(steps['patched']) * 1e3:.1f} ms, ratio x{decode_ratio:.4f} (floor x1)")
+            print(
+                f"   {what} time at {shape} ({len(plan['inject_layers'])} managers x {len(plan['vision_layers'])} "
+                f"vision layers): base {statistics.median(times['base']) * 1e3:.0f} ms, patched "
+                f"{statistics.median(times['patched']) * 1e3:.0f} ms, ratio x{ratio:.4f}, FLOP floor x{floor:.4f}"
+            )
+            print(
+                f"   decode per token: base {statistics.median(steps['base']) * 1e3:.1f} ms, patched "
+                f"{statistics.median(steps['patched']) * 1e3:.1f} ms, ratio x{decode_ratio:.4f} (floor x1)"
+            )
             row += [shape, ratio, floor, decode_ratio]
             del model
         table.append(row)
 
-    print(f"\n{'family':<18}{'FLOPs, published':>18}" + ("" if args.skip_time else
-          f"{'timed shape':>20}{'time ratio':>12}{'FLOP floor':>12}{'ratio - floor':>15}{'decode ratio':>14}"))
+    print(
+        f"\n{'family':<18}{'FLOPs, published':>18}"
+        + (
+            ""
+            if args.skip_time
+            else f"{'timed shape':>20}{'time ratio':>12}{'FLOP floor':>12}{'ratio - floor':>15}{'decode ratio':>14}"
+        )
+    )
     for row in table:
         line = f"{row[0]:<18}{'x' + format(row[1], '.4f'):>18}"
         if len(row) > 2:
-            line += (f"{row[2]:>20}{'x' + format(row[3], '.4f'):>12}{'x' + format(row[4], '.4f'):>12}"
-                     f"{row[3] - row[4]:>+15.4f}{'x' + format(row[5], '.4f'):>14}")
+            line += (
+                f"{row[2]:>20}{'x' + format(row[3], '.4f'):>12}{'x' + format(row[4], '.4f'):>12}"
+                f"{row[3] - row[4]:>+15.4f}{'x' + format(row[5], '.4f'):>14}"
+            )
         print(line)
 
 

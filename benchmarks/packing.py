@@ -64,20 +64,45 @@ def build(shape: str):
     pinpoints = [[a * crop, b * crop] for a in (1, 2, 3) for b in (1, 2, 3)]
     tokenizer = tiny_tokenizer()
     adapter = get_family("llava_onevision")
-    image_processor = adapter.image_processor_class(size={"height": crop, "width": crop},
-                                                    image_grid_pinpoints=pinpoints)
-    processor = build_processor(image_processor, tokenizer, family="llava_onevision",
-                                num_image_tokens=spec["side"] ** 2, vision_feature_select_strategy="full",
-                                vision_aspect_ratio="anyres_max_9")
-    ids = dict(image_token_index=processor.image_token_id, video_token_index=processor.video_token_id,
-               image_grid_pinpoints=pinpoints)
+    image_processor = adapter.image_processor_class(
+        size={"height": crop, "width": crop}, image_grid_pinpoints=pinpoints
+    )
+    processor = build_processor(
+        image_processor,
+        tokenizer,
+        family="llava_onevision",
+        num_image_tokens=spec["side"] ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
+    ids = dict(
+        image_token_index=processor.image_token_id,
+        video_token_index=processor.video_token_id,
+        image_grid_pinpoints=pinpoints,
+    )
     if shape == "small":
         # the vocabulary gives the LM head its share of the FLOPs; the ids above the tiny tokenizer's go unused
-        text = dict(model_type="qwen2", hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                    num_attention_heads=2, num_key_value_heads=1, vocab_size=3072,
-                    max_position_embeddings=32768, tie_word_embeddings=False)
-        vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, patch_size=spec["patch"], image_size=crop, vision_use_head=False)
+        text = dict(
+            model_type="qwen2",
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=3072,
+            max_position_embeddings=32768,
+            tie_word_embeddings=False,
+        )
+        vision = dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            patch_size=spec["patch"],
+            image_size=crop,
+            vision_use_head=False,
+        )
         config = adapter.tiny_config(**ids, text_config=text, vision_config=vision)
     else:
         config = onevision_0_5b_config(**ids)
@@ -97,16 +122,30 @@ def write_samples(folder: Path, count: int, crop: int, scale: float, seed: int =
     for i in range(count):
         if rng.random() < 0.25:
             length = rng.randint(100, 600)
-            records.append({"id": f"text{i}", "conversations": [
-                {"from": "human", "value": text(0.3 * length)}, {"from": "gpt", "value": text(0.7 * length)}]})
+            records.append(
+                {
+                    "id": f"text{i}",
+                    "conversations": [
+                        {"from": "human", "value": text(0.3 * length)},
+                        {"from": "gpt", "value": text(0.7 * length)},
+                    ],
+                }
+            )
             continue
         rows, cols = rng.randint(1, 3), rng.randint(1, 3)
         name = f"image{i}.png"
         Image.new("RGB", (cols * crop, rows * crop), tuple(rng.randrange(256) for _ in range(3))).save(folder / name)
         length = rng.randint(30, 300)
-        records.append({"id": f"image{i}", "image": name, "conversations": [
-            {"from": "human", "value": "<image>\n" + text(0.3 * length)},
-            {"from": "gpt", "value": text(0.7 * length)}]})
+        records.append(
+            {
+                "id": f"image{i}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "<image>\n" + text(0.3 * length)},
+                    {"from": "gpt", "value": text(0.7 * length)},
+                ],
+            }
+        )
     return records
 
 
@@ -132,9 +171,14 @@ def main() -> None:
     parser.add_argument("--shape", default="small", choices=list(SHAPES))
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-packed-tokens", type=int, nargs="+", default=None,
-                        help="row budgets of the packed batches, one variant each (default: 16,384 and 8,192 x the "
-                             "length scale: the paper's max length, and half of it)")
+    parser.add_argument(
+        "--max-packed-tokens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="row budgets of the packed batches, one variant each (default: 16,384 and 8,192 x the "
+        "length scale: the paper's max length, and half of it)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -149,13 +193,14 @@ def main() -> None:
     model.config.use_cache = False
     model.to(device, dtype).train()
     side = SHAPES[args.shape]["side"]
-    scale = side ** 2 / REAL_CROP_TOKENS
+    scale = side**2 / REAL_CROP_TOKENS
     budgets = args.max_packed_tokens or [round(16384 * scale), round(8192 * scale)]
     with tempfile.TemporaryDirectory() as tmp:
         crop = model.config.vision_config.image_size
         records = write_samples(Path(tmp), args.samples, crop, scale, args.seed)
-        dataset = SupervisedDataset(records, processor, tmp, "qwen_1_5", max_length=max(budgets), strict=True,
-                                    model_config=model.config)
+        dataset = SupervisedDataset(
+            records, processor, tmp, "qwen_1_5", max_length=max(budgets), strict=True, model_config=model.config
+        )
         samples = [dataset[i] for i in range(len(dataset))]
     lengths = [len(s["input_ids"]) for s in samples]
     if max(lengths) > min(budgets):
@@ -164,46 +209,71 @@ def main() -> None:
     pad = processor.tokenizer.pad_token_id
     collators = {"padded": Collator(pad)}
     collators.update({f"packed {b}": PackingCollator(pad, max_packed_tokens=b) for b in budgets})
-    groups = [samples[i:i + args.batch_size] for i in range(0, len(samples), args.batch_size)]
+    groups = [samples[i : i + args.batch_size] for i in range(0, len(samples), args.batch_size)]
     batches = {name: [collate(g) for g in groups] for name, collate in collators.items()}
     image_token = model.config.image_token_id
-    totals = {name: {k: sum(count_batch(b, image_token)[i].item() for b in bs) for i, k in enumerate(COUNTS)}
-              for name, bs in batches.items()}
-    shapes = {name: sorted({tuple(b["input_ids"].shape) for b in bs}, key=lambda s: -s[0] * s[1])
-              for name, bs in batches.items()}
+    totals = {
+        name: {k: sum(count_batch(b, image_token)[i].item() for b in bs) for i, k in enumerate(COUNTS)}
+        for name, bs in batches.items()
+    }
+    shapes = {
+        name: sorted({tuple(b["input_ids"].shape) for b in bs}, key=lambda s: -s[0] * s[1])
+        for name, bs in batches.items()
+    }
     inputs = {name: [to_device(b, device, dtype) for b in bs] for name, bs in batches.items()}
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"{args.dtype}, {args.attn}, threads {torch.get_num_threads()}; shape {args.shape}, crops of {side}x{side} "
-          f"= {side ** 2} tokens, text lengths x {scale:.2f}")
-    print(f"{len(samples)} samples: {len(samples) - with_images} text-only, {with_images} with one image of 2-10 "
-          f"crops; tokens per sample min {min(lengths)}, median {statistics.median(lengths):.0f}, mean "
-          f"{statistics.mean(lengths):.0f}, max {max(lengths)}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"{args.dtype}, {args.attn}, threads {torch.get_num_threads()}; shape {args.shape}, crops of {side}x{side} "
+        f"= {side**2} tokens, text lengths x {scale:.2f}"
+    )
+    print(
+        f"{len(samples)} samples: {len(samples) - with_images} text-only, {with_images} with one image of 2-10 "
+        f"crops; tokens per sample min {min(lengths)}, median {statistics.median(lengths):.0f}, mean "
+        f"{statistics.mean(lengths):.0f}, max {max(lengths)}"
+    )
     print(f"{len(groups)} batches of {args.batch_size}; packed rows of at most {' or '.join(map(str, budgets))} tokens")
 
     model.eval()  # the same losses every way (no manager noise in eval mode)
     with torch.no_grad():
         reference = [model(**b).loss.item() for b in inputs["padded"][:2]]
-        diff = max(abs(model(**b).loss.item() - r) for name in inputs if name != "padded"
-                   for b, r in zip(inputs[name][:2], reference))
+        diff = max(
+            abs(model(**b).loss.item() - r)
+            for name in inputs
+            if name != "padded"
+            for b, r in zip(inputs[name][:2], reference)
+        )
     model.train()
-    times = rounds({name: (lambda bs=bs: timed(lambda: step(model, bs), device)) for name, bs in inputs.items()},
-                   args.repeats, desc="padded vs packed")
+    times = rounds(
+        {name: (lambda bs=bs: timed(lambda: step(model, bs), device)) for name, bs in inputs.items()},
+        args.repeats,
+        desc="padded vs packed",
+    )
     ratios = ratio_to(times, "padded")
 
     print(f"\nloss, padded vs packed, first two batches: max difference {diff:.2e}\n")
-    print(f"{'':<14}{'batch shapes (rows x width)':>32}{'computed':>10}{'real':>9}{'useful':>8}{'s / epoch':>11}"
-          f"{'tokens/s':>10}{'vs padded':>11}")
+    print(
+        f"{'':<14}{'batch shapes (rows x width)':>32}{'computed':>10}{'real':>9}{'useful':>8}{'s / epoch':>11}"
+        f"{'tokens/s':>10}{'vs padded':>11}"
+    )
     for name in inputs:
         t = totals[name]
         computed = t["tokens"] + t["padding"]
         seconds = statistics.median(times[name])
         listed = ", ".join(f"{r}x{w}" for r, w in shapes[name][:3]) + (", ..." if len(shapes[name]) > 3 else "")
-        print(f"{name:<14}{listed:>32}{computed:>10,}{t['tokens']:>9,}{t['tokens'] / computed:>8.1%}{seconds:>11.2f}"
-              f"{t['tokens'] / seconds:>10,.0f}{'x' + format(1 / ratios[name], '.2f'):>11}")
-    print(f"\nvs padded: tokens/s ratio, the median over {args.repeats} rounds of the per-round time ratios (padded / "
-          f"packed): " + "; ".join(f"{name} " + ", ".join(f"x{p / q:.2f}" for p, q in zip(times["padded"], times[name]))
-                                   for name in inputs if name != "padded"))
+        print(
+            f"{name:<14}{listed:>32}{computed:>10,}{t['tokens']:>9,}{t['tokens'] / computed:>8.1%}{seconds:>11.2f}"
+            f"{t['tokens'] / seconds:>10,.0f}{'x' + format(1 / ratios[name], '.2f'):>11}"
+        )
+    print(
+        f"\nvs padded: tokens/s ratio, the median over {args.repeats} rounds of the per-round time ratios (padded / "
+        f"packed): "
+        + "; ".join(
+            f"{name} " + ", ".join(f"x{p / q:.2f}" for p, q in zip(times["padded"], times[name]))
+            for name in inputs
+            if name != "padded"
+        )
+    )
 
 
 if __name__ == "__main__":

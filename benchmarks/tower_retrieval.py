@@ -41,12 +41,22 @@ def parse_args():
 def build(args) -> ManagerTowerForImageTextRetrieval:
     heads = max(1, args.width // 64)
     config = ManagerTowerConfig(
-        text_config=dict(vocab_size=1000, hidden_size=args.width, num_hidden_layers=args.layers,
-                         num_attention_heads=heads, intermediate_size=4 * args.width,
-                         max_position_embeddings=args.text_length + 2),
-        vision_config=dict(hidden_size=args.width, num_hidden_layers=args.layers, patch_size=16,
-                           image_size=args.image_size),
-        hidden_size=args.width, num_attention_heads=heads, num_hidden_layers=3, num_managed_layers=3)
+        text_config=dict(
+            vocab_size=1000,
+            hidden_size=args.width,
+            num_hidden_layers=args.layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * args.width,
+            max_position_embeddings=args.text_length + 2,
+        ),
+        vision_config=dict(
+            hidden_size=args.width, num_hidden_layers=args.layers, patch_size=16, image_size=args.image_size
+        ),
+        hidden_size=args.width,
+        num_attention_heads=heads,
+        num_hidden_layers=3,
+        num_managed_layers=3,
+    )
     torch.manual_seed(0)
     return ManagerTowerForImageTextRetrieval(config).to(args.device).eval()
 
@@ -89,17 +99,25 @@ def main():
             if name == "per pair":
                 baseline = per_pair(model, pixels, ids, mask, pairs, args.batch_size)
             else:
-                scores = retrieval_scores(model, [pixels], [{"input_ids": ids, "attention_mask": mask}], k=args.k,
-                                          batch_size=args.batch_size, progress=False)
+                scores = retrieval_scores(
+                    model,
+                    [pixels],
+                    [{"input_ids": ids, "attention_mask": mask}],
+                    k=args.k,
+                    batch_size=args.batch_size,
+                    progress=False,
+                )
             sync()
             times[name].append(time.perf_counter() - start)
 
     # retrieval_scores keeps max(i2t, t2i) of the same ITM logit: on ranked pairs it is that logit
     diff = (scores[ranked] - baseline[ranked]).abs().max().item()
     base, ours = statistics.median(times["per pair"]), statistics.median(times["retrieval_scores"])
-    print(f"{args.images} images x {args.texts} texts, k = {args.k}: {len(pairs)} ranked pairs in batches of "
-          f"{args.batch_size}; towers {args.width} wide x {args.layers} layers, {args.image_size} px images, "
-          f"{args.text_length} text tokens; {args.device}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.images} images x {args.texts} texts, k = {args.k}: {len(pairs)} ranked pairs in batches of "
+        f"{args.batch_size}; towers {args.width} wide x {args.layers} layers, {args.image_size} px images, "
+        f"{args.text_length} text tokens; {args.device}, {torch.get_num_threads()} threads"
+    )
     print(f"ITM scores of the ranked pairs, largest difference: {diff:.2e}")
     print(f"{'':18} {'s (median)':>10} {'vs per pair':>12}")
     print(f"{'per pair':18} {base:10.3f} {'x1.00':>12}")

@@ -18,8 +18,8 @@ import time
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from llava_manager.training.data import Collator, SupervisedDataset, load_records
 from llava_manager.shapes.data import tiny_processor, write_shapes_dataset
+from llava_manager.training.data import Collator, SupervisedDataset, load_records
 from llava_manager.training.train import run
 
 
@@ -35,24 +35,45 @@ def main() -> None:
         paths = write_shapes_dataset(tmp, args.samples)
         processor = tiny_processor()
         dataset = SupervisedDataset(load_records(paths["instruct"]), processor, paths["image_folder"])
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                            collate_fn=Collator(processor.tokenizer.pad_token_id))
+        loader = DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            collate_fn=Collator(processor.tokenizer.pad_token_id),
+        )
         start, seen = time.perf_counter(), 0
         for batch in tqdm(loader, desc="data pipeline"):
             seen += batch["input_ids"].shape[0]
         data_rate = seen / (time.perf_counter() - start)
 
-        trainer = run("stage2", ["--output_dir", f"{tmp}/run", "--max_steps", str(args.steps), "--save_strategy", "no",
-                                 "--synthetic_samples", str(args.samples), "--logging_steps", str(args.steps),
-                                 "--per_device_train_batch_size", str(args.batch_size),
-                                 "--dataloader_num_workers", str(args.workers)])
+        trainer = run(
+            "stage2",
+            [
+                "--output_dir",
+                f"{tmp}/run",
+                "--max_steps",
+                str(args.steps),
+                "--save_strategy",
+                "no",
+                "--synthetic_samples",
+                str(args.samples),
+                "--logging_steps",
+                str(args.steps),
+                "--per_device_train_batch_size",
+                str(args.batch_size),
+                "--dataloader_num_workers",
+                str(args.workers),
+            ],
+        )
         train_rate = trainer.state.log_history[-1]["train_samples_per_second"]
 
     print(f"\ntiny default, batch {args.batch_size}, {args.workers} data loader workers")
     print(f"{'data pipeline alone':<28}{data_rate:>10.1f} samples/s")
     verdict = "the loader keeps up" if data_rate > train_rate else "the loader is the bottleneck: add workers"
-    print(f"{'training step (stage 2)':<28}{train_rate:>10.1f} samples/s  (data pipeline / training = "
-          f"{data_rate / train_rate:.1f}x: {verdict})")
+    print(
+        f"{'training step (stage 2)':<28}{train_rate:>10.1f} samples/s  (data pipeline / training = "
+        f"{data_rate / train_rate:.1f}x: {verdict})"
+    )
 
 
 if __name__ == "__main__":

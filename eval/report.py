@@ -16,8 +16,13 @@ from llava_manager.evaluation.report import write_report
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR",
-                        help="a run's name and its lmms-eval --output_path folder; repeat for each run")
+    parser.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="a run's name and its lmms-eval --output_path folder; repeat for each run",
+    )
     parser.add_argument("--baseline", help="the run the deltas are taken against")
     parser.add_argument("--subset", default="all", choices=["all", "ablation"])
     parser.add_argument("--out", required=True)

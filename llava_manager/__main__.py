@@ -1,9 +1,9 @@
 """Demo: patch a LLaVA-family model built in code, count what was added, generate with an image.
 
-    python -m llava_manager                 # tiny random model, a few seconds on a laptop CPU
-    python -m llava_manager --interval 1    # a manager before every decoder layer
-    python -m llava_manager --family llava_next_video     # any family: llava, llava_next, llava_next_video
-    python -m llava_manager --shape 0.5b    # the real 0.5B-SI shape (random weights, ~4 GB RAM, slower)
+python -m llava_manager                 # tiny random model, a few seconds on a laptop CPU
+python -m llava_manager --interval 1    # a manager before every decoder layer
+python -m llava_manager --family llava_next_video     # any family: llava, llava_next, llava_next_video
+python -m llava_manager --shape 0.5b    # the real 0.5B-SI shape (random weights, ~4 GB RAM, slower)
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ from .families.llava_onevision import onevision_0_5b_config
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=list(FAMILIES), default="llava_onevision",
-                        help="the family of the tiny model (--shape 0.5b is LLaVA-OneVision)")
+    parser.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        default="llava_onevision",
+        help="the family of the tiny model (--shape 0.5b is LLaVA-OneVision)",
+    )
     parser.add_argument("--shape", choices=["tiny", "0.5b"], default="tiny")
     parser.add_argument("--interval", type=int, default=4)
     parser.add_argument("--vision-layers", default="top_half", help="top_half | bottom_half | all")
@@ -44,11 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     media = f"{int((inputs['input_ids'] == config.image_token_id).sum())} image tokens"
     if "pixel_values_videos" in inputs:
         media += f", {int((inputs['input_ids'] == config.video_token_id).sum())} video tokens (2 frames)"
-    print(f"model: {adapter.title} {args.shape} (LLM {plan['num_decoder_layers']} layers x {plan['text_hidden_size']}), "
-          f"one {int(size * 1.5)} x {size * 2} px image -> {media}")
+    print(
+        f"model: {adapter.title} {args.shape} (LLM {plan['num_decoder_layers']} layers x {plan['text_hidden_size']}), "
+        f"one {int(size * 1.5)} x {size * 2} px image -> {media}"
+    )
     print(f"managers before decoder layers {plan['inject_layers']}, aggregating vision layers {plan['vision_layers']}")
-    print(f"parameters: base {base_params:,} + managers {added:,} "
-          f"(= {len(plan['inject_layers'])} x {len(plan['vision_layers'])} x {plan['text_hidden_size']})")
+    print(
+        f"parameters: base {base_params:,} + managers {added:,} "
+        f"(= {len(plan['inject_layers'])} x {len(plan['vision_layers'])} x {plan['text_hidden_size']})"
+    )
 
     start = time.perf_counter()
     tokens = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)

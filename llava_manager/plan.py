@@ -83,8 +83,10 @@ def read_throughput(item: str) -> tuple[str, Measurement]:
         raise ValueError(f"--throughput {item}: cannot read it ({error}).") from None
     stage = stage or data.get("stage") or (path.parent.name if path.parent.name in STAGES else "")
     if stage not in STAGES:
-        raise ValueError(f"--throughput {item}: which stage is it? The file records none and its folder is not one "
-                         f"of {', '.join(STAGES)}; write STAGE=FILE, e.g. stage2={path}.")
+        raise ValueError(
+            f"--throughput {item}: which stage is it? The file records none and its folder is not one "
+            f"of {', '.join(STAGES)}; write STAGE=FILE, e.g. stage2={path}."
+        )
     per_gpu = data.get("samples_per_second_per_device")
     if per_gpu is None and "samples_per_second" in data:
         per_gpu = data["samples_per_second"] / max(int(data.get("world_size", 1)), 1)
@@ -94,16 +96,28 @@ def read_throughput(item: str) -> tuple[str, Measurement]:
     return stage, Measurement(float(per_gpu), f"{path} ({where})")
 
 
-def plan(measured: dict[str, Measurement], gpus: int, samples: dict[str, int] | None = None,
-         epochs: dict[str, float] | None = None) -> list[Row]:
+def plan(
+    measured: dict[str, Measurement],
+    gpus: int,
+    samples: dict[str, int] | None = None,
+    epochs: dict[str, float] | None = None,
+) -> list[Row]:
     """One row per stage; stages without a measurement have no times."""
     if gpus < 1:
         raise ValueError(f"the number of GPUs must be >= 1, got {gpus}.")
     samples = samples or {}
     epochs = epochs or {}
-    return [Row(stage, samples.get(stage, SAMPLES[stage][0]),
-                SAMPLES[stage][1] if stage not in samples else "given", epochs.get(stage, EPOCHS[stage]),
-                measured.get(stage), gpus) for stage in STAGES]
+    return [
+        Row(
+            stage,
+            samples.get(stage, SAMPLES[stage][0]),
+            SAMPLES[stage][1] if stage not in samples else "given",
+            epochs.get(stage, EPOCHS[stage]),
+            measured.get(stage),
+            gpus,
+        )
+        for stage in STAGES
+    ]
 
 
 def duration(hours: float | None) -> str:
@@ -125,21 +139,25 @@ def format_table(rows: list[Row], gpus_per_node: int, nodes: int) -> str:
     for r in rows:
         rate = "-" if r.measurement is None else f"{r.measurement.per_gpu:.2f}"
         gpu_hours = "-" if r.gpu_hours is None else f"{r.gpu_hours:,.1f}"
-        lines.append(f"{TITLES[r.stage]:<10}{r.samples:>12,}{r.epochs:>8g}{rate:>15}{duration(r.wall_hours):>20}"
-                     f"{gpu_hours:>12}")
+        lines.append(
+            f"{TITLES[r.stage]:<10}{r.samples:>12,}{r.epochs:>8g}{rate:>15}{duration(r.wall_hours):>20}{gpu_hours:>12}"
+        )
     done = [r for r in rows if r.gpu_hours is not None]
     missing = [TITLES[r.stage] for r in rows if r.gpu_hours is None]
     total_gpu_hours = sum(r.gpu_hours for r in done)
     label = "total" if not missing else "total*"
-    lines += ["-" * len(header),
-              f"{label:<10}{sum(r.samples for r in done):>12,}{'':>8}{'':>15}"
-              f"{duration(total_gpu_hours / gpus if done else None):>20}"
-              f"{(f'{total_gpu_hours:,.1f}' if done else '-'):>12}"]
+    lines += [
+        "-" * len(header),
+        f"{label:<10}{sum(r.samples for r in done):>12,}{'':>8}{'':>15}"
+        f"{duration(total_gpu_hours / gpus if done else None):>20}"
+        f"{(f'{total_gpu_hours:,.1f}' if done else '-'):>12}",
+    ]
     if missing:
         lines.append(f"* without {', '.join(missing)}: no measurement (--samples-per-second or --throughput)")
     lines += ["", "samples:"] + [f"  {TITLES[r.stage]:<10} {r.source}" for r in rows]
-    lines += ["samples/s per GPU:"] + [f"  {TITLES[r.stage]:<10} {r.measurement.source if r.measurement else '-'}"
-                                       for r in rows]
+    lines += ["samples/s per GPU:"] + [
+        f"  {TITLES[r.stage]:<10} {r.measurement.source if r.measurement else '-'}" for r in rows
+    ]
     lines += ["assumptions:"] + [f"  - {a}" for a in ASSUMPTIONS]
     lines.append("  - wall time = samples x epochs / (samples/s per GPU x GPUs); GPU-hours = wall time x GPUs")
     return "\n".join(lines)
@@ -155,24 +173,36 @@ def three(name: str, cast):
         if any(v <= 0 for v in out.values()):
             raise ValueError(f"--{name} values must be > 0, got {values}.")
         return out
+
     return parse
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m llava_manager.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples-per-second", nargs="+", metavar="S",
-                        help="measured samples/s PER GPU of Stage-1, Stage-1.5 and Stage-2")
-    parser.add_argument("--throughput", nargs="+", metavar="[STAGE=]FILE",
-                        help="throughput.json files of short runs (their per-device samples/s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m llava_manager.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--samples-per-second",
+        nargs="+",
+        metavar="S",
+        help="measured samples/s PER GPU of Stage-1, Stage-1.5 and Stage-2",
+    )
+    parser.add_argument(
+        "--throughput",
+        nargs="+",
+        metavar="[STAGE=]FILE",
+        help="throughput.json files of short runs (their per-device samples/s)",
+    )
     parser.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     parser.add_argument("--samples", nargs="+", metavar="N", help="samples of each stage instead of the paper's")
     parser.add_argument("--epochs", nargs="+", metavar="E", help="epochs of each stage (default 1 1 1)")
     args = parser.parse_args(argv)
     try:
-        measured = {stage: Measurement(v, "given") for stage, v in
-                    three("samples-per-second", float)(args.samples_per_second).items()}
+        measured = {
+            stage: Measurement(v, "given")
+            for stage, v in three("samples-per-second", float)(args.samples_per_second).items()
+        }
         for item in args.throughput or ():
             stage, measurement = read_throughput(item)
             measured[stage] = measurement
@@ -180,8 +210,9 @@ def main(argv: list[str] | None = None) -> str:
             raise ValueError("give --samples-per-second S1 S1.5 S2 (per GPU) or --throughput FILE ...")
         if args.gpus < 1 or args.nodes < 1:
             raise ValueError(f"--gpus and --nodes must be >= 1, got {args.gpus} and {args.nodes}.")
-        rows = plan(measured, args.gpus * args.nodes, three("samples", int)(args.samples),
-                    three("epochs", float)(args.epochs))
+        rows = plan(
+            measured, args.gpus * args.nodes, three("samples", int)(args.samples), three("epochs", float)(args.epochs)
+        )
     except ValueError as error:
         parser.error(str(error))
     text = format_table(rows, args.gpus, args.nodes)

@@ -5,7 +5,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
-
 from helpers import DISTRIBUTED_ENV  # noqa: E402
 
 

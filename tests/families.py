@@ -32,16 +32,35 @@ PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
 
 def family_config(family: str, **overrides):
     """Written here, not taken from the package: each family's published layout at a tiny size."""
-    text = dict(model_type={"llava_next": "mistral", "llava_onevision": "qwen2"}.get(family, "llama"), hidden_size=32,
-                intermediate_size=64, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
-                vocab_size=VOCAB, max_position_embeddings=512, tie_word_embeddings=False)
+    text = dict(
+        model_type={"llava_next": "mistral", "llava_onevision": "qwen2"}.get(family, "llama"),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     siglip = family == "llava_onevision"
-    vision = dict(model_type="siglip_vision_model" if siglip else "clip_vision_model", hidden_size=24,
-                  intermediate_size=48, num_hidden_layers=6, num_attention_heads=4, patch_size=7, image_size=SIZE)
+    vision = dict(
+        model_type="siglip_vision_model" if siglip else "clip_vision_model",
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        patch_size=7,
+        image_size=SIZE,
+    )
     vision.update(vision_use_head=False) if siglip else vision.update(projection_dim=16)
-    kwargs = dict(text_config=text, vision_config=vision, image_token_index=VOCAB - 1,
-                  vision_feature_layer=-1 if siglip else -2,
-                  vision_feature_select_strategy="full" if siglip else "default")
+    kwargs = dict(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=VOCAB - 1,
+        vision_feature_layer=-1 if siglip else -2,
+        vision_feature_select_strategy="full" if siglip else "default",
+    )
     if family != "llava":
         kwargs["image_grid_pinpoints"] = PINPOINTS + [[112, 112]] if siglip else PINPOINTS
     if family in VIDEO_FAMILIES:
@@ -138,8 +157,9 @@ def reference_image_rows(model, batch, vision_layers, manage="both"):
     grid = [True] * len(sizes) if per_sample is None else [int(n) == 1 for n in per_sample for _ in range(int(n))]
     counts = [image_size_to_num_patches(s, cfg.image_grid_pinpoints, SIZE) if g else 1 for s, g in zip(sizes, grid)]
     states = _states(model, torch.cat([p[:n] for p, n in zip(pixels, counts)]))
-    mask = torch.tensor([1.0 if manage == "both" or (manage == "base") == (c == 0) else 0.0
-                         for n in counts for c in range(n)])[:, None, None]
+    mask = torch.tensor(
+        [1.0 if manage == "both" or (manage == "base") == (c == 0) else 0.0 for n in counts for c in range(n)]
+    )[:, None, None]
     out = {}
     for k in vision_layers:
         x = states[k][:, 1:] if strategy == "default" else states[k]
@@ -147,8 +167,9 @@ def reference_image_rows(model, batch, vision_layers, manage="both"):
             p = inner.multi_modal_projector(x) * mask
         zero = torch.zeros(p.shape[-1])
         if family == "llava_onevision":
-            packed, _ = inner.pack_image_features(list(torch.split(p, counts)), sizes, image_newline=zero,
-                                                  vision_aspect_ratio=cfg.vision_aspect_ratio)
+            packed, _ = inner.pack_image_features(
+                list(torch.split(p, counts)), sizes, image_newline=zero, vision_aspect_ratio=cfg.vision_aspect_ratio
+            )
         else:
             packed, _ = inner.pack_image_features(list(torch.split(p, counts)), sizes, strategy, image_newline=zero)
         out[k] = torch.cat(packed)

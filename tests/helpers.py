@@ -70,8 +70,8 @@ def make_batch(model, image_hw, prompt_lens=None, seed: int = 1, left_pad=None, 
     attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
     for b, r in enumerate(rows):
         if pad_left:
-            input_ids[b, length - len(r):] = torch.tensor(r)
-            attention_mask[b, length - len(r):] = 1
+            input_ids[b, length - len(r) :] = torch.tensor(r)
+            attention_mask[b, length - len(r) :] = 1
         else:
             input_ids[b, : len(r)] = torch.tensor(r)
             attention_mask[b, : len(r)] = 1
@@ -90,10 +90,21 @@ def run_recipe(stage: str, output_dir, *args: str, launcher: list[str] | None = 
     import subprocess
     import sys
 
-    command = [*(launcher or [sys.executable]), str(ROOT / "recipes" / f"{stage}.py"), "--output_dir", str(output_dir),
-               *args]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                            env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
+    command = [
+        *(launcher or [sys.executable]),
+        str(ROOT / "recipes" / f"{stage}.py"),
+        "--output_dir",
+        str(output_dir),
+        *args,
+    ]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"),
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 

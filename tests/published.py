@@ -124,10 +124,22 @@ def pinpoints(side: int) -> list[list[int]]:
     return [[side * i, side * j] for i in range(1, 7) for j in range(1, 7)]
 
 
-TEXT_SIZES = dict(hidden_size=56, intermediate_size=304, num_hidden_layers=4, max_window_layers=4,
-                  num_attention_heads=14, num_key_value_heads=2)  # real: 896, 4864, 24, 24, 14, 2
-VISION_SIZES = dict(hidden_size=64, intermediate_size=272, num_hidden_layers=4, num_attention_heads=16,
-                    image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE)  # real: 1152, 4304, 26, 16, 384, 14
+TEXT_SIZES = dict(
+    hidden_size=56,
+    intermediate_size=304,
+    num_hidden_layers=4,
+    max_window_layers=4,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+)  # real: 896, 4864, 24, 24, 14, 2
+VISION_SIZES = dict(
+    hidden_size=64,
+    intermediate_size=272,
+    num_hidden_layers=4,
+    num_attention_heads=16,
+    image_size=TINY_IMAGE_SIZE,
+    patch_size=TINY_PATCH_SIZE,
+)  # real: 1152, 4304, 26, 16, 384, 14
 SEEDS = {"si": 0, "ov": 1}
 
 
@@ -167,19 +179,37 @@ def published_config(variant: str = "si") -> dict:
     }
 
 
-GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": 151643, "eos_token_id": 151645,
-                     "transformers_version": "4.45.0.dev0"}
-PROCESSOR_CONFIG = {"image_token": "<image>", "num_image_tokens": TINY_NUM_IMAGE_TOKENS,
-                    "processor_class": "LlavaOnevisionProcessor", "video_token": "<video>",
-                    "vision_feature_select_strategy": "full"}
+GENERATION_CONFIG = {
+    "_from_model_config": True,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "transformers_version": "4.45.0.dev0",
+}
+PROCESSOR_CONFIG = {
+    "image_token": "<image>",
+    "num_image_tokens": TINY_NUM_IMAGE_TOKENS,
+    "processor_class": "LlavaOnevisionProcessor",
+    "video_token": "<video>",
+    "vision_feature_select_strategy": "full",
+}
 _IMAGE_PROCESSOR_COMMON = {
-    "do_convert_rgb": True, "do_normalize": True, "do_pad": True, "do_rescale": True, "do_resize": True,
-    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "processor_class": "LlavaOnevisionProcessor",
-    "resample": 3, "rescale_factor": 0.00392156862745098,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_pad": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "LlavaOnevisionProcessor",
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
     "size": {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
 }
-PREPROCESSOR_CONFIG = {**_IMAGE_PROCESSOR_COMMON, "image_grid_pinpoints": pinpoints(TINY_IMAGE_SIZE),
-                       "image_processor_type": "LlavaOnevisionImageProcessor"}
+PREPROCESSOR_CONFIG = {
+    **_IMAGE_PROCESSOR_COMMON,
+    "image_grid_pinpoints": pinpoints(TINY_IMAGE_SIZE),
+    "image_processor_type": "LlavaOnevisionImageProcessor",
+}
 VIDEO_PREPROCESSOR_CONFIG = {**_IMAGE_PROCESSOR_COMMON, "image_processor_type": "LlavaOnevisionVideoProcessor"}
 ADDED_TOKENS = {content: i for i, content in SPECIAL_TOKENS.items()}
 _TOKEN_FLAGS = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
@@ -190,8 +220,9 @@ SPECIAL_TOKENS_MAP = {
 }
 TOKENIZER_CONFIG = {
     "add_prefix_space": False,
-    "added_tokens_decoder": {str(i): {"content": c, **_TOKEN_FLAGS, "special": True}
-                             for i, c in SPECIAL_TOKENS.items()},
+    "added_tokens_decoder": {
+        str(i): {"content": c, **_TOKEN_FLAGS, "special": True} for i, c in SPECIAL_TOKENS.items()
+    },
     "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
     "bos_token": None,
     "chat_template": QWEN2_CHAT_TEMPLATE,
@@ -211,11 +242,13 @@ QWEN2_PRETOKENIZE_REGEX = (
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 # Words that get whole-word merges (with and without a leading space); any other text falls back to bytes.
-MERGED_WORDS = sorted(set(
-    "system user assistant You are a helpful assistant What colour is the shape in image Where Hi Describe this "
-    "shown red green blue yellow circle square triangle cross left right top bottom middle white black grey "
-    "background on A How many sides does have four three Is round yes no ? . ,".split()
-))
+MERGED_WORDS = sorted(
+    set(
+        "system user assistant You are a helpful assistant What colour is the shape in image Where Hi Describe this "
+        "shown red green blue yellow circle square triangle cross left right top bottom middle white black grey "
+        "background on A How many sides does have four three Is round yes no ? . ,".split()
+    )
+)
 
 
 def _check(variant: str) -> None:
@@ -244,7 +277,7 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
         rank, i = min(pairs)
         if rank == len(ranks):
             break
-        symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
     return symbols
 
 
@@ -280,18 +313,30 @@ def build_tokenizer_backend():
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab, merges = tiny_vocab_and_merges()
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
-                                   continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
-                                   byte_fallback=False))
+    backend = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            dropout=None,
+            unk_token=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+            byte_fallback=False,
+        )
+    )
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     backend.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     backend.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    backend.add_special_tokens([AddedToken(SPECIAL_TOKENS[i], special=True, normalized=False)
-                                for i in sorted(SPECIAL_TOKENS)])
+    backend.add_special_tokens(
+        [AddedToken(SPECIAL_TOKENS[i], special=True, normalized=False) for i in sorted(SPECIAL_TOKENS)]
+    )
     assert backend.token_to_id("<image>") == 151646, "special token ids drifted"
     return backend, vocab, merges
 
@@ -338,9 +383,14 @@ def _to_published_keys(path: Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
         tensors = {key: f.get_tensor(key) for key in f.keys()}
-    renamed = {("vision_tower.vision_model." + key[len("vision_tower."):]
-                if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model.") else key): value
-               for key, value in tensors.items()}
+    renamed = {
+        (
+            "vision_tower.vision_model." + key[len("vision_tower.") :]
+            if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model.")
+            else key
+        ): value
+        for key, value in tensors.items()
+    }
     save_file(renamed, str(path), metadata=metadata)
 
 
@@ -383,7 +433,17 @@ def write_published_checkpoint(directory: str | Path, variant: str = "si", weigh
 
 
 PUBLISHED_FILES = (
-    "added_tokens.json", "chat_template.json", "config.json", "generation_config.json", "merges.txt",
-    "model.safetensors", "preprocessor_config.json", "processor_config.json", "special_tokens_map.json",
-    "tokenizer.json", "tokenizer_config.json", "video_processor/preprocessor_config.json", "vocab.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "config.json",
+    "generation_config.json",
+    "merges.txt",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "video_processor/preprocessor_config.json",
+    "vocab.json",
 )

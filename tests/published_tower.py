@@ -89,15 +89,15 @@ SPECIAL_IDS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 50264}
 # hidden_size // 64 heads (hard-coded), so its width stays a multiple of 64; the cross-modal layers are built from
 # text_config, so hidden_size == text_config.hidden_size as published (768 == 768).
 SIZES = dict(
-    hidden_size=32,             # 768
-    num_attention_heads=2,      # 12
-    num_hidden_layers=2,        # 6 cross-modal layers
-    text_hidden_size=32,        # 768
-    text_layers=6,              # 12
-    text_heads=2,               # 12
+    hidden_size=32,  # 768
+    num_attention_heads=2,  # 12
+    num_hidden_layers=2,  # 6 cross-modal layers
+    text_hidden_size=32,  # 768
+    text_layers=6,  # 12
+    text_heads=2,  # 12
     text_intermediate_size=64,  # 3072
-    vision_hidden_size=64,      # 768
-    vision_layers=6,            # 12
+    vision_hidden_size=64,  # 768
+    vision_layers=6,  # 12
 )
 
 # config.json of bridgetower-base (see the module doc for which lines are copied and which reconstructed); the
@@ -173,20 +173,61 @@ def published_config(variant: str = "base") -> dict:
 # preprocessor_config.json: the training config of the original code (bridgetower-base raw@ca2e953), key order and
 # values as published; written with its published indentation (a tab, then 8 spaces).
 PREPROCESSOR_ITEMS = [
-    ("cache_dir", "/tmp"), ("downstream_fusion", False), ("downstream_fusion_layers", 1),
-    ("downstream_fusion_method", "elmo"), ("drop_rate", 0.1), ("freeze_RoBERTa", False), ("freeze_ViT", False),
-    ("freeze_layer_count_roberta", False), ("freeze_layer_count_vit", False), ("head_hidden_scale", 2),
-    ("hidden_size", 768), ("image_size", 288), ("input_text_embed_size", 768), ("link_tower_shared", False),
-    ("link_tower_type", "add"), ("log_dir", "log_dir"),
-    ("loss_names", {"contras": 0, "irtr": 0, "itm": 0, "mlm": 0, "mpp": 0, "nlvr2": 0, "snli": 0, "vcr": 0,
-                    "vcr_qar": 0, "vqa": 1}),
-    ("max_text_len", 50), ("mlp_ratio", 4), ("model_type", "bridgetower"), ("num_heads", 12), ("num_layers", 6),
-    ("num_nodes", 1), ("only_load_cross_modal_from_meter", False), ("patch_size", 16), ("resolution_before", 224),
-    ("stop_gradient", False), ("task_head_layers", 2), ("test_only", False), ("tokenizer", "roberta-base"),
-    ("unfreeze_RoBERTa_attention", False), ("unfreeze_RoBERTa_embeddings", False),
-    ("unfreeze_RoBERTa_encoder", False), ("unfreeze_RoBERTa_layernorm", False), ("unfreeze_ViT_attention", False),
-    ("unfreeze_ViT_layernorm", False), ("vit", "ViT-B/16"), ("vit_layernorm_init_from_vit", False),
-    ("vit_layernorm_shared", True), ("vit_remove_last", False), ("vocab_size", 50265),
+    ("cache_dir", "/tmp"),
+    ("downstream_fusion", False),
+    ("downstream_fusion_layers", 1),
+    ("downstream_fusion_method", "elmo"),
+    ("drop_rate", 0.1),
+    ("freeze_RoBERTa", False),
+    ("freeze_ViT", False),
+    ("freeze_layer_count_roberta", False),
+    ("freeze_layer_count_vit", False),
+    ("head_hidden_scale", 2),
+    ("hidden_size", 768),
+    ("image_size", 288),
+    ("input_text_embed_size", 768),
+    ("link_tower_shared", False),
+    ("link_tower_type", "add"),
+    ("log_dir", "log_dir"),
+    (
+        "loss_names",
+        {
+            "contras": 0,
+            "irtr": 0,
+            "itm": 0,
+            "mlm": 0,
+            "mpp": 0,
+            "nlvr2": 0,
+            "snli": 0,
+            "vcr": 0,
+            "vcr_qar": 0,
+            "vqa": 1,
+        },
+    ),
+    ("max_text_len", 50),
+    ("mlp_ratio", 4),
+    ("model_type", "bridgetower"),
+    ("num_heads", 12),
+    ("num_layers", 6),
+    ("num_nodes", 1),
+    ("only_load_cross_modal_from_meter", False),
+    ("patch_size", 16),
+    ("resolution_before", 224),
+    ("stop_gradient", False),
+    ("task_head_layers", 2),
+    ("test_only", False),
+    ("tokenizer", "roberta-base"),
+    ("unfreeze_RoBERTa_attention", False),
+    ("unfreeze_RoBERTa_embeddings", False),
+    ("unfreeze_RoBERTa_encoder", False),
+    ("unfreeze_RoBERTa_layernorm", False),
+    ("unfreeze_ViT_attention", False),
+    ("unfreeze_ViT_layernorm", False),
+    ("vit", "ViT-B/16"),
+    ("vit_layernorm_init_from_vit", False),
+    ("vit_layernorm_shared", True),
+    ("vit_remove_last", False),
+    ("vocab_size", 50265),
 ]
 
 
@@ -210,9 +251,12 @@ def published_preprocessor(variant: str = "base") -> dict:
 
 # Words that get whole-word merges (after a space, and capitalised at a sentence start); anything else falls back
 # to byte-level pieces, as in any byte-level BPE.
-MERGED_WORDS = sorted(set(
-    "a the red green blue yellow circle square triangle shape on left right top bottom of in image picture is "
-    "there what colour color how many sides does it have photo white black grey background yes no".split()))
+MERGED_WORDS = sorted(
+    set(
+        "a the red green blue yellow circle square triangle shape on left right top bottom of in image picture is "
+        "there what colour color how many sides does it have photo white black grey background yes no".split()
+    )
+)
 CAPITALISED = sorted({w.capitalize() for w in MERGED_WORDS})
 
 
@@ -236,7 +280,7 @@ def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
         for end in range(2, len(word) + 1):
             if word[:end] not in vocab:
                 vocab[word[:end]] = len(vocab)
-                merges.append((word[:end - 1], word[end - 1]))
+                merges.append((word[: end - 1], word[end - 1]))
 
     for word in MERGED_WORDS:
         chain("Ġ" + word)
@@ -256,15 +300,26 @@ def tokenizer_files() -> dict[str, str]:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     vocab, merges = tiny_vocab_and_merges()
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
-                                   continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
+    backend = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            dropout=None,
+            unk_token=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+        )
+    )
     backend.normalizer = None
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True)
-    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
-                                                          add_prefix_space=False)
+    backend.post_processor = processors.RobertaProcessing(
+        ("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False
+    )
     backend.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True)
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=True)
-                                for t in ("<s>", "<pad>", "</s>", "<unk>")])
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=True) for t in ("<s>", "<pad>", "</s>", "<unk>")]
+    )
     backend.add_special_tokens([AddedToken("<mask>", special=True, lstrip=True, normalized=True)])
     assert {t: backend.token_to_id(t) for t in SPECIAL_IDS} == SPECIAL_IDS, "special token ids drifted"
     return {"tokenizer.json": backend.to_str(), "vocab.json": json.dumps(vocab, ensure_ascii=False)}
@@ -275,8 +330,12 @@ def build_model(variant: str = "base"):
     "base", for "itm-mlm" a `BridgeTowerForMaskedLM` and a `BridgeTowerForImageAndTextRetrieval` sharing one
     backbone (returned as a list)."""
     import torch
-    from transformers import (BridgeTowerConfig, BridgeTowerForImageAndTextRetrieval, BridgeTowerForMaskedLM,
-                              BridgeTowerModel)
+    from transformers import (
+        BridgeTowerConfig,
+        BridgeTowerForImageAndTextRetrieval,
+        BridgeTowerForMaskedLM,
+        BridgeTowerModel,
+    )
 
     _check(variant)
     config = BridgeTowerConfig.from_dict(published_config(variant))

@@ -37,7 +37,9 @@ def reference_features(model, batch, vision_layers, manage="both"):
         with torch.no_grad():
             p = inner.multi_modal_projector(x) * mask.to(x.dtype)
         packed, _ = inner.pack_image_features(
-            list(torch.split(p, crops)), sizes, image_newline=torch.zeros(p.shape[-1], dtype=p.dtype),
+            list(torch.split(p, crops)),
+            sizes,
+            image_newline=torch.zeros(p.shape[-1], dtype=p.dtype),
             vision_aspect_ratio=cfg.vision_aspect_ratio,
         )
         out[k] = torch.cat(packed)

@@ -123,8 +123,13 @@ def test_collectors_match_the_models_own_outputs(tiny):
 
 def test_commands_write_figures_and_tables(tiny, tmp_path):
     root, model, _ = tiny
-    records = [{"id": "a", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour ?"},
-                                                             {"from": "gpt", "value": "red ."}]}]
+    records = [
+        {
+            "id": "a",
+            "image": "a.png",
+            "conversations": [{"from": "human", "value": "<image>\nWhat colour ?"}, {"from": "gpt", "value": "red ."}],
+        }
+    ]
     (root / "images" / "data.json").write_text(json.dumps(records))
     runs = {
         "weights": [],

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from helpers import tiny_model
 from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
@@ -17,8 +18,6 @@ from llava_manager.analysis import timing
 from llava_manager.analysis.__main__ import main as analysis
 from llava_manager.analysis.budget import VARIANTS, measure_budget
 from llava_manager.families.llava_onevision import onevision_0_5b_config
-
-from helpers import tiny_model
 
 
 def projector_flops_per_token(config) -> int:
@@ -79,6 +78,7 @@ def test_rounds_rotate_the_order_and_ratios_pair_within_a_round():
         def go():
             calls.append(name)
             return next(clock) if len(calls) > 3 else 0.0  # the warm-up calls return nothing measured
+
         return go
 
     times = timing.rounds({n: fn(n) for n in "abc"}, repeats=2, desc="test")
@@ -100,8 +100,24 @@ def test_budget_command_on_a_patched_directory(tmp_path):
     model.save_pretrained(tmp_path / "model")
 
     out = tmp_path / "budget"
-    paths = analysis(["budget", "--model", str(tmp_path / "model"), "--image-size", "56", "56", "--text-tokens", "8",
-                      "--new-tokens", "2", "--repeats", "2", "--out", str(out)])
+    paths = analysis(
+        [
+            "budget",
+            "--model",
+            str(tmp_path / "model"),
+            "--image-size",
+            "56",
+            "56",
+            "--text-tokens",
+            "8",
+            "--new-tokens",
+            "2",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert paths["png"].stat().st_size > 0
     with paths["csv"].open() as f:
         rows = {r["variant"]: r for r in csv.DictReader(f)}

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_model
 from transformers import VipLlavaConfig, VipLlavaForConditionalGeneration
 
-from helpers import tiny_model
 from llava_manager import ManagerConfig, apply_manager, get_managers, has_manager
 from llava_manager.families.llava_onevision import onevision_0_5b_config
 
@@ -89,15 +89,31 @@ def test_out_of_range_for_the_model_leaves_it_untouched(kwargs, message):
 
 def test_a_family_the_table_does_not_know_is_refused_with_the_supported_classes():
     cfg = VipLlavaConfig(
-        text_config=dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=24, intermediate_size=48,
-                           num_hidden_layers=6, num_attention_heads=4, image_size=28, patch_size=7),
+        text_config=dict(
+            model_type="llama",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=64,
+        ),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            image_size=28,
+            patch_size=7,
+        ),
         image_token_index=63,
     )
-    expected = ("LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
-                "LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel, LlavaOnevisionForConditionalGeneration, "
-                "LlavaOnevisionModel")
+    expected = (
+        "LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
+        "LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel, LlavaOnevisionForConditionalGeneration, "
+        "LlavaOnevisionModel"
+    )
     with pytest.raises(TypeError) as error:
         apply_manager(VipLlavaForConditionalGeneration(cfg))
     assert f"supports {expected}; got VipLlavaForConditionalGeneration" in str(error.value)
@@ -114,8 +130,11 @@ def test_applying_twice_is_refused():
 
 def test_concatenated_feature_layers_are_refused():
     model = tiny_model(vision_feature_layer=[-2, -1])
-    with pytest.raises(ValueError, match=r"needs a single vision feature layer \(an int or a list of one\), got "
-                                         r"vision_feature_layer=\[-2, -1\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs a single vision feature layer \(an int or a list of one\), got "
+        r"vision_feature_layer=\[-2, -1\]",
+    ):
         apply_manager(model)
 
 

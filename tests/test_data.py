@@ -8,10 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_manager.training.data import (
-    IGNORE_INDEX, Collator, SupervisedDataset, load_records, sample_records,
-)
 from llava_manager.shapes.data import tiny_processor, write_shapes_dataset
+from llava_manager.training.data import (
+    IGNORE_INDEX,
+    Collator,
+    SupervisedDataset,
+    load_records,
+    sample_records,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +36,16 @@ def words(tokenizer, ids):
 
 
 def test_labels_are_the_answers_and_their_end_of_turn_token(processor, folder):
-    record = {"id": "a", "image": "wide.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat colour is the shape ?"}, {"from": "gpt", "value": "red ."},
-        {"from": "human", "value": "Where is the shape ?"}, {"from": "gpt", "value": "left ."}]}
+    record = {
+        "id": "a",
+        "image": "wide.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the shape ?"},
+            {"from": "gpt", "value": "red ."},
+            {"from": "human", "value": "Where is the shape ?"},
+            {"from": "gpt", "value": "left ."},
+        ],
+    }
     sample = SupervisedDataset([record], processor, folder)[0]
     tok = processor.tokenizer
     tokens = words(tok, sample["input_ids"])
@@ -48,8 +59,9 @@ def test_labels_are_the_answers_and_their_end_of_turn_token(processor, folder):
     assert text[:8] == ["<|im_start|>", "system", "\n", "You", "are", "a", "helpful", "assistant"]
     assert text.count("<|im_start|>") == 5 and "assistant" in text
     # the image expands to exactly the count the model's packing gives for a 28 x 56 image
-    from llava_manager.shapes.data import tiny_model_config
     from transformers import LlavaOnevisionForConditionalGeneration
+
+    from llava_manager.shapes.data import tiny_model_config
 
     model = LlavaOnevisionForConditionalGeneration(tiny_model_config(processor)).eval()
     with torch.no_grad():
@@ -58,8 +70,13 @@ def test_labels_are_the_answers_and_their_end_of_turn_token(processor, folder):
 
 
 def test_plain_template_keeps_only_the_image_and_labels_the_caption(processor, folder):
-    record = {"image": "small.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe it ."}, {"from": "gpt", "value": "A blue square ."}]}
+    record = {
+        "image": "small.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nDescribe it ."},
+            {"from": "gpt", "value": "A blue square ."},
+        ],
+    }
     sample = SupervisedDataset([record], processor, folder, template="plain")[0]
     tokens = words(processor.tokenizer, sample["input_ids"])
     n_image = tokens.count("<image>")
@@ -70,11 +87,15 @@ def test_plain_template_keeps_only_the_image_and_labels_the_caption(processor, f
 
 
 def test_text_only_and_missing_placeholder(processor, folder):
-    text_only = {"conversations": [{"from": "human", "value": "Is a circle round ?"}, {"from": "gpt", "value": "yes ."}]}
+    text_only = {
+        "conversations": [{"from": "human", "value": "Is a circle round ?"}, {"from": "gpt", "value": "yes ."}]
+    }
     sample = SupervisedDataset([text_only], processor, folder)[0]
     assert "pixel_values" not in sample
-    no_placeholder = {"image": "small.png", "conversations": [
-        {"from": "human", "value": "What colour is the shape ?"}, {"from": "gpt", "value": "blue ."}]}
+    no_placeholder = {
+        "image": "small.png",
+        "conversations": [{"from": "human", "value": "What colour is the shape ?"}, {"from": "gpt", "value": "blue ."}],
+    }
     sample = SupervisedDataset([no_placeholder], processor, folder)[0]
     tokens = words(processor.tokenizer, sample["input_ids"])
     first_user = tokens.index("user")
@@ -82,23 +103,45 @@ def test_text_only_and_missing_placeholder(processor, folder):
 
 
 BAD = [
-    ({"image": "nowhere.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]},
-     "missing image"),
-    ({"image": "broken.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]},
-     "corrupt image"),
+    (
+        {
+            "image": "nowhere.png",
+            "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}],
+        },
+        "missing image",
+    ),
+    (
+        {
+            "image": "broken.png",
+            "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}],
+        },
+        "corrupt image",
+    ),
     ({"conversations": [{"from": "gpt", "value": "red ."}]}, "malformed"),
     ({"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "red ."}]}, "malformed"),
-    ({"image": "small.png", "conversations": [{"from": "human", "value": "<image> <image>"},
-                                              {"from": "gpt", "value": "red ."}]}, "malformed"),
-    ({"image": "wide.png", "conversations": [{"from": "human", "value": "<image>"},
-                                             {"from": "gpt", "value": "red . " * 60}]}, "over-length"),
+    (
+        {
+            "image": "small.png",
+            "conversations": [{"from": "human", "value": "<image> <image>"}, {"from": "gpt", "value": "red ."}],
+        },
+        "malformed",
+    ),
+    (
+        {
+            "image": "wide.png",
+            "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "red . " * 60}],
+        },
+        "over-length",
+    ),
 ]
 
 
 @pytest.mark.parametrize("record,reason", BAD, ids=[r for _, r in BAD])
 def test_bad_sample_is_skipped_and_recorded_or_raises_when_strict(processor, folder, record, reason):
-    good = {"id": "good", "conversations": [{"from": "human", "value": "Is a circle round ?"},
-                                            {"from": "gpt", "value": "yes ."}]}
+    good = {
+        "id": "good",
+        "conversations": [{"from": "human", "value": "Is a circle round ?"}, {"from": "gpt", "value": "yes ."}],
+    }
     record = {"id": "bad", **record}
     dataset = SupervisedDataset([record, good], processor, folder, max_length=64)
     sample = dataset[0]
@@ -111,8 +154,10 @@ def test_bad_sample_is_skipped_and_recorded_or_raises_when_strict(processor, fol
 
 
 def test_over_length_is_never_cut(processor, folder):
-    record = {"image": "wide.png", "conversations": [{"from": "human", "value": "<image>"},
-                                                    {"from": "gpt", "value": "red ."}]}
+    record = {
+        "image": "wide.png",
+        "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "red ."}],
+    }
     full = SupervisedDataset([record], processor, folder)[0]
     n = len(full["input_ids"])
     assert len(SupervisedDataset([record], processor, folder, max_length=n)[0]["input_ids"]) == n
@@ -129,7 +174,8 @@ def test_yaml_mixture_and_sampling_strategies(tmp_path):
     (tmp_path / "mix.yaml").write_text(
         "datasets:\n  - json_path: a.json\n    sampling_strategy: first:30%\n"
         "  - json_path: sub/b.jsonl\n    sampling_strategy: end:10%\n"
-        "  - json_path: a.json\n    sampling_strategy: random:5\n  - json_path: a.json\n")
+        "  - json_path: a.json\n    sampling_strategy: random:5\n  - json_path: a.json\n"
+    )
     records = load_records(tmp_path / "mix.yaml", seed=3)
     ids = [r["id"] for r in records]
     assert ids[:3] == ["a0", "a1", "a2"] and ids[3:5] == ["b18", "b19"]
@@ -145,10 +191,18 @@ def test_yaml_mixture_and_sampling_strategies(tmp_path):
 
 def test_collator_pads_and_batches_mixed_samples(processor, folder):
     records = [
-        {"image": "wide.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "red ."}]},
+        {
+            "image": "wide.png",
+            "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "red ."}],
+        },
         {"conversations": [{"from": "human", "value": "Is a circle round ?"}, {"from": "gpt", "value": "yes ."}]},
-        {"image": ["small.png", "wide.png"], "conversations": [
-            {"from": "human", "value": "<image> <image> What colour ?"}, {"from": "gpt", "value": "blue ."}]},
+        {
+            "image": ["small.png", "wide.png"],
+            "conversations": [
+                {"from": "human", "value": "<image> <image> What colour ?"},
+                {"from": "gpt", "value": "blue ."},
+            ],
+        },
     ]
     dataset = SupervisedDataset(records, processor, folder)
     samples = [dataset[i] for i in range(3)]

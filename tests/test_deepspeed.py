@@ -10,21 +10,43 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, run_recipe
+from helpers import logged_losses as losses
 
 import llava_manager
 from llava_manager import get_managers
-from helpers import ROOT, logged_losses as losses, run_recipe
 from llava_manager.training.train_args import _CHECKPOINTING
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="needs the deepspeed launcher")
 
 
 def launch(config: str, output_dir: Path, *extra: str, gpus: int = 2) -> None:
-    run_recipe("stage2", output_dir, "--deepspeed", str(ROOT / "recipes" / config), "--max_steps", "6",
-               "--save_steps", "3", "--logging_steps", "1", "--synthetic_samples", "48",
-               "--per_device_train_batch_size", "4", "--dataloader_num_workers", "1", "--data_seed", "42",
-               f"--{_CHECKPOINTING}", "true", "--group_by_modality_length", "true", *extra,
-               launcher=["deepspeed", "--num_gpus", str(gpus), "--master_port", str(29500 + os.getpid() % 1000)])
+    run_recipe(
+        "stage2",
+        output_dir,
+        "--deepspeed",
+        str(ROOT / "recipes" / config),
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--synthetic_samples",
+        "48",
+        "--per_device_train_batch_size",
+        "4",
+        "--dataloader_num_workers",
+        "1",
+        "--data_seed",
+        "42",
+        f"--{_CHECKPOINTING}",
+        "true",
+        "--group_by_modality_length",
+        "true",
+        *extra,
+        launcher=["deepspeed", "--num_gpus", str(gpus), "--master_port", str(29500 + os.getpid() % 1000)],
+    )
 
 
 @pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
@@ -62,6 +84,20 @@ def test_world_size_2_trains_exports_and_resumes_exactly(tmp_path, config):
 
 def test_plain_python_with_deepspeed_on_cpu(tmp_path):
     """Without a launcher: the CPU shim sets up a world of one."""
-    run_recipe("stage2", tmp_path, "--deepspeed", str(ROOT / "recipes" / "zero2.json"), "--max_steps", "2",
-               "--logging_steps", "1", "--synthetic_samples", "16", "--dataloader_num_workers", "0", "--save_steps", "100")
+    run_recipe(
+        "stage2",
+        tmp_path,
+        "--deepspeed",
+        str(ROOT / "recipes" / "zero2.json"),
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--synthetic_samples",
+        "16",
+        "--dataloader_num_workers",
+        "0",
+        "--save_steps",
+        "100",
+    )
     assert sorted(losses(tmp_path)) == [1, 2]

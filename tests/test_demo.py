@@ -13,7 +13,11 @@ def test_demo_runs_and_reports(capsys):
 
 
 def test_demo_runs_for_every_family(capsys):
-    for family, title in (("llava", "LLaVA-1.5"), ("llava_next", "LLaVA-NeXT"), ("llava_next_video", "LLaVA-NeXT-Video")):
+    for family, title in (
+        ("llava", "LLaVA-1.5"),
+        ("llava_next", "LLaVA-NeXT"),
+        ("llava_next_video", "LLaVA-NeXT-Video"),
+    ):
         main(["--family", family, "--max-new-tokens", "3"])
         out = capsys.readouterr().out
         assert f"model: {title} tiny" in out and "managers before decoder layers [0, 4]" in out

@@ -4,8 +4,6 @@ torch.compile and bad inputs; images and, for the families that take them, video
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-
 from families import (
     CLASSES,
     FAMILIES,
@@ -18,6 +16,8 @@ from families import (
     family_model,
     randomize,
 )
+from peft import LoraConfig, PeftModel, get_peft_model
+
 from llava_manager import (
     ManagerConfig,
     apply_manager,
@@ -33,8 +33,12 @@ from llava_manager.core.saum import Manager
 
 # The top half up to the feature layer: CLIP tiny (6 layers, vision_feature_layer=-2 -> f = 5) gives 3, 4, 5;
 # SigLIP tiny (-1 -> f = 6) gives 4, 5, 6. Managers before decoder layers 0 and 4 of 8.
-DEFAULT_VISION_LAYERS = {"llava": (3, 4, 5), "llava_next": (3, 4, 5), "llava_next_video": (3, 4, 5),
-                         "llava_onevision": (4, 5, 6)}
+DEFAULT_VISION_LAYERS = {
+    "llava": (3, 4, 5),
+    "llava_next": (3, 4, 5),
+    "llava_next_video": (3, 4, 5),
+    "llava_onevision": (4, 5, 6),
+}
 
 
 def hook_counts(model):
@@ -74,8 +78,9 @@ def test_identity_at_init_generate_greedy_and_beam(family):
     beam = model.generate(**batch, max_new_tokens=5, do_sample=False, num_beams=3, num_return_sequences=2)
     apply_manager(model)
     assert torch.equal(greedy, model.generate(**batch, max_new_tokens=5, do_sample=False))
-    assert torch.equal(beam, model.generate(**batch, max_new_tokens=5, do_sample=False, num_beams=3,
-                                            num_return_sequences=2))
+    assert torch.equal(
+        beam, model.generate(**batch, max_new_tokens=5, do_sample=False, num_beams=3, num_return_sequences=2)
+    )
 
 
 CONFIGS = {
@@ -135,8 +140,9 @@ def test_bare_model_class(family):
     reference = family_model(family)
     handles = add_reference_hooks(reference, batch, weights, get_managers(inner)[0].vision_layers)
     with torch.no_grad():
-        torch.testing.assert_close(inner(**batch).last_hidden_state, reference.model(**batch).last_hidden_state,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            inner(**batch).last_hidden_state, reference.model(**batch).last_hidden_state, rtol=1e-5, atol=1e-5
+        )
     for h in handles:
         h.remove()
 
@@ -236,8 +242,9 @@ def test_remove_restores_the_base_model(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_peft_lora_with_trainable_managers(family, tmp_path):
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)",
-                      modules_to_save=["managers"])
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", modules_to_save=["managers"]
+    )
     model = get_peft_model(apply_manager(family_model(family)), lora)
     batch = build_batch(model, default_samples(family))
     managers = get_managers(model)

@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-
 from families import FAMILIES, family_model
 from helpers import ROOT
+
 from llava_manager import apply_manager, get_managers
 from llava_manager.analysis.__main__ import main as analysis
 from llava_manager.analysis.budget import measure_budget

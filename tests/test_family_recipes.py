@@ -10,17 +10,16 @@ import math
 
 import pytest
 import torch
+from families import FAMILIES
+from helpers import logged_losses, run_recipe
 from PIL import Image
 from transformers import AutoModelForImageTextToText, set_seed
 
 import llava_manager
-from families import FAMILIES
-from helpers import logged_losses, run_recipe
 from llava_manager import apply_manager, get_managers
 from llava_manager.families import get_family
 from llava_manager.processing.images import unsupported_reason
-from llava_manager.processing.processors import family_of_processor
-from llava_manager.processing.processors import load_processor
+from llava_manager.processing.processors import family_of_processor, load_processor
 from llava_manager.shapes import score as shapes_score
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
 from llava_manager.training.data import Collator, SupervisedDataset
@@ -39,9 +38,28 @@ STEPS = 3  # the first step is the warmup's (learning rate 0): two steps move th
 def family_run(request, tmp_path_factory):
     family = request.param
     out = tmp_path_factory.mktemp(f"default-{family}")
-    trainer = run("stage2", ["--family", family, "--output_dir", str(out), "--max_steps", str(STEPS),
-                             "--synthetic_samples", "24", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-                             "--save_steps", "100", "--dataloader_num_workers", "0", *NO_CHECKPOINTING])
+    trainer = run(
+        "stage2",
+        [
+            "--family",
+            family,
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            str(STEPS),
+            "--synthetic_samples",
+            "24",
+            "--per_device_train_batch_size",
+            "4",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "100",
+            "--dataloader_num_workers",
+            "0",
+            *NO_CHECKPOINTING,
+        ],
+    )
     return family, out, trainer
 
 
@@ -86,8 +104,9 @@ def test_family_choices_and_a_family_that_disagrees_with_the_model(tmp_path):
     assert parse("stage2", ["--family", "llava"])[0].tiny_family() == "llava"
     model_dir = plain_model_dir(tmp_path / "next", "llava_next")
     with pytest.raises(ValueError, match="--family llava disagrees with .* a llava_next model"):
-        run("stage2", ["--model_name_or_path", str(model_dir), "--family", "llava",
-                       "--output_dir", str(tmp_path / "x")])
+        run(
+            "stage2", ["--model_name_or_path", str(model_dir), "--family", "llava", "--output_dir", str(tmp_path / "x")]
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -109,11 +128,32 @@ def test_a_llava_next_model_directory_trains_through_the_recipe(tmp_path):
     model_dir = plain_model_dir(tmp_path / "plain", "llava_next")
     out = tmp_path / "out"
     # the directory's tokenizer is the tiny Qwen-like one, not Mistral's: its format, not mistral_instruct
-    run_recipe("stage2", out, "--model_name_or_path", str(model_dir), "--family", "llava_next",
-               "--template", "qwen_1_5",
-               "--train_modules", "projector", "--learning_rate", "1e-3", "--max_steps", str(STEPS),
-               "--synthetic_samples", "16", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-               "--save_steps", "100", "--dataloader_num_workers", "0")
+    run_recipe(
+        "stage2",
+        out,
+        "--model_name_or_path",
+        str(model_dir),
+        "--family",
+        "llava_next",
+        "--template",
+        "qwen_1_5",
+        "--train_modules",
+        "projector",
+        "--learning_rate",
+        "1e-3",
+        "--max_steps",
+        str(STEPS),
+        "--synthetic_samples",
+        "16",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "100",
+        "--dataloader_num_workers",
+        "0",
+    )
     losses = logged_losses(out)
     assert len(losses) == STEPS and all(math.isfinite(v) for v in losses.values())
     exported = llava_manager.from_pretrained(out)
@@ -141,11 +181,21 @@ def folder(tmp_path):
 
 
 RECORDS = [
-    {"image": "wide.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour is the shape ?"},
-                                            {"from": "gpt", "value": "red ."}]},
+    {
+        "image": "wide.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the shape ?"},
+            {"from": "gpt", "value": "red ."},
+        ],
+    },
     {"conversations": [{"from": "human", "value": "Is a circle round ?"}, {"from": "gpt", "value": "yes ."}]},
-    {"image": ["small.png", "big.png"], "conversations": [
-        {"from": "human", "value": "<image> <image> What colour ?"}, {"from": "gpt", "value": "blue ."}]},
+    {
+        "image": ["small.png", "big.png"],
+        "conversations": [
+            {"from": "human", "value": "<image> <image> What colour ?"},
+            {"from": "gpt", "value": "blue ."},
+        ],
+    },
 ]
 
 
@@ -197,8 +247,10 @@ def test_a_next_token_feature_mismatch_is_found_before_the_model(family):
     count = processor._get_number_of_features
     processor._get_number_of_features = lambda h, w, *rest: count(h, w, *rest) + ((h, w) == (12, 90))
     reason = unsupported_reason(processor, Image.new("RGB", (90, 12)), config)
-    assert reason == (f"the processor writes {count(12, 90, 28, 28)} image tokens for a 90x12 image (aspect ratio "
-                      f"7.5:1) but the model packs {count(12, 90, 28, 28) - 1} features")
+    assert reason == (
+        f"the processor writes {count(12, 90, 28, 28)} image tokens for a 90x12 image (aspect ratio "
+        f"7.5:1) but the model packs {count(12, 90, 28, 28) - 1} features"
+    )
     assert unsupported_reason(processor, Image.new("RGB", (12, 90)), config) is None
     assert unsupported_reason(processor, Image.new("RGB", (90, 12))) == reason  # the layout the processor implies
 

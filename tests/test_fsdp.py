@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, logged_losses, make_batch, subprocess_env, tiny_model
 from transformers import AutoModelForImageTextToText, TrainingArguments
 
 import llava_manager
-from helpers import ROOT, logged_losses, make_batch, subprocess_env, tiny_model
 from llava_manager import apply_manager, get_managers
 from llava_manager.families import FAMILIES
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
@@ -30,9 +30,28 @@ from llava_manager.training import fsdp, liger
 from llava_manager.training.cpu_distributed import free_port
 from llava_manager.training.train_args import _CHECKPOINTING
 
-ARGS = ("--max_steps", "6", "--save_steps", "3", "--logging_steps", "1", "--synthetic_samples", "48",
-        "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0", "--data_seed", "42",
-        f"--{_CHECKPOINTING}", "true", "--vision_tower_lr", "3e-4", "--manager_lr", "2e-3")
+ARGS = (
+    "--max_steps",
+    "6",
+    "--save_steps",
+    "3",
+    "--logging_steps",
+    "1",
+    "--synthetic_samples",
+    "48",
+    "--per_device_train_batch_size",
+    "4",
+    "--dataloader_num_workers",
+    "0",
+    "--data_seed",
+    "42",
+    f"--{_CHECKPOINTING}",
+    "true",
+    "--vision_tower_lr",
+    "3e-4",
+    "--manager_lr",
+    "2e-3",
+)
 LRS = {"llm": 7e-4, "projector": 7e-4, "vision_tower": 3e-4, "managers": 2e-3}  # the embedded default's 7e-4
 # Runs stage2 like recipes/stage2.py and writes what the trainer holds afterwards: the optimizer's groups (by module)
 # and how the parameters are sharded.
@@ -59,18 +78,34 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def launch(script: Path, *args: str, launcher: str = "torchrun", launcher_args: tuple[str, ...] = (),
-           timeout: int = 300) -> str:
+def launch(
+    script: Path, *args: str, launcher: str = "torchrun", launcher_args: tuple[str, ...] = (), timeout: int = 300
+) -> str:
     """`script args` in 2 CPU processes, through torchrun or `accelerate launch --config_file recipes/fsdp2.yaml`
     (then `launcher_args` go to accelerate); returns the output, or fails the test with its tail."""
     port = str(free_port())
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                   str(ROOT / "recipes" / "fsdp2.yaml"), "--num_processes", "2", "--main_process_port", port]
-    result = subprocess.run([*command, *launcher_args, str(script), *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=timeout, env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ROOT / "recipes" / "fsdp2.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            port,
+        ]
+    result = subprocess.run(
+        [*command, *launcher_args, str(script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
 
@@ -90,8 +125,16 @@ def full_run(tmp_path_factory):
     probe = root / "probe.py"
     probe.write_text(PROBE)
     out = root / "out"
-    log = launch(probe, str(root / "probe.json"), "--output_dir", str(out), "--fsdp", "--fsdp_config",
-                 str(ROOT / "recipes" / "fsdp2.json"), *ARGS)
+    log = launch(
+        probe,
+        str(root / "probe.json"),
+        "--output_dir",
+        str(out),
+        "--fsdp",
+        "--fsdp_config",
+        str(ROOT / "recipes" / "fsdp2.json"),
+        *ARGS,
+    )
     return out, json.loads((root / "probe.json").read_text()), log
 
 
@@ -100,8 +143,9 @@ def test_world_size_2_runs_fsdp2_on_cpu_with_sharded_parameters(full_run):
     assert "FSDP2 on CPU with the gloo backend (2 processes)" in log
     assert probe["distributed_type"] == "DistributedType.FSDP" and probe["all_dtensors"]
     # one FSDP unit per decoder layer and vision encoder layer (and the root); the managers are in the root's
-    assert {"FSDPQwen2DecoderLayer", "FSDPSiglipEncoderLayer", "FSDPLlavaOnevisionForConditionalGeneration"} <= \
-        set(probe["units"]), probe["units"]
+    assert {"FSDPQwen2DecoderLayer", "FSDPSiglipEncoderLayer", "FSDPLlavaOnevisionForConditionalGeneration"} <= set(
+        probe["units"]
+    ), probe["units"]
     assert probe["managers_in_root"]
     checkpoint = out / "checkpoint-3"
     assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "optimizer.bin").is_file()
@@ -138,9 +182,19 @@ def test_resume_from_the_fsdp_checkpoint_continues_exactly(full_run, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
     # another --seed builds another initial model: only the checkpoint can give the same losses
-    launch(recipe("stage2"), "--output_dir", str(resumed), "--fsdp", "--fsdp_config",
-           str(ROOT / "recipes" / "fsdp2.json"), *ARGS, "--resume_from_checkpoint", str(resumed / "checkpoint-3"),
-           "--seed", "7")
+    launch(
+        recipe("stage2"),
+        "--output_dir",
+        str(resumed),
+        "--fsdp",
+        "--fsdp_config",
+        str(ROOT / "recipes" / "fsdp2.json"),
+        *ARGS,
+        "--resume_from_checkpoint",
+        str(resumed / "checkpoint-3"),
+        "--seed",
+        "7",
+    )
     assert logged_losses(resumed) == logged_losses(full)
     a, b = export_weights(resumed), export_weights(full)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -158,8 +212,18 @@ def test_accelerate_launch_with_sharded_checkpoints_resumes_exactly(full_run, tm
     assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and (checkpoint / "optimizer_0").is_dir()
     assert not (checkpoint / "model.safetensors").exists()
     assert (out / "model.safetensors").is_file()  # the export at the end is full with sharded checkpoints too
-    launch(recipe("stage2"), "--output_dir", str(out), *ARGS, "--resume_from_checkpoint", str(checkpoint),
-           "--seed", "7", launcher="accelerate", launcher_args=sharded)
+    launch(
+        recipe("stage2"),
+        "--output_dir",
+        str(out),
+        *ARGS,
+        "--resume_from_checkpoint",
+        str(checkpoint),
+        "--seed",
+        "7",
+        launcher="accelerate",
+        launcher_args=sharded,
+    )
     assert logged_losses(out) == logged_losses(full)
     a, b = export_weights(out), export_weights(full)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -167,10 +231,28 @@ def test_accelerate_launch_with_sharded_checkpoints_resumes_exactly(full_run, tm
 
 def test_stage1_of_another_family_wraps_its_own_layers(tmp_path):
     """LLaVA-1.5 (Llama + CLIP), Stage-1: only the projector and the managers train, the rest is frozen."""
-    log = launch(recipe("stage1"), "--output_dir", str(tmp_path), "--family", "llava", "--fsdp", "--fsdp_config",
-                 str(ROOT / "recipes" / "fsdp2.json"), "--max_steps", "2", "--save_steps", "100", "--logging_steps",
-                 "1", "--synthetic_samples", "32", "--per_device_train_batch_size", "4",
-                 "--dataloader_num_workers", "0")
+    log = launch(
+        recipe("stage1"),
+        "--output_dir",
+        str(tmp_path),
+        "--family",
+        "llava",
+        "--fsdp",
+        "--fsdp_config",
+        str(ROOT / "recipes" / "fsdp2.json"),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "100",
+        "--logging_steps",
+        "1",
+        "--synthetic_samples",
+        "32",
+        "--per_device_train_batch_size",
+        "4",
+        "--dataloader_num_workers",
+        "0",
+    )
     assert "units ['CLIPEncoderLayer', 'LlamaDecoderLayer']" in log
     exported = llava_manager.from_pretrained(tmp_path)
     assert exported.config.model_type == "llava"
@@ -179,12 +261,14 @@ def test_stage1_of_another_family_wraps_its_own_layers(tmp_path):
 
 # ---- without processes -----------------------------------------------------------------------------------------
 
+
 def test_the_configs_parse_and_agree(tmp_path, monkeypatch):
     from accelerate.commands.config.config_args import load_config_from_file
 
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # TrainingArguments sets it
-    args = TrainingArguments(output_dir=str(tmp_path), fsdp=True, fsdp_config=str(ROOT / "recipes" / "fsdp2.json"),
-                             report_to=[])
+    args = TrainingArguments(
+        output_dir=str(tmp_path), fsdp=True, fsdp_config=str(ROOT / "recipes" / "fsdp2.json"), report_to=[]
+    )
     plugin = args.fsdp_plugin_args
     assert plugin["fsdp_version"] == 2 and plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert plugin["state_dict_type"] == "FULL_STATE_DICT" and plugin["reshard_after_forward"] is True
@@ -205,8 +289,9 @@ def test_wrap_classes_exist_in_every_family_where_accelerates_default_does_not(f
     processor = tiny_processor(family=family)
     model = apply_manager(AutoModelForImageTextToText.from_config(tiny_model_config(processor, family)))
     classes = fsdp.wrap_classes(model)
-    text = {"llava_onevision": "Qwen2DecoderLayer", "llava_next": "MistralDecoderLayer"}.get(family,
-                                                                                             "LlamaDecoderLayer")
+    text = {"llava_onevision": "Qwen2DecoderLayer", "llava_next": "MistralDecoderLayer"}.get(
+        family, "LlamaDecoderLayer"
+    )
     vision = "SiglipEncoderLayer" if family == "llava_onevision" else "CLIPEncoderLayer"
     assert classes == sorted([text, vision])
     assert all(get_module_class_from_name(model, name) is not None for name in classes)
@@ -218,9 +303,11 @@ def test_wrap_classes_exist_in_every_family_where_accelerates_default_does_not(f
 def test_fsdps_own_activation_checkpointing_breaks_the_managers_and_is_refused():
     """The reason: torch's CheckpointWrapper runs the decoder layers' pre-hooks (where the managers add their term)
     inside the checkpoint, and the recomputation in the backward has no image positions any more."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
-                                                                              apply_activation_checkpointing,
-                                                                              checkpoint_wrapper)
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
     from torch.utils.checkpoint import CheckpointError
 
     model = apply_manager(tiny_model()).train()
@@ -231,8 +318,10 @@ def test_fsdps_own_activation_checkpointing_breaks_the_managers_and_is_refused()
             m.weight.normal_()
     layer_class = type(model.model.language_model.layers[0])
     apply_activation_checkpointing(
-        model, check_fn=lambda m: isinstance(m, layer_class),
-        checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+        model,
+        check_fn=lambda m: isinstance(m, layer_class),
+        checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+    )
     loss = model(**batch, labels=batch["input_ids"], use_cache=False).loss
     with pytest.raises(CheckpointError, match="different number of tensors was saved"):
         loss.backward()
@@ -241,8 +330,11 @@ def test_fsdps_own_activation_checkpointing_breaks_the_managers_and_is_refused()
 
     plugin = types.SimpleNamespace(activation_checkpointing=True)
     state = types.SimpleNamespace(distributed_type=DistributedType.FSDP, fsdp_plugin=plugin)
-    trainer = types.SimpleNamespace(accelerator=types.SimpleNamespace(state=state), is_fsdp_enabled=True,
-                                    args=types.SimpleNamespace(fsdp_plugin_args={}))
+    trainer = types.SimpleNamespace(
+        accelerator=types.SimpleNamespace(state=state),
+        is_fsdp_enabled=True,
+        args=types.SimpleNamespace(fsdp_plugin_args={}),
+    )
     with pytest.raises(ValueError, match="--activation_checkpointing true"):
         fsdp.setup(trainer)
 
@@ -257,8 +349,10 @@ def test_optimizer_state_completion_is_what_a_fresh_optimizer_would_hold():
     used(torch.randn(2, 3)).sum().backward()
     optim.step()
     optim.zero_grad()
-    before = {k: v.clone() for k, v in {**dict(used.named_parameters()), **{f"u{k}": v for k, v in
-                                                                          unused.named_parameters()}}.items()}
+    before = {
+        k: v.clone()
+        for k, v in {**dict(used.named_parameters()), **{f"u{k}": v for k, v in unused.named_parameters()}}.items()
+    }
     used_state = {k: v.clone() for k, v in optim.state[used.weight].items()}
     completed = fsdp.complete_optimizer_state(optim)
     assert {id(p) for p in completed} == {id(p) for p in unused.parameters()}
@@ -292,6 +386,7 @@ def test_prepare_changes_nothing_without_fsdp(monkeypatch):
 
 
 # ---- Liger -----------------------------------------------------------------------------------------------------
+
 
 def test_liger_is_a_noop_without_gpu_or_package(caplog, monkeypatch):
     model = apply_manager(tiny_model())

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-
 from helpers import make_batch, tiny_model
-from llava_manager import apply_manager, get_managers
-from llava_manager.core.saum import Manager
 from reference import add_reference_hooks
 from test_math import randomize
+
+from llava_manager import apply_manager, get_managers
+from llava_manager.core.saum import Manager
 
 IMAGES = [(40, 80), (100, 110)]
 
@@ -49,9 +49,9 @@ def test_beams_and_return_sequences_match_per_sample_generation(num_beams, num_r
     together = model.generate(**batch, **kw)
     assert together.shape[0] == 2 * num_return
     for i in range(2):
-        single = {k: v[i:i + 1] for k, v in batch.items()}
+        single = {k: v[i : i + 1] for k, v in batch.items()}
         solo = model.generate(**single, **kw)
-        rows = together[i * num_return:(i + 1) * num_return]
+        rows = together[i * num_return : (i + 1) * num_return]
         # the batch is left-padded; compare the generated tails
         assert torch.equal(rows[:, -6:], solo[:, -6:])
 

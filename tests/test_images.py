@@ -18,15 +18,33 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, LlavaOnevisionImageProcessorPil
 
 from llava_manager import apply_manager, get_managers
-from llava_manager.training.data import Collator, SupervisedDataset
-from llava_manager.processing.images import (ImageError, model_feature_count, open_image, processor_token_count, to_rgb,
-                                  unsupported_reason)
-from llava_manager.processing.processors import build_processor
 from llava_manager.families.llava_onevision import ONEVISION_PINPOINTS, onevision_0_5b_config
+from llava_manager.processing.images import (
+    ImageError,
+    model_feature_count,
+    open_image,
+    processor_token_count,
+    to_rgb,
+    unsupported_reason,
+)
+from llava_manager.processing.processors import build_processor
 from llava_manager.shapes.data import draw_shape, tiny_model_config, tiny_processor
+from llava_manager.training.data import Collator, SupervisedDataset
 
-EXTREME_SIZES = [(1, 1), (1, 2), (2, 1), (3, 1), (12, 2400), (2400, 12), (1, 4000), (4000, 1), (3000, 4000),
-                 (4000, 3000), (767, 2), (385, 1)]  # (width, height)
+EXTREME_SIZES = [
+    (1, 1),
+    (1, 2),
+    (2, 1),
+    (3, 1),
+    (12, 2400),
+    (2400, 12),
+    (1, 4000),
+    (4000, 1),
+    (3000, 4000),
+    (4000, 3000),
+    (767, 2),
+    (385, 1),
+]  # (width, height)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -114,7 +132,8 @@ def test_cmyk_one_bit_and_grayscale(tmp_path):
     cmyk.putdata([(255, 0, 0, 0), (0, 255, 0, 0), (0, 0, 0, 255), (0, 0, 0, 0)])
     cmyk.save(tmp_path / "cmyk.tif")
     assert pixels(open_image(tmp_path / "cmyk.tif")).tolist() == [
-        [[0, 255, 255], [255, 0, 255], [0, 0, 0], [255, 255, 255]]]
+        [[0, 255, 255], [255, 0, 255], [0, 0, 0], [255, 255, 255]]
+    ]
 
     bits = np.array([[0, 1, 1, 0]], dtype=bool)
     Image.fromarray(bits).save(tmp_path / "bits.png")
@@ -180,7 +199,9 @@ def test_truncated_files_are_refused_even_when_a_library_allows_them(tmp_path, m
     rng = torch.Generator().manual_seed(0)
     noise = (torch.rand(96, 96, 3, generator=rng) * 255).to(torch.uint8).numpy()
     Image.fromarray(noise).save(tmp_path / "whole.jpg")
-    (tmp_path / "half.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[: (tmp_path / "whole.jpg").stat().st_size // 2])
+    (tmp_path / "half.jpg").write_bytes(
+        (tmp_path / "whole.jpg").read_bytes()[: (tmp_path / "whole.jpg").stat().st_size // 2]
+    )
     with Image.open(tmp_path / "half.jpg") as image:
         image.load()  # PIL itself accepts it under the flag
     with pytest.raises(ImageError, match="corrupt image"):
@@ -194,10 +215,16 @@ def test_truncated_files_are_refused_even_when_a_library_allows_them(tmp_path, m
 
 def onevision_processor(tokenizer):
     """The 0.5B-SI checkpoint's image preprocessing (384 px crops, 27 x 27 patches, pinpoints 384..2304)."""
-    image_processor = LlavaOnevisionImageProcessorPil(size={"height": 384, "width": 384},
-                                                      image_grid_pinpoints=ONEVISION_PINPOINTS)
-    return build_processor(image_processor, tokenizer, num_image_tokens=729, vision_feature_select_strategy="full",
-                           vision_aspect_ratio="anyres_max_9")
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 384, "width": 384}, image_grid_pinpoints=ONEVISION_PINPOINTS
+    )
+    return build_processor(
+        image_processor,
+        tokenizer,
+        num_image_tokens=729,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
 
 
 def test_every_size_is_representable_and_the_count_is_the_models(processor):
@@ -243,8 +270,10 @@ def test_a_token_feature_mismatch_is_found_before_the_model(processor):
     wrong = off_by_one(tiny_processor(), 2400, 12)
     image = Image.new("RGB", (2400, 12), (200, 30, 30))
     reason = unsupported_reason(wrong, image)
-    assert reason == ("the processor writes 17 image tokens for a 2400x12 image (aspect ratio 200.0:1) but the model "
-                      "packs 16 features")
+    assert reason == (
+        "the processor writes 17 image tokens for a 2400x12 image (aspect ratio 200.0:1) but the model "
+        "packs 16 features"
+    )
     assert unsupported_reason(wrong, Image.new("RGB", (12, 2400))) is None
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(tiny_model_config(wrong)).eval()
@@ -279,7 +308,7 @@ def write_kinds(folder) -> dict[str, str]:
     save("P", base.quantize(8), "p.png")
     save("P+transparency", base.quantize(8), "p_transparent.png", transparency=0)
     save("CMYK", base.convert("CMYK"), "cmyk.jpg")
-    save("I;16", Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)), "i16.png")
+    save("I;16", Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257), "i16.png")
     save("I", Image.fromarray(np.asarray(base.convert("L"), dtype=np.int32) * 257), "i32.tif")
     save("F", Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255), "f.tif")
     save("1", base.convert("1"), "bits.png")
@@ -294,8 +323,24 @@ def write_kinds(folder) -> dict[str, str]:
     return files
 
 
-KINDS = ["L", "RGBA", "LA", "P", "P+transparency", "CMYK", "I;16", "I", "F", "1", "EXIF-6 JPEG", "1x1", "4000x3000",
-         "2400x12", "12x2400", "multi-image 1x1 + 2400x12"]
+KINDS = [
+    "L",
+    "RGBA",
+    "LA",
+    "P",
+    "P+transparency",
+    "CMYK",
+    "I;16",
+    "I",
+    "F",
+    "1",
+    "EXIF-6 JPEG",
+    "1x1",
+    "4000x3000",
+    "2400x12",
+    "12x2400",
+    "multi-image 1x1 + 2400x12",
+]
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +356,11 @@ def training(processor, tmp_path_factory):
 
 
 def record(image) -> dict:
-    return {"id": "x", "image": image, "conversations": [
-        {"from": "human", "value": "What colour is the shape ?"}, {"from": "gpt", "value": "red ."}]}
+    return {
+        "id": "x",
+        "image": image,
+        "conversations": [{"from": "human", "value": "What colour is the shape ?"}, {"from": "gpt", "value": "red ."}],
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -345,8 +393,10 @@ def test_unrepresentable_images_are_skipped_with_a_named_reason(training):
     sample = SupervisedDataset(records, wrong, folder)[0]
     [skip] = sample["skipped"]
     assert skip["reason"] == "unsupported image"
-    assert skip["detail"] == ("unsupported image: wide.png: the processor writes 17 image tokens for a 2400x12 image "
-                              "(aspect ratio 200.0:1) but the model packs 16 features")
+    assert skip["detail"] == (
+        "unsupported image: wide.png: the processor writes 17 image tokens for a 2400x12 image "
+        "(aspect ratio 200.0:1) but the model packs 16 features"
+    )
     assert sample["image_sizes"].tolist() == [[28, 56]]  # the next sample (l.png) instead
     with pytest.raises(ValueError, match=r"sample 0 \(id 'x'\): unsupported image: wide.png: .* 2400x12"):
         SupervisedDataset(records, wrong, folder, strict=True)[0]
@@ -384,13 +434,17 @@ def evaluator(processor, tmp_path_factory):
     model.save_pretrained(root)
     processor.save_pretrained(root)
     lm = LlavaOvManager(pretrained=str(root), device="cpu", dtype="float32", batch_size=4)
-    lm.task_dict = {"shapes": {"test": [
-        {"image": shape()},  # 0: good
-        {"image": Image.new("RGB", (0, 5))},  # 1: empty: the model cannot represent it
-        {"image": draw_shape("square", "blue", "top", "black", (56, 56)).convert("RGBA")},  # 2: good, RGBA
-        {"image": shape((2400, 12))},  # 3: good here; the simulated mismatch of `off_by_one`
-        {"image": {"bytes": b"?"}},  # 4: not an image
-    ]}}
+    lm.task_dict = {
+        "shapes": {
+            "test": [
+                {"image": shape()},  # 0: good
+                {"image": Image.new("RGB", (0, 5))},  # 1: empty: the model cannot represent it
+                {"image": draw_shape("square", "blue", "top", "black", (56, 56)).convert("RGBA")},  # 2: good, RGBA
+                {"image": shape((2400, 12))},  # 3: good here; the simulated mismatch of `off_by_one`
+                {"image": {"bytes": b"?"}},  # 4: not an image
+            ]
+        }
+    }
     return lm
 
 
@@ -398,18 +452,36 @@ def generate(lm, doc_ids):
     from lmms_eval.api.instance import Instance
 
     kwargs = {"max_new_tokens": 4, "temperature": 0, "until": ["."]}
-    return lm.generate_until([Instance("generate_until", ("What colour is the shape ?", kwargs,
-                                                          lambda doc: [doc["image"]], d, "shapes", "test"),
-                                       idx=0, metadata={"task": "shapes", "doc_id": d, "repeats": 1})
-                              for d in doc_ids])
+    return lm.generate_until(
+        [
+            Instance(
+                "generate_until",
+                ("What colour is the shape ?", kwargs, lambda doc: [doc["image"]], d, "shapes", "test"),
+                idx=0,
+                metadata={"task": "shapes", "doc_id": d, "repeats": 1},
+            )
+            for d in doc_ids
+        ]
+    )
 
 
 def loglikelihood(lm, doc_ids):
     from lmms_eval.api.instance import Instance
 
-    return [r.text for r in lm.loglikelihood([Instance(
-        "loglikelihood", ("What colour is the shape ?", " red", lambda doc: [doc["image"]], d, "shapes", "test"),
-        idx=0, metadata={"task": "shapes", "doc_id": d, "repeats": 1}) for d in doc_ids])]
+    return [
+        r.text
+        for r in lm.loglikelihood(
+            [
+                Instance(
+                    "loglikelihood",
+                    ("What colour is the shape ?", " red", lambda doc: [doc["image"]], d, "shapes", "test"),
+                    idx=0,
+                    metadata={"task": "shapes", "doc_id": d, "repeats": 1},
+                )
+                for d in doc_ids
+            ]
+        )
+    ]
 
 
 @pytest.fixture
@@ -428,8 +500,11 @@ def test_refused_documents_and_the_rest_of_the_batch(evaluator, messages):
     assert generate(evaluator, [0, 1, 4]) == [alone[0], "", ""]  # in one batch: doc 0 as when scored alone
     pair = generate(evaluator, [0, 2])
     assert generate(evaluator, [0, 1, 2]) == [pair[0], "", pair[1]]  # the others as when batched without it
-    assert any("refusing document 1 of task shapes (split test): unsupported image: empty image (0x5 pixels); "
-               'it gets an empty answer ("")' in m for m in messages)
+    assert any(
+        "refusing document 1 of task shapes (split test): unsupported image: empty image (0x5 pixels); "
+        'it gets an empty answer ("")' in m
+        for m in messages
+    )
     assert any("refusing document 4 of task shapes" in m and "type dict is not an image" in m for m in messages)
     assert any("generate_until: refused 2 of 3 requests" in m for m in messages)
 
@@ -446,14 +521,19 @@ def test_mismatch_is_refused_before_the_model_or_caught_at_run_time(evaluator, m
     off_by_one(evaluator._image_processor, 2400, 12)
     try:
         assert generate(evaluator, [0, 3]) == [alone[0], ""]
-        assert any("refusing document 3 of task shapes (split test): unsupported image: the processor writes 17 "
-                   "image tokens for a 2400x12 image" in m for m in messages)
+        assert any(
+            "refusing document 3 of task shapes (split test): unsupported image: the processor writes 17 "
+            "image tokens for a 2400x12 image" in m
+            for m in messages
+        )
         messages.clear()
         # Without the check the model itself raises for the batch: each document is then scored on its own.
         monkeypatch.setattr("llava_manager.evaluation.lmms_eval_model.unsupported_reason", lambda *args, **kwargs: None)
         assert generate(evaluator, [0, 3]) == [alone[0], ""]
         assert loglikelihood(evaluator, [3, 0]) == [(math.inf, False), alone_ll[0]]
-        assert any("refusing document 3 of task shapes" in m and "Image features and image tokens do not match" in m
-                   for m in messages)
+        assert any(
+            "refusing document 3 of task shapes" in m and "Image features and image tokens do not match" in m
+            for m in messages
+        )
     finally:
         del evaluator._image_processor._get_number_of_features

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from helpers import make_batch, tiny_model
-from llava_manager import apply_manager, get_managers
 from reference import add_reference_hooks
 from test_math import randomize
+
+from llava_manager import apply_manager, get_managers
 
 
 def check_against_reference(batch_fn, select_strategy="full"):
@@ -52,7 +52,9 @@ def test_inputs_embeds_path_equals_input_ids_path():
         by_ids = model(**batch).logits
         embeds = model.get_input_embeddings()(batch["input_ids"])
         by_embeds = model(
-            inputs_embeds=embeds, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
             image_sizes=batch["image_sizes"],
         ).logits
     torch.testing.assert_close(by_embeds, by_ids, rtol=0, atol=0)

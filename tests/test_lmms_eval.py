@@ -19,10 +19,10 @@ datasets = pytest.importorskip("datasets")
 from transformers import AutoModelForImageTextToText  # noqa: E402
 
 import llava_manager  # noqa: E402
+from eval.shapes_tasks.make_data import CHOICES, write  # noqa: E402
 from llava_manager import apply_manager, get_managers, load_manager, save_manager  # noqa: E402
 from llava_manager.processing.templates import QWEN  # noqa: E402
 from llava_manager.shapes.data import tiny_model_config, tiny_processor  # noqa: E402
-from eval.shapes_tasks.make_data import CHOICES, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_DOCS = 5
@@ -54,10 +54,28 @@ def setup(tmp_path_factory):
 def lmms_eval(root: Path, name: str, model_args: str, batch_size: int = 2) -> Path:
     """Runs the lmms-eval command line as a user would."""
     out = root / "out" / name
-    command = [sys.executable, "-m", "lmms_eval", "--model", "llava_ov_manager", "--model_args", model_args,
-               "--device", "cpu", "--tasks", "shapes_gen,shapes_mc", "--include_path", str(root / "tasks"),
-               "--batch_size", str(batch_size), "--output_path", str(out), "--log_samples",
-               "--verbosity", "DEBUG"]  # DEBUG: lmms-eval re-raises errors instead of exiting 0
+    command = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "llava_ov_manager",
+        "--model_args",
+        model_args,
+        "--device",
+        "cpu",
+        "--tasks",
+        "shapes_gen,shapes_mc",
+        "--include_path",
+        str(root / "tasks"),
+        "--batch_size",
+        str(batch_size),
+        "--output_path",
+        str(out),
+        "--log_samples",
+        "--verbosity",
+        "DEBUG",
+    ]  # DEBUG: lmms-eval re-raises errors instead of exiting 0
     env = subprocess_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -66,8 +84,10 @@ def lmms_eval(root: Path, name: str, model_args: str, batch_size: int = 2) -> Pa
 
 def read(out: Path):
     [results] = list(out.rglob("*_results.json"))  # lmms-eval exits 0 even on errors: the file must exist
-    samples = {task: [json.loads(line) for line in next(out.rglob(f"*_samples_{task}.jsonl")).open()]
-               for task in ("shapes_gen", "shapes_mc")}
+    samples = {
+        task: [json.loads(line) for line in next(out.rglob(f"*_samples_{task}.jsonl")).open()]
+        for task in ("shapes_gen", "shapes_mc")
+    }
     return json.loads(results.read_text())["results"], samples
 
 
@@ -75,9 +95,14 @@ def read(out: Path):
 def runs(setup):
     return {
         "patched": read(lmms_eval(setup, "patched", f"pretrained={setup / 'patched'},dtype=float32")),
-        "base+manager": read(lmms_eval(setup, "base+manager",
-                                       f"pretrained={setup / 'base'},manager_path={setup / 'manager'},dtype=float32",
-                                       batch_size=1)),
+        "base+manager": read(
+            lmms_eval(
+                setup,
+                "base+manager",
+                f"pretrained={setup / 'base'},manager_path={setup / 'manager'},dtype=float32",
+                batch_size=1,
+            )
+        ),
         "base": read(lmms_eval(setup, "base", f"pretrained={setup / 'base'},dtype=float32")),
     }
 
@@ -93,8 +118,10 @@ def test_results_file_and_metrics(runs):
 
 def mc_losses(samples):
     """Per document, the loss of each choice (the sample log writes the (loss, is_greedy) pairs as strings)."""
-    return [[float(choice[0]) for choice in s["filtered_resps"]]
-            for s in sorted(samples["shapes_mc"], key=lambda s: s["doc_id"])]
+    return [
+        [float(choice[0]) for choice in s["filtered_resps"]]
+        for s in sorted(samples["shapes_mc"], key=lambda s: s["doc_id"])
+    ]
 
 
 def test_manager_weights_are_loaded_and_used(runs):
@@ -115,10 +142,15 @@ def independent_losses(model, processor, prompt: str, docs, doc_ids) -> list[lis
             answer = processor.tokenizer(" " + choice, add_special_tokens=False, return_tensors="pt")["input_ids"]
             ids = torch.cat([context["input_ids"], answer], dim=1)
             labels = torch.full_like(ids, -100)
-            labels[:, -answer.shape[1]:] = answer
+            labels[:, -answer.shape[1] :] = answer
             with torch.no_grad():
-                loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=context["pixel_values"],
-                             image_sizes=context["image_sizes"], labels=labels).loss
+                loss = model(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    pixel_values=context["pixel_values"],
+                    image_sizes=context["image_sizes"],
+                    labels=labels,
+                ).loss
             row.append(float(loss))
         rows.append(row)
     return rows
@@ -131,7 +163,11 @@ def shapes_docs(root: Path):
 def test_loglikelihood_matches_an_independent_computation(setup, runs):
     model = llava_manager.from_pretrained(setup / "patched").eval()
     processor = llava_manager.processing.processors.load_processor(setup / "patched")
-    prompt = QWEN.system.format(QWEN.default_system) + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant
+    prompt = (
+        QWEN.system.format(QWEN.default_system)
+        + QWEN.user.format("<image>\nWhat colour is the shape ?")
+        + QWEN.assistant
+    )
     expected = independent_losses(model, processor, prompt, shapes_docs(setup), (0, 1))
     assert mc_losses(runs["patched"][1])[:2] == [pytest.approx(row, rel=1e-4) for row in expected]
 
@@ -148,18 +184,32 @@ def published_runs(setup, published_si, published_ov):
     save_manager(ov, setup / "ov_manager")
     return {
         "si": read(lmms_eval(setup, "published-si", f"pretrained={published_si},dtype=float32", batch_size=4)),
-        "si-chat": read(lmms_eval(setup, "published-si-chat",
-                                  f"pretrained={published_si},dtype=float32,prompt_format=chat_template")),
-        "ov+manager": read(lmms_eval(setup, "published-ov-manager",
-                                     f"pretrained={published_ov},manager_path={setup / 'ov_manager'},dtype=float32")),
+        "si-chat": read(
+            lmms_eval(
+                setup, "published-si-chat", f"pretrained={published_si},dtype=float32,prompt_format=chat_template"
+            )
+        ),
+        "ov+manager": read(
+            lmms_eval(
+                setup,
+                "published-ov-manager",
+                f"pretrained={published_ov},manager_path={setup / 'ov_manager'},dtype=float32",
+            )
+        ),
     }
 
 
-@pytest.mark.parametrize("run, prompt", [
-    ("si", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
-           "What colour is the shape ?<|im_end|>\n<|im_start|>assistant\n"),
-    ("si-chat", "<|im_start|>user <image>\nWhat colour is the shape ?<|im_end|><|im_start|>assistant\n"),
-])
+@pytest.mark.parametrize(
+    "run, prompt",
+    [
+        (
+            "si",
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+            "What colour is the shape ?<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        ("si-chat", "<|im_start|>user <image>\nWhat colour is the shape ?<|im_end|><|im_start|>assistant\n"),
+    ],
+)
 def test_a_published_checkpoint_is_scored_in_either_prompt_format(setup, published_si, published_runs, run, prompt):
     results, samples = published_runs[run]
     assert len(samples["shapes_gen"]) == len(samples["shapes_mc"]) == NUM_DOCS
@@ -173,11 +223,17 @@ def test_a_published_checkpoint_is_scored_in_either_prompt_format(setup, publish
 def test_a_published_checkpoint_with_manager_path_is_scored_with_its_managers(setup, published_ov, published_runs):
     _, samples = published_runs["ov+manager"]
     processor = llava_manager.processing.processors.load_processor(published_ov)
-    prompt = QWEN.system.format(QWEN.default_system) + QWEN.user.format("<image>\nWhat colour is the shape ?") + QWEN.assistant
+    prompt = (
+        QWEN.system.format(QWEN.default_system)
+        + QWEN.user.format("<image>\nWhat colour is the shape ?")
+        + QWEN.assistant
+    )
     docs = shapes_docs(setup)
     plain = llava_manager.from_pretrained(published_ov, dtype=torch.float32).eval()
     without = independent_losses(plain, processor, prompt, docs, range(NUM_DOCS))
-    with_managers = independent_losses(load_manager(plain, setup / "ov_manager"), processor, prompt, docs, range(NUM_DOCS))
+    with_managers = independent_losses(
+        load_manager(plain, setup / "ov_manager"), processor, prompt, docs, range(NUM_DOCS)
+    )
     assert mc_losses(samples) == [pytest.approx(row, rel=1e-4) for row in with_managers]
     assert with_managers != [pytest.approx(row, rel=1e-3) for row in without]
 
@@ -211,8 +267,21 @@ def test_a_recipe_export_is_scored(setup, tmp_path):
     """What `recipes/stage2.py` exports (model, processor) is what the plugin loads: its trained managers included."""
     from llava_manager.training.train import run
 
-    trainer = run("stage2", ["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--synthetic_samples", "16",
-                             "--dataloader_num_workers", "0", "--save_strategy", "no"])
+    trainer = run(
+        "stage2",
+        [
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+            "--synthetic_samples",
+            "16",
+            "--dataloader_num_workers",
+            "0",
+            "--save_strategy",
+            "no",
+        ],
+    )
     results, samples = read(lmms_eval(setup, "recipe", f"pretrained={tmp_path / 'run'},dtype=float32"))
     assert "exact_match,none" in results["shapes_gen"] and "acc,none" in results["shapes_mc"]
     from llava_manager.evaluation.lmms_eval_model import LlavaOvManager
@@ -233,8 +302,13 @@ def test_the_main_jobs_scorer_agrees_with_lmms_eval(setup, runs):
     ours = score(model, processor, docs)
     assert ours["exact_match"] == results["shapes_gen"]["exact_match,none"]
     assert ours["mc_accuracy"] == results["shapes_mc"]["acc,none"]
-    logged = {s["doc_id"]: s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0]
-              for s in samples["shapes_gen"]}
+    logged = {
+        s["doc_id"]: s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0]
+        for s in samples["shapes_gen"]
+    }
     assert [normalise(a) for a in generate_answers(model, processor, docs)] == [
-        normalise(logged[i]) for i in range(NUM_DOCS)]
-    assert [choice_nlls(model, processor, d) for d in docs] == [pytest.approx(row, rel=1e-4) for row in mc_losses(samples)]
+        normalise(logged[i]) for i in range(NUM_DOCS)
+    ]
+    assert [choice_nlls(model, processor, d) for d in docs] == [
+        pytest.approx(row, rel=1e-4) for row in mc_losses(samples)
+    ]

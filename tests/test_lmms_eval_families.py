@@ -16,8 +16,8 @@ from PIL import Image
 
 pytest.importorskip("lmms_eval")
 
-from families import (FAMILIES as FAMILY_NAMES, PINPOINTS, SIZE, VOCAB, family_config, family_model,  # noqa: E402
-                      randomize)
+from families import FAMILIES as FAMILY_NAMES  # noqa: E402
+from families import PINPOINTS, SIZE, VOCAB, family_config, family_model, randomize
 from published import CHAT_TEMPLATE as ONEVISION_CHAT_TEMPLATE  # noqa: E402
 
 import llava_manager  # noqa: E402
@@ -54,19 +54,30 @@ NEXT_TEMPLATE = (
 NEXT_VIDEO_TEMPLATE = LLAVA_TEMPLATE.replace(
     "{# Render all text next #}",
     "{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
-    "{{ '<video>\n' }}{% endfor %}{# Render all text next #}")
-TEMPLATES = {"llava": LLAVA_TEMPLATE, "llava_next": NEXT_TEMPLATE, "llava_next_video": NEXT_VIDEO_TEMPLATE,
-             "llava_onevision": ONEVISION_CHAT_TEMPLATE}
+    "{{ '<video>\n' }}{% endfor %}{# Render all text next #}",
+)
+TEMPLATES = {
+    "llava": LLAVA_TEMPLATE,
+    "llava_next": NEXT_TEMPLATE,
+    "llava_next_video": NEXT_VIDEO_TEMPLATE,
+    "llava_onevision": ONEVISION_CHAT_TEMPLATE,
+}
 # What each family is prompted with by default: the chat template, OneVision its training format (qwen_1_5).
 PROMPTS = {
     "llava": f"USER: <image>\n{QUESTION} ASSISTANT:",
     "llava_next": f"[INST] <image>\n{QUESTION} [/INST]",
     "llava_next_video": f"USER: <image>\n{QUESTION} ASSISTANT:",
-    "llava_onevision": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
-                        f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n"),
+    "llava_onevision": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+        f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+    ),
 }
-DEFAULT_FORMATS = {"llava": "chat_template", "llava_next": "chat_template", "llava_next_video": "chat_template",
-                   "llava_onevision": "qwen_1_5"}
+DEFAULT_FORMATS = {
+    "llava": "chat_template",
+    "llava_next": "chat_template",
+    "llava_next_video": "chat_template",
+    "llava_onevision": "qwen_1_5",
+}
 
 
 def tokenizer():
@@ -76,18 +87,26 @@ def tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<s>", "</s>"]
-    words = ("system user assistant You are a helpful . USER: ASSISTANT: [INST] [/INST] What colour is the shape ? "
-             "red blue green yellow circle square").split()
+    words = (
+        "system user assistant You are a helpful . USER: ASSISTANT: [INST] [/INST] What colour is the shape ? "
+        "red blue green yellow circle square"
+    ).split()
     vocab = specials + ["\n"] + words
     vocab += [f"w{i}" for i in range(VOCAB - 2 - len(vocab))] + ["<video>", "<image>"]
     backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(vocab)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
-        pre_tokenizers.Split(Regex(r"[\n.,?!]"), behavior="isolated"),
-    ])
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  unk_token="<unk>",
-                                  extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
+            pre_tokenizers.Split(Regex(r"[\n.,?!]"), behavior="isolated"),
+        ]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+    )
     assert tok.convert_tokens_to_ids(["<video>", "<image>"]) == [VOCAB - 2, VOCAB - 1] and len(tok) == VOCAB
     return tok
 
@@ -104,8 +123,14 @@ def processor_of(family: str, config):
         grids = {} if family == "llava" else {"image_grid_pinpoints": PINPOINTS}
         image_processor = adapter.image_processor_class(size={"shortest_edge": SIZE}, crop_size=crop, **grids)
         kwargs = dict(patch_size=7, num_additional_image_tokens=1)
-    return build_processor(image_processor, tokenizer(), family=family, chat_template=TEMPLATES[family],
-                           vision_feature_select_strategy=config.vision_feature_select_strategy, **kwargs)
+    return build_processor(
+        image_processor,
+        tokenizer(),
+        family=family,
+        chat_template=TEMPLATES[family],
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        **kwargs,
+    )
 
 
 def noise(mode: str, width: int, height: int, seed: int) -> Image.Image:
@@ -120,8 +145,12 @@ def noise(mode: str, width: int, height: int, seed: int) -> Image.Image:
 
 
 # doc_id -> image: odd modes, sizes and aspect ratios (width x height)
-DOCS = [{"image": noise("RGBA", 80, 40, 0)}, {"image": noise("L", 57, 111, 1)}, {"image": noise("P", 300, 5, 2)},
-        {"image": noise("1", 13, 13, 3)}]
+DOCS = [
+    {"image": noise("RGBA", 80, 40, 0)},
+    {"image": noise("L", 57, 111, 1)},
+    {"image": noise("P", 300, 5, 2)},
+    {"image": noise("1", 13, 13, 3)},
+]
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
@@ -166,16 +195,30 @@ def generation_requests(doc_ids):
     from lmms_eval.api.instance import Instance
 
     kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0, "until": ["."]}
-    return [Instance("generate_until", (QUESTION, kwargs, lambda doc: [doc["image"]], d, "docs", "test"), idx=0,
-                     metadata={"task": "docs", "doc_id": d, "repeats": 1}) for d in doc_ids]
+    return [
+        Instance(
+            "generate_until",
+            (QUESTION, kwargs, lambda doc: [doc["image"]], d, "docs", "test"),
+            idx=0,
+            metadata={"task": "docs", "doc_id": d, "repeats": 1},
+        )
+        for d in doc_ids
+    ]
 
 
 def choice_requests(doc_ids):
     from lmms_eval.api.instance import Instance
 
-    return [Instance("loglikelihood", (QUESTION, choice, lambda doc: [doc["image"]], d, "docs", "test"), idx=k,
-                     metadata={"task": "docs", "doc_id": d, "repeats": 1})
-            for d in doc_ids for k, choice in enumerate(CHOICES)]
+    return [
+        Instance(
+            "loglikelihood",
+            (QUESTION, choice, lambda doc: [doc["image"]], d, "docs", "test"),
+            idx=k,
+            metadata={"task": "docs", "doc_id": d, "repeats": 1},
+        )
+        for d in doc_ids
+        for k, choice in enumerate(CHOICES)
+    ]
 
 
 def image_inputs(family: str, processor, prompt: str, image: Image.Image) -> dict:
@@ -214,7 +257,7 @@ def choice_loss(model, processor, family: str, image: Image.Image, choice: str) 
     answer = processor.tokenizer(choice, add_special_tokens=False, return_tensors="pt")["input_ids"]
     ids = torch.cat([inputs.pop("input_ids"), answer], dim=1)
     labels = torch.full_like(ids, -100)
-    labels[:, -answer.shape[1]:] = answer
+    labels[:, -answer.shape[1] :] = answer
     inputs["attention_mask"] = torch.ones_like(ids)
     with torch.no_grad():
         return float(model(input_ids=ids, labels=labels, **inputs).loss)
@@ -254,8 +297,11 @@ def test_llava_ov_manager_scores_onevision_as_before(saved):
     from llava_manager.evaluation.lmms_eval_model import LlavaOvManager
 
     ov = lmms_model("llava_ov_manager", directory)
-    assert type(ov) is LlavaOvManager and ov.prompt_format == "qwen_1_5" and ov.prompt(QUESTION, 1) == PROMPTS[
-        "llava_onevision"]
+    assert (
+        type(ov) is LlavaOvManager
+        and ov.prompt_format == "qwen_1_5"
+        and ov.prompt(QUESTION, 1) == PROMPTS["llava_onevision"]
+    )
     neutral = lmms_model("llava_manager", directory)
     requests = choice_requests([3])
     assert [r.text for r in ov.loglikelihood(requests)] == [r.text for r in neutral.loglikelihood(requests)]
@@ -279,15 +325,21 @@ def unloadable(monkeypatch):
 def test_llava_ov_manager_refuses_other_families_before_loading(family, unloadable, tmp_path):
     family_config(family).save_pretrained(tmp_path)
     title = FAMILIES[family].title
-    with pytest.raises(ValueError, match=rf"llava_ov_manager takes LLaVA-OneVision checkpoints; .* is {title} "
-                                         rf"\(model_type '{family}'\): use --model llava_manager"):
+    with pytest.raises(
+        ValueError,
+        match=rf"llava_ov_manager takes LLaVA-OneVision checkpoints; .* is {title} "
+        rf"\(model_type '{family}'\): use --model llava_manager",
+    ):
         unloadable.LlavaOvManager(pretrained=str(tmp_path), device="cpu")
 
 
 def test_model_args_are_checked_before_loading(unloadable, tmp_path):
     family_config("llava").save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"llava_manager: prompt_format 'chat': use one of \('qwen_1_5', "
-                                         r"'chat_template'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"llava_manager: prompt_format 'chat': use one of \('qwen_1_5', "
+        r"'chat_template'\)",
+    ):
         unloadable.LlavaManager(pretrained=str(tmp_path), prompt_format="chat", device="cpu")
     with pytest.raises(ValueError, match=r"llava_manager: unknown model_args \['colour'\]"):
         unloadable.LlavaManager(pretrained=str(tmp_path), colour="red")

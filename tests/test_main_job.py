@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import subprocess_env
+from PIL import Image
 from transformers import AutoModelForImageTextToText, set_seed
 
 from llava_manager import apply_manager
-from llava_manager.shapes.score import CHOICES, DEFAULT_SAMPLES, heldout_docs, score
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
+from llava_manager.shapes.score import CHOICES, DEFAULT_SAMPLES, heldout_docs, score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,8 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
     out = tmp_path_factory.mktemp("main_job")
-    result = subprocess.run([sys.executable, "recipes/stage2.py", "--output_dir", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=1800, env=subprocess_env())
+    result = subprocess.run(
+        [sys.executable, "recipes/stage2.py", "--output_dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=subprocess_env(),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out, result.stdout
 
@@ -59,4 +65,3 @@ def test_an_untrained_model_scores_chance():
     model = apply_manager(AutoModelForImageTextToText.from_config(tiny_model_config(processor)))
     result = score(model, processor, docs)
     assert result["exact_match"] < 0.4 and result["mc_accuracy"] < 0.4, result
-

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from helpers import make_batch, tiny_model
-from llava_manager import ManagerConfig, apply_manager, get_managers
 from reference import add_reference_hooks
+
+from llava_manager import ManagerConfig, apply_manager, get_managers
 
 # Image sizes covering: one crop per side, several grid crops, unpadding (odd aspect) and anyres_max_9 downsampling
 # (100 x 110 picks the 4 x 4 pinpoint: 16 crops of 16 tokens, above 9 crops' worth).
@@ -44,7 +44,9 @@ def test_identity_at_init_generate_greedy_and_beam():
     beam = model.generate(**batch, max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2)
     apply_manager(model)
     assert torch.equal(greedy, model.generate(**batch, max_new_tokens=6, do_sample=False))
-    assert torch.equal(beam, model.generate(**batch, max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2))
+    assert torch.equal(
+        beam, model.generate(**batch, max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2)
+    )
 
 
 @pytest.mark.parametrize(

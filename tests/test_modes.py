@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from helpers import make_batch, tiny_model
-from llava_manager import apply_manager, get_managers
 from reference import add_reference_hooks
 from test_math import randomize
+
+from llava_manager import apply_manager, get_managers
 
 IMAGES = [(40, 80), (28, 28)]
 

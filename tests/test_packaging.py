@@ -24,8 +24,10 @@ PACKAGE_DIR = Path(llava_manager.__file__).resolve().parent
 
 
 def _module_names() -> list[str]:
-    return sorted(".".join(("llava_manager", *path.relative_to(PACKAGE_DIR).with_suffix("").parts))
-                  .removesuffix(".__init__") for path in PACKAGE_DIR.rglob("*.py"))
+    return sorted(
+        ".".join(("llava_manager", *path.relative_to(PACKAGE_DIR).with_suffix("").parts)).removesuffix(".__init__")
+        for path in PACKAGE_DIR.rglob("*.py")
+    )
 
 
 def test_every_folder_of_modules_is_a_regular_package():
@@ -51,8 +53,10 @@ def test_the_lmms_eval_entry_points_load():
         assert isinstance(getattr(importlib.import_module(module_name), class_name), type)
 
 
-@pytest.mark.skipif(os.environ.get("LLAVA_MANAGER_EXPECT_INSTALLED") != "1",
-                    reason="only where the test run is meant to exercise an installed wheel (CI)")
+@pytest.mark.skipif(
+    os.environ.get("LLAVA_MANAGER_EXPECT_INSTALLED") != "1",
+    reason="only where the test run is meant to exercise an installed wheel (CI)",
+)
 def test_the_package_under_test_is_the_installed_wheel():
     dist = distribution("llava-manager")
     direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
@@ -63,15 +67,23 @@ def test_the_package_under_test_is_the_installed_wheel():
     assert PACKAGE_DIR == Path(dist.locate_file("llava_manager")).resolve()
     assert "site-packages" in PACKAGE_DIR.parts
     # A subprocess started from another folder finds the same installation.
-    out = subprocess.run([sys.executable, "-c", "import llava_manager; print(llava_manager.__file__)"],
-                         capture_output=True, text=True, check=True, cwd=Path.home(), env=subprocess_env())
+    out = subprocess.run(
+        [sys.executable, "-c", "import llava_manager; print(llava_manager.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path.home(),
+        env=subprocess_env(),
+    )
     assert Path(out.stdout.strip()).resolve().parent == PACKAGE_DIR
 
 
 def test_installed_versions_are_inside_the_declared_ranges():
     """The environment under test is inside the ranges it proves (CI installs both ends)."""
     ranges = _compat.tested_ranges()
-    assert {"torch", "transformers", "accelerate", "deepspeed", "peft", "datasets", "lmms-eval", "filelock"} <= set(ranges)
+    assert {"torch", "transformers", "accelerate", "deepspeed", "peft", "datasets", "lmms-eval", "filelock"} <= set(
+        ranges
+    )
     assert _compat.untested_versions() == []
 
 

@@ -9,12 +9,12 @@ import json
 
 import pytest
 import torch
+from families import FAMILIES
+from helpers import logged_losses
 from transformers import AttentionInterface, AutoModelForImageTextToText, set_seed
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
-from families import FAMILIES
-from helpers import logged_losses
 from llava_manager import apply_manager, get_managers
 from llava_manager.shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from llava_manager.training.data import IGNORE_INDEX, Collator, SupervisedDataset
@@ -22,15 +22,26 @@ from llava_manager.training.packing import ACCOUNTING_KEYS, PackingCollator, mod
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
 
-
 # ---------------------------------------------------------------------------------------------------------------------
 # A flash-attention stand-in for the CPU: what `_flash_attention_forward` does with the varlen arguments (the rows
 # flattened, causal attention within each `cu_seq_lens_q` segment), in plain SDPA. It refuses a call without them, so
 # it also checks that they reach every decoder layer.
 
 
-def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
-                     cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
+def varlen_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    cu_seq_lens_q=None,
+    cu_seq_lens_k=None,
+    max_length_q=None,
+    max_length_k=None,
+    **kwargs,
+):
     assert attention_mask is None and cu_seq_lens_q is not None and torch.equal(cu_seq_lens_q, cu_seq_lens_k)
     batch, heads, length, dim = query.shape
     key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
@@ -40,8 +51,9 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     assert bounds[-1] == batch * length and max(b - a for a, b in zip(bounds, bounds[1:])) == max_length_q
     for start, end in zip(bounds, bounds[1:]):
         segment = [x[start:end].transpose(0, 1) for x in (q, k, v)]
-        out[start:end] = torch.nn.functional.scaled_dot_product_attention(*segment, is_causal=True,
-                                                                           scale=scaling).transpose(0, 1)
+        out[start:end] = torch.nn.functional.scaled_dot_product_attention(
+            *segment, is_causal=True, scale=scaling
+        ).transpose(0, 1)
     return out.view(batch, length, heads, dim), None
 
 
@@ -57,9 +69,14 @@ ATTENTION = ["sdpa", "eager", "varlen_reference"]
 def shapes(tmp_path_factory):
     paths = write_shapes_dataset(tmp_path_factory.mktemp("shapes"), 16, seed=0)
     records = json.loads(paths["instruct"].read_text())
-    two_images = {"id": "two", "image": [records[1]["image"], records[2]["image"]], "conversations": [
-        {"from": "human", "value": "<image>\n<image>\nWhat colour is the first shape ?"},
-        {"from": "gpt", "value": "red ."}]}
+    two_images = {
+        "id": "two",
+        "image": [records[1]["image"], records[2]["image"]],
+        "conversations": [
+            {"from": "human", "value": "<image>\n<image>\nWhat colour is the first shape ?"},
+            {"from": "gpt", "value": "red ."},
+        ],
+    }
     text_only = records[15]
     assert "image" not in text_only and len(records[0]["conversations"]) == 4  # and a two-turn one
     # arrival order: several images, two turns, one image, text only, one image
@@ -90,8 +107,9 @@ def samples_of(shapes, processor, model):
 
 def per_token_losses(logits, labels):
     """Cross-entropy of every position against the next label (0 where that label is -100), as transformers shifts."""
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                             reduction="none", ignore_index=IGNORE_INDEX)
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="none", ignore_index=IGNORE_INDEX
+    )
     return loss.view(labels.shape[0], -1)
 
 
@@ -131,8 +149,9 @@ def test_a_packed_step_has_the_padded_steps_per_token_losses_and_gradients(famil
     lengths = [len(s["input_ids"]) for s in samples]
     pad = processor.tokenizer.pad_token_id
     padded = Collator(pad, family)(samples)
-    want_losses, want_loss, want_grads = step(model, padded) if attention != "varlen_reference" else \
-        step(patched_model(family)[0], padded)  # the padded reference under SDPA (the stand-in takes packed only)
+    want_losses, want_loss, want_grads = (
+        step(model, padded) if attention != "varlen_reference" else step(patched_model(family)[0], padded)
+    )  # the padded reference under SDPA (the stand-in takes packed only)
     manager_grads = [want_grads[n] for n, _ in model.named_parameters() if ".managers." in n]
     assert manager_grads and all(g.abs().sum() > 0 for g in manager_grads)  # the managers matter here
 
@@ -150,8 +169,10 @@ def test_a_packed_step_has_the_padded_steps_per_token_losses_and_gradients(famil
         for i, (r, column) in sample_slices(rows, lengths).items():
             n = lengths[i]
             # token for token: every position of sample i scores the same next token with the same loss
-            assert torch.equal(packed["labels"][r, column + 1:column + n], padded["labels"][i, 1:n])
-            torch.testing.assert_close(losses[r, column:column + n - 1], want_losses[i, :n - 1], rtol=1e-5, atol=2e-6)
+            assert torch.equal(packed["labels"][r, column + 1 : column + n], padded["labels"][i, 1:n])
+            torch.testing.assert_close(
+                losses[r, column : column + n - 1], want_losses[i, : n - 1], rtol=1e-5, atol=2e-6
+            )
             if column + n < losses.shape[1] + 1:  # its last token predicts nothing across the boundary
                 assert losses[r, column + n - 1] == 0
         assert grads.keys() == want_grads.keys()
@@ -184,7 +205,9 @@ def test_first_fit_in_arrival_order_within_the_budget():
     rows = pack_rows(lengths, 40)
     assert sorted(i for row in rows for i in row) == list(range(60))
     assert all(sum(lengths[i] for i in row) <= 40 for row in rows) and all(row == sorted(row) for row in rows)
-    with pytest.raises(ValueError, match="a sample of 9 tokens .* longer than the packing budget --max_packed_tokens 8"):
+    with pytest.raises(
+        ValueError, match="a sample of 9 tokens .* longer than the packing budget --max_packed_tokens 8"
+    ):
         pack_rows([5, 9], 8)
     with pytest.raises(ValueError, match="max_packed_tokens 0"):
         PackingCollator(0, "llava", max_packed_tokens=0)
@@ -208,10 +231,10 @@ def test_the_packed_batch(family, shapes):
     assert width <= budget
     for i, (r, column) in sample_slices(rows, lengths).items():
         n = lengths[i]
-        assert batch["position_ids"][r, column:column + n].tolist() == list(range(n))  # positions restart
-        assert torch.equal(batch["input_ids"][r, column:column + n], samples[i]["input_ids"])
+        assert batch["position_ids"][r, column : column + n].tolist() == list(range(n))  # positions restart
+        assert torch.equal(batch["input_ids"][r, column : column + n], samples[i]["input_ids"])
         assert batch["labels"][r, column] == IGNORE_INDEX  # nothing predicts across a boundary
-        assert torch.equal(batch["labels"][r, column + 1:column + n], samples[i]["labels"][1:])
+        assert torch.equal(batch["labels"][r, column + 1 : column + n], samples[i]["labels"][1:])
     for r, row in enumerate(rows):  # the rest of a row: a padding segment of its own
         used = sum(lengths[i] for i in row)
         assert (batch["input_ids"][r, used:] == pad).all() and (batch["labels"][r, used:] == IGNORE_INDEX).all()
@@ -236,7 +259,8 @@ def test_the_packed_batch(family, shapes):
     assert batch["sample_lengths"].tolist() == [lengths[i] for i in order]
     again = collate(samples)
     assert again.keys() == batch.keys() and all(
-        torch.equal(v, again[k]) if isinstance(v, torch.Tensor) else v == again[k] for k, v in batch.items())
+        torch.equal(v, again[k]) if isinstance(v, torch.Tensor) else v == again[k] for k, v in batch.items()
+    )
     assert set(model_inputs(batch)) == set(batch) - set(ACCOUNTING_KEYS) - {"skipped"}
 
 
@@ -245,14 +269,31 @@ def test_the_packed_batch(family, shapes):
 
 
 def test_the_stage2_recipe_packed_has_the_padded_loss(tmp_path):
-    common = ["--max_steps", "2", "--synthetic_samples", "16", "--per_device_train_batch_size", "4",
-              "--logging_steps", "1", "--save_steps", "100", "--dataloader_num_workers", "0", "--report_to", "none",
-              f"--{_CHECKPOINTING}", "false"]
+    common = [
+        "--max_steps",
+        "2",
+        "--synthetic_samples",
+        "16",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "100",
+        "--dataloader_num_workers",
+        "0",
+        "--report_to",
+        "none",
+        f"--{_CHECKPOINTING}",
+        "false",
+    ]
     run("stage2", ["--output_dir", str(tmp_path / "padded"), *common])
     trainer = run("stage2", ["--output_dir", str(tmp_path / "packed"), "--padding_free", "true", *common])
     assert isinstance(trainer.data_collator, PackingCollator) and trainer.data_collator.max_packed_tokens == 16384
-    run("stage2", ["--output_dir", str(tmp_path / "rows"), "--padding_free", "true", "--max_packed_tokens", "200",
-                   *common])
+    run(
+        "stage2",
+        ["--output_dir", str(tmp_path / "rows"), "--padding_free", "true", "--max_packed_tokens", "200", *common],
+    )
     padded, packed, rows = (logged_losses(tmp_path / name) for name in ("padded", "packed", "rows"))
     assert sorted(padded) == sorted(packed) == sorted(rows) == [1, 2]
     # same seed, same samples: one row (the whole batch) and several rows of at most 200 tokens
@@ -260,7 +301,9 @@ def test_the_stage2_recipe_packed_has_the_padded_loss(tmp_path):
     assert rows[1] == pytest.approx(padded[1], rel=1e-6)
 
     # a budget below some samples' length: those are skipped as over-length, and reported
-    run("stage2", ["--output_dir", str(tmp_path / "small"), "--padding_free", "true", "--max_packed_tokens", "100",
-                   *common])
+    run(
+        "stage2",
+        ["--output_dir", str(tmp_path / "small"), "--padding_free", "true", "--max_packed_tokens", "100", *common],
+    )
     skipped = json.loads((tmp_path / "small" / "data_skipped.json").read_text())
     assert skipped["skipped"] > 0 and set(skipped["by_reason"]) == {"over-length"}

@@ -1,11 +1,11 @@
 """Item 7: LoRA on the LLM with the managers trainable through peft's `modules_to_save`, saved and reloaded."""
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-
 from helpers import make_batch, tiny_model
-from llava_manager import apply_manager, get_managers
+from peft import LoraConfig, PeftModel, get_peft_model
 from test_math import randomize
+
+from llava_manager import apply_manager, get_managers
 
 LORA = dict(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", modules_to_save=["managers"])
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from helpers import make_batch, tiny_model
 from safetensors.torch import load_file, save_file
+from test_math import randomize
 from transformers import LlavaOnevisionForConditionalGeneration
 
 import llava_manager
-from helpers import make_batch, tiny_model
 from llava_manager import ManagerConfig, apply_manager, get_managers, has_manager, load_manager, save_manager
-from test_math import randomize
 
 
 def trained_model(**config):
@@ -52,7 +52,9 @@ def test_save_pretrained_round_trip_through_from_pretrained(tmp_path):
     # the same keyword arguments as transformers: dtype
     bf16 = llava_manager.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert all(m.weight.dtype == torch.bfloat16 for m in get_managers(bf16))
-    torch.testing.assert_close(get_managers(bf16)[0].weight.float(), get_managers(model)[0].weight, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(
+        get_managers(bf16)[0].weight.float(), get_managers(model)[0].weight, rtol=1e-2, atol=1e-2
+    )
     # saving the loaded model again keeps it patched
     loaded.save_pretrained(tmp_path / "again")
     with torch.no_grad():

@@ -13,8 +13,14 @@ from llava_manager.plan import Measurement
 
 
 def test_rows_match_hand_computation():
-    rows = plan.plan({"stage1": Measurement(10.0, "given"), "stage1_5": Measurement(5.0, "given"),
-                      "stage2": Measurement(4.0, "given")}, gpus=16)
+    rows = plan.plan(
+        {
+            "stage1": Measurement(10.0, "given"),
+            "stage1_5": Measurement(5.0, "given"),
+            "stage2": Measurement(4.0, "given"),
+        },
+        gpus=16,
+    )
     by_stage = {r.stage: r for r in rows}
     assert [r.samples for r in rows] == [558_128, 4_000_000, 3_200_000] and all(r.epochs == 1 for r in rows)
     # 558,128 samples / 10 samples/s/GPU = 55,812.8 GPU-seconds = 15.5036 GPU-hours; / 16 GPUs = 0.96897 h
@@ -23,8 +29,7 @@ def test_rows_match_hand_computation():
     assert by_stage["stage1_5"].gpu_hours == pytest.approx(4e6 / 5 / 3600)  # 222.2 GPU-hours
     assert by_stage["stage2"].wall_hours == pytest.approx(3.2e6 / 4 / 16 / 3600)  # 13.9 h
 
-    twice = plan.plan({"stage2": Measurement(4.0, "given")}, gpus=8, samples={"stage2": 100_000},
-                      epochs={"stage2": 2})
+    twice = plan.plan({"stage2": Measurement(4.0, "given")}, gpus=8, samples={"stage2": 100_000}, epochs={"stage2": 2})
     assert twice[2].gpu_hours == pytest.approx(100_000 * 2 / 4 / 3600)
     assert twice[0].gpu_hours is None and twice[2].source == "given"
 
@@ -44,15 +49,26 @@ def test_table_totals_and_assumptions():
 
 def throughput_file(path, **fields):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"samples_per_second": 80.0, "samples_per_second_per_device": 10.0,
-                                "world_size": 8, "device": "NVIDIA H100 80GB HBM3", **fields}))
+    path.write_text(
+        json.dumps(
+            {
+                "samples_per_second": 80.0,
+                "samples_per_second_per_device": 10.0,
+                "world_size": 8,
+                "device": "NVIDIA H100 80GB HBM3",
+                **fields,
+            }
+        )
+    )
     return path
 
 
 def test_throughput_files_name_their_stage(tmp_path):
     recorded = throughput_file(tmp_path / "anywhere" / "throughput.json", stage="stage1_5")
-    assert plan.read_throughput(str(recorded)) == ("stage1_5",
-                                                   Measurement(10.0, f"{recorded} (8 x NVIDIA H100 80GB HBM3)"))
+    assert plan.read_throughput(str(recorded)) == (
+        "stage1_5",
+        Measurement(10.0, f"{recorded} (8 x NVIDIA H100 80GB HBM3)"),
+    )
     by_folder = throughput_file(tmp_path / "runs" / "stage2" / "throughput.json")
     assert plan.read_throughput(str(by_folder))[0] == "stage2"
     old = throughput_file(tmp_path / "probe" / "throughput.json", samples_per_second_per_device=None)
@@ -64,9 +80,26 @@ def test_throughput_files_name_their_stage(tmp_path):
 
 def test_command_line(tmp_path):
     file = throughput_file(tmp_path / "stage2" / "throughput.json")
-    out = subprocess.run([sys.executable, "-m", "llava_manager.plan", "--samples-per-second", "10", "5", "4",
-                          "--throughput", str(file), "--gpus", "8", "--nodes", "2"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llava_manager.plan",
+            "--samples-per-second",
+            "10",
+            "5",
+            "4",
+            "--throughput",
+            str(file),
+            "--gpus",
+            "8",
+            "--nodes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     stage2 = next(line for line in out.splitlines() if line.startswith("Stage-2"))
     # the file's 10 samples/s/GPU replaces the given 4: 3.2M / 10 / 3600 = 88.9 GPU-hours, / 16 = 5 h 33 min
     assert "10.00" in stage2 and "88.9" in stage2 and "5 h 33 min" in stage2

@@ -44,7 +44,8 @@ def _transformers_layout(published, directory):
     shutil.copytree(published, directory)
     processor = load_processor(published)
     processor.video_processor = _PublishedVideoSection(
-        json.loads((published / "video_processor" / "preprocessor_config.json").read_text()))
+        json.loads((published / "video_processor" / "preprocessor_config.json").read_text())
+    )
     for name in ("preprocessor_config.json", "processor_config.json", "chat_template.json"):
         (directory / name).unlink()
     shutil.rmtree(directory / "video_processor")
@@ -73,12 +74,17 @@ def test_every_published_layout_loads_the_same_processor(published_si, tmp_path,
         processor = load_processor(directory)
         assert type(processor) is type(expected)
         assert processor.chat_template == expected.chat_template
-        assert (processor.num_image_tokens, processor.vision_feature_select_strategy, processor.vision_aspect_ratio) \
-            == (expected.num_image_tokens, expected.vision_feature_select_strategy, expected.vision_aspect_ratio)
+        assert (
+            processor.num_image_tokens,
+            processor.vision_feature_select_strategy,
+            processor.vision_aspect_ratio,
+        ) == (expected.num_image_tokens, expected.vision_feature_select_strategy, expected.vision_aspect_ratio)
         image_settings = processor.image_processor.to_dict()
         assert image_settings == expected.image_processor.to_dict()
-        assert image_settings["image_grid_pinpoints"] == json.loads(
-            (published_si / "preprocessor_config.json").read_text())["image_grid_pinpoints"]
+        assert (
+            image_settings["image_grid_pinpoints"]
+            == json.loads((published_si / "preprocessor_config.json").read_text())["image_grid_pinpoints"]
+        )
         inputs = _inputs(processor)
         assert inputs.keys() == expected_inputs.keys()
         for key, value in expected_inputs.items():
@@ -90,5 +96,7 @@ def test_image_only_loading_takes_settings_and_location_keywords(published_si, m
     processor = load_processor(published_si, local_files_only=True, revision="main", num_image_tokens=5)
     assert processor.num_image_tokens == 5
     assert processor.video_processor is None
-    assert load_processor(published_si).num_image_tokens == json.loads(
-        (published_si / "processor_config.json").read_text())["num_image_tokens"]
+    assert (
+        load_processor(published_si).num_image_tokens
+        == json.loads((published_si / "processor_config.json").read_text())["num_image_tokens"]
+    )

@@ -7,16 +7,18 @@ from __future__ import annotations
 import copy
 
 import pytest
+from published import CHAT_TEMPLATE, QWEN2_CHAT_TEMPLATE
 
 from llava_manager.analysis.inputs import encode
 from llava_manager.processing.processors import load_processor
 from llava_manager.processing.prompts import chat_prompt
-from published import CHAT_TEMPLATE, QWEN2_CHAT_TEMPLATE
 
 QUESTION = "What colour is the shape ?"
 # LLaVA-NeXT's conv_qwen ("qwen_1_5"), as lmms-eval's llava_onevision model prompts: placeholders joined by spaces.
-QWEN_1_IMAGE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
-                f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+QWEN_1_IMAGE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+    f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+)
 QWEN_2_IMAGES = QWEN_1_IMAGE.replace("<image>\n", "<image> <image>\n")
 QWEN_NO_IMAGE = QWEN_1_IMAGE.replace("<image>\n", "")
 # The llava-hf template; transformers' test_processor_llava_onevision.py::test_chat_template expects
@@ -60,8 +62,10 @@ def test_chat_template_format_renders_typed_content_with_the_published_template(
 
 
 def test_chat_template_format_falls_back_to_a_plain_string_template(processor):
-    expected = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
-                f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+    expected = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+        f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert chat_prompt(processor.tokenizer, QUESTION, 1, "chat_template") == expected  # the tokenizer's template
     assert chat_prompt(processor, QUESTION, 1, "chat_template", chat_template=QWEN2_CHAT_TEMPLATE) == expected
 

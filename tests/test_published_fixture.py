@@ -30,12 +30,27 @@ QWEN2_TEXT_TEMPLATE = (
     "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<image>": 151646,
-               "<video>": 151647}
+SPECIAL_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<image>": 151646,
+    "<video>": 151647,
+}
 PUBLISHED_FILES = {
-    "added_tokens.json", "chat_template.json", "config.json", "generation_config.json", "merges.txt",
-    "model.safetensors", "preprocessor_config.json", "processor_config.json", "special_tokens_map.json",
-    "tokenizer.json", "tokenizer_config.json", "video_processor/preprocessor_config.json", "vocab.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "config.json",
+    "generation_config.json",
+    "merges.txt",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "video_processor/preprocessor_config.json",
+    "vocab.json",
 }
 REAL_PINPOINTS = [[h, w] for h in (384, 768, 1152, 1536, 1920, 2304) for w in (384, 768, 1152, 1536, 1920, 2304)]
 TOKEN_FLAGS = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
@@ -61,8 +76,13 @@ def test_file_names_are_the_published_ones(checkpoint):
 
 def test_unshrunk_files_have_the_published_sizes(checkpoint):
     """Files with no size in them are byte-for-byte the size the Hub lists for them."""
-    sizes = {"added_tokens.json": 122, "chat_template.json": 826, "generation_config.json": 126,
-             "special_tokens_map.json": 367, "tokenizer_config.json": 1695}  # 1695: listed as "1.7 kB"
+    sizes = {
+        "added_tokens.json": 122,
+        "chat_template.json": 826,
+        "generation_config.json": 126,
+        "special_tokens_map.json": 367,
+        "tokenizer_config.json": 1695,
+    }  # 1695: listed as "1.7 kB"
     assert {name: (checkpoint / name).stat().st_size for name in sizes} == sizes
 
 
@@ -87,12 +107,20 @@ def test_config_fields_are_the_published_ones(checkpoint):
     }
     sizes = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"}
     assert {k: v for k, v in text.items() if k not in sizes | {"num_key_value_heads", "max_window_layers"}} == {
-        "_name_or_path": "Qwen/Qwen2-0.5B-Instruct", "architectures": ["Qwen2ForCausalLM"],
-        "bos_token_id": 151643, "eos_token_id": 151645, "model_type": "qwen2", "rope_theta": 1000000.0,
-        "tie_word_embeddings": True, "torch_dtype": "bfloat16", "vocab_size": 151936,
+        "_name_or_path": "Qwen/Qwen2-0.5B-Instruct",
+        "architectures": ["Qwen2ForCausalLM"],
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "model_type": "qwen2",
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "vocab_size": 151936,
     }
     assert {k: v for k, v in vision.items() if k not in sizes | {"image_size", "patch_size"}} == {
-        "model_type": "siglip_vision_model", "vision_use_head": False}
+        "model_type": "siglip_vision_model",
+        "vision_use_head": False,
+    }
     # Sizes shrunk (real: text 896 / 4864 / 24 layers / 14 heads / 2 KV heads; SigLIP 1152 / 4304 / 26 / 16).
     assert text["num_attention_heads"] == 14 and text["num_key_value_heads"] == 2
     assert text["max_window_layers"] == text["num_hidden_layers"] < 24 and text["hidden_size"] < 896
@@ -119,20 +147,40 @@ def test_processor_and_generation_files_are_the_published_ones(checkpoint):
     side = config["vision_config"]["image_size"]
     tokens = (side // config["vision_config"]["patch_size"]) ** 2  # real: (384 // 14) ** 2 = 729
     assert _json(checkpoint, "processor_config.json") == {
-        "image_token": "<image>", "num_image_tokens": tokens, "processor_class": "LlavaOnevisionProcessor",
-        "video_token": "<video>", "vision_feature_select_strategy": "full"}
+        "image_token": "<image>",
+        "num_image_tokens": tokens,
+        "processor_class": "LlavaOnevisionProcessor",
+        "video_token": "<video>",
+        "vision_feature_select_strategy": "full",
+    }
     assert _json(checkpoint, "generation_config.json") == {
-        "_from_model_config": True, "bos_token_id": 151643, "eos_token_id": 151645,
-        "transformers_version": "4.45.0.dev0"}
-    common = {"do_convert_rgb": True, "do_normalize": True, "do_pad": True, "do_rescale": True, "do_resize": True,
-              "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-              "processor_class": "LlavaOnevisionProcessor", "resample": 3, "rescale_factor": 0.00392156862745098,
-              "size": {"height": side, "width": side}}
+        "_from_model_config": True,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "transformers_version": "4.45.0.dev0",
+    }
+    common = {
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_pad": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "LlavaOnevisionProcessor",
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"height": side, "width": side},
+    }
     assert _json(checkpoint, "preprocessor_config.json") == {
-        **common, "image_grid_pinpoints": config["image_grid_pinpoints"],
-        "image_processor_type": "LlavaOnevisionImageProcessor"}
+        **common,
+        "image_grid_pinpoints": config["image_grid_pinpoints"],
+        "image_processor_type": "LlavaOnevisionImageProcessor",
+    }
     assert _json(checkpoint, "video_processor/preprocessor_config.json") == {
-        **common, "image_processor_type": "LlavaOnevisionVideoProcessor"}
+        **common,
+        "image_processor_type": "LlavaOnevisionVideoProcessor",
+    }
 
 
 def test_tokenizer_files_are_the_published_ones(checkpoint):
@@ -140,16 +188,27 @@ def test_tokenizer_files_are_the_published_ones(checkpoint):
     assert _json(checkpoint, "special_tokens_map.json") == {
         "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
         "eos_token": {"content": "<|im_end|>", **TOKEN_FLAGS},
-        "pad_token": {"content": "<|endoftext|>", **TOKEN_FLAGS}}
+        "pad_token": {"content": "<|endoftext|>", **TOKEN_FLAGS},
+    }
     config = _json(checkpoint, "tokenizer_config.json")
     assert config.pop("added_tokens_decoder") == {
-        str(i): {"content": token, **TOKEN_FLAGS, "special": True} for token, i in SPECIAL_IDS.items()}
+        str(i): {"content": token, **TOKEN_FLAGS, "special": True} for token, i in SPECIAL_IDS.items()
+    }
     assert config == {
-        "add_prefix_space": False, "additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "bos_token": None,
-        "chat_template": QWEN2_TEXT_TEMPLATE, "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>",
-        "errors": "replace", "model_max_length": 32768, "pad_token": "<|endoftext|>",
-        "processor_class": "LlavaOnevisionProcessor", "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer", "unk_token": None}
+        "add_prefix_space": False,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "chat_template": QWEN2_TEXT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 32768,
+        "pad_token": "<|endoftext|>",
+        "processor_class": "LlavaOnevisionProcessor",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
     assert len(_json(checkpoint, "vocab.json")) == 151643  # Qwen2's regular tokens; the specials follow
     assert (checkpoint / "merges.txt").read_text(encoding="utf-8").startswith("#version: 0.2\n")
 
@@ -174,8 +233,9 @@ def processor(published_si):
 
 def test_chat_template_renders_the_documented_prompts(tokenizer):
     def render(messages):
-        return tokenizer.apply_chat_template(messages, chat_template=PUBLISHED_CHAT_TEMPLATE, tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            messages, chat_template=PUBLISHED_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+        )
 
     hi = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
     assert render(hi) == "<|im_start|>user <image>\nHi<|im_end|><|im_start|>assistant\n"
@@ -206,7 +266,8 @@ def test_text_and_prompts_tokenize_without_unknown_tokens(tokenizer, processor):
     assert tokenizer.convert_ids_to_tokens(words) == ["What", "Ġcolour", "Ġis", "Ġthe", "Ġshape"]
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape ?"}]}],
-        add_generation_prompt=True)
+        add_generation_prompt=True,
+    )
     ids = tokenizer(prompt).input_ids
     assert tokenizer.decode(ids) == prompt
     assert [i for i in ids if i >= 151643] == [151644, 151646, 151645, 151644]
@@ -215,8 +276,10 @@ def test_text_and_prompts_tokenize_without_unknown_tokens(tokenizer, processor):
 def test_load_processor_reads_the_published_files(processor, published_si):
     config = _json(published_si, "config.json")
     assert processor.chat_template == PUBLISHED_CHAT_TEMPLATE
-    assert processor.num_image_tokens == (config["vision_config"]["image_size"]
-                                          // config["vision_config"]["patch_size"]) ** 2
+    assert (
+        processor.num_image_tokens
+        == (config["vision_config"]["image_size"] // config["vision_config"]["patch_size"]) ** 2
+    )
     assert (processor.vision_feature_select_strategy, processor.vision_aspect_ratio) == ("full", "anyres_max_9")
     assert (processor.image_token_id, processor.video_token_id) == (151646, 151647)
     size = config["vision_config"]["image_size"]
@@ -247,7 +310,8 @@ def test_processor_and_model_run_forward_and_generate(variant, request, processo
     image = Image.new("RGB", (45, 60), (220, 40, 40))  # (width, height): anyres picks a grid of crops
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape ?"}]}],
-        add_generation_prompt=True)
+        add_generation_prompt=True,
+    )
     inputs = processor(images=image, text=prompt, return_tensors="pt")
     with torch.no_grad():
         features = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
@@ -276,9 +340,11 @@ def test_variants_differ_only_in_weights_and_are_deterministic(published_si, pub
     # transformers 5's own key layout holds the same tensors under `vision_tower.*`.
     from safetensors.torch import load_file
 
-    own = load_file(write_published_checkpoint(tmp_path / "own", "si", weights_layout="transformers")
-                    / "model.safetensors")
+    own = load_file(
+        write_published_checkpoint(tmp_path / "own", "si", weights_layout="transformers") / "model.safetensors"
+    )
     published = load_file(published_si / "model.safetensors")
     assert {k.replace("vision_tower.", "vision_tower.vision_model.", 1) for k in own} == set(published)
-    assert all(torch.equal(v, published[k.replace("vision_tower.", "vision_tower.vision_model.", 1)])
-               for k, v in own.items())
+    assert all(
+        torch.equal(v, published[k.replace("vision_tower.", "vision_tower.vision_model.", 1)]) for k, v in own.items()
+    )

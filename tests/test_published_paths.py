@@ -11,19 +11,19 @@ import shutil
 
 import pytest
 import torch
+from helpers import logged_losses, run_recipe
 from PIL import Image
+from published import CHAT_TEMPLATE
+from reference import add_reference_hooks
+from test_math import randomize
 from transformers import LlavaOnevisionForConditionalGeneration
 
 import llava_manager
-from helpers import logged_losses, run_recipe
 from llava_manager import apply_manager, get_managers, has_manager, load_manager, save_manager
 from llava_manager.analysis.__main__ import main as analysis
 from llava_manager.processing.processors import load_processor
 from llava_manager.shapes.data import draw_shape, write_shapes_dataset
 from llava_manager.training.train_args import _CHECKPOINTING
-from published import CHAT_TEMPLATE
-from reference import add_reference_hooks
-from test_math import randomize
 
 
 def typed_inputs(processor, images, question="What colour is the shape ?"):
@@ -58,8 +58,10 @@ def test_apply_manager_and_generate_on_the_published_layout(variant, request):
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, rtol=1e-5, atol=1e-5)
     for kwargs in (dict(do_sample=False), dict(num_beams=2, do_sample=False)):
-        assert torch.equal(model.generate(**inputs, max_new_tokens=6, **kwargs),
-                           reference.generate(**inputs, max_new_tokens=6, **kwargs))
+        assert torch.equal(
+            model.generate(**inputs, max_new_tokens=6, **kwargs),
+            reference.generate(**inputs, max_new_tokens=6, **kwargs),
+        )
 
 
 def test_loading_the_published_layout(published_si, tmp_path):
@@ -88,14 +90,59 @@ def chain(published_si, tmp_path_factory):
     """stage1 -> stage1.5 -> stage2 from the published layout, each a fresh plain-python process."""
     root = tmp_path_factory.mktemp("chain")
     data = write_shapes_dataset(root / "data", 24)
-    common = ("--image_folder", str(data["image_folder"]), "--per_device_train_batch_size", "4", "--logging_steps", "1",
-              "--dataloader_num_workers", "0", f"--{_CHECKPOINTING}", "false", "--data_seed", "42")
-    run_recipe("stage1", root / "stage1", "--model_name_or_path", str(published_si), "--data_path",
-               str(data["captions"]), "--max_steps", "2", "--save_strategy", "no", *common)
-    run_recipe("stage1_5", root / "stage1_5", "--model_name_or_path", str(root / "stage1"), "--data_path",
-               str(data["instruct"]), "--max_steps", "2", "--save_strategy", "no", *common)
-    stage2 = (*common, "--model_name_or_path", str(root / "stage1_5"), "--data_path", str(data["instruct"]),
-              "--max_steps", "4", "--save_steps", "2", "--learning_rate", "1e-3")
+    common = (
+        "--image_folder",
+        str(data["image_folder"]),
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--dataloader_num_workers",
+        "0",
+        f"--{_CHECKPOINTING}",
+        "false",
+        "--data_seed",
+        "42",
+    )
+    run_recipe(
+        "stage1",
+        root / "stage1",
+        "--model_name_or_path",
+        str(published_si),
+        "--data_path",
+        str(data["captions"]),
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "no",
+        *common,
+    )
+    run_recipe(
+        "stage1_5",
+        root / "stage1_5",
+        "--model_name_or_path",
+        str(root / "stage1"),
+        "--data_path",
+        str(data["instruct"]),
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "no",
+        *common,
+    )
+    stage2 = (
+        *common,
+        "--model_name_or_path",
+        str(root / "stage1_5"),
+        "--data_path",
+        str(data["instruct"]),
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--learning_rate",
+        "1e-3",
+    )
     run_recipe("stage2", root / "stage2", *stage2)
     return root, stage2
 
@@ -127,8 +174,10 @@ def test_resume_from_the_published_layout_in_a_fresh_process(chain, tmp_path):
     shutil.copytree(root / "stage2" / "checkpoint-2", resumed / "checkpoint-2")
     run_recipe("stage2", resumed, *stage2, "--resume_from_checkpoint", str(resumed / "checkpoint-2"))
     assert logged_losses(resumed) == reference and sorted(reference) == [1, 2, 3, 4]
-    for a, b in zip(get_managers(llava_manager.from_pretrained(resumed)),
-                    get_managers(llava_manager.from_pretrained(root / "stage2"))):
+    for a, b in zip(
+        get_managers(llava_manager.from_pretrained(resumed)),
+        get_managers(llava_manager.from_pretrained(root / "stage2")),
+    ):
         assert torch.equal(a.weight, b.weight)
 
 
@@ -150,8 +199,26 @@ def test_every_analysis_command_on_the_published_layout(chain, published_si, tmp
     rows = list(csv.DictReader((tmp_path / "similarity" / "layer_similarity.csv").open()))
     assert len(rows) == 3 and all(0 < float(v) <= 1.0 + 1e-5 for row in rows for k, v in row.items() if k != "layer")
 
-    paths = analysis(["budget", "--model", str(published_si), "--out", str(tmp_path / "budget"), "--image-size", "45",
-                      "100", "--text-tokens", "8", "--new-tokens", "2", "--repeats", "1", "--dtype", "float32"])
+    paths = analysis(
+        [
+            "budget",
+            "--model",
+            str(published_si),
+            "--out",
+            str(tmp_path / "budget"),
+            "--image-size",
+            "45",
+            "100",
+            "--text-tokens",
+            "8",
+            "--new-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--dtype",
+            "float32",
+        ]
+    )
     budget = list(csv.DictReader(paths["csv"].open()))
     assert [r["variant"] for r in budget] == ["Baseline", "+Manager", "+Grid", "+Grid+Manager"]
     assert int(budget[1]["parameters"]) - int(budget[0]["parameters"]) == 1 * 2 * 56  # 1 manager x 2 layers x 56

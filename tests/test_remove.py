@@ -1,10 +1,10 @@
 """Item 9: remove_manager gives back the untouched base model."""
 
 import torch
-
 from helpers import make_batch, tiny_model
-from llava_manager import apply_manager, get_managers, has_manager, remove_manager
 from test_math import randomize
+
+from llava_manager import apply_manager, get_managers, has_manager, remove_manager
 
 
 def hook_counts(model):

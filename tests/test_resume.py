@@ -8,22 +8,37 @@ import shutil
 
 import pytest
 import torch
+from helpers import logged_losses, run_recipe
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, TrainingArguments
 
 import llava_manager
-from helpers import logged_losses, run_recipe
 from llava_manager import apply_manager, get_managers
 from llava_manager.core.checkpoint import CheckpointMismatchError
-from llava_manager.training.data import Collator, SupervisedDataset, load_records
 from llava_manager.shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
+from llava_manager.training.data import Collator, SupervisedDataset, load_records
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
 from llava_manager.training.trainer import ManagerTrainer
 
-COMMON = ("--max_steps", "6", "--save_steps", "3", "--logging_steps", "1", "--synthetic_samples", "48",
-          "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0", "--data_seed", "42",
-          f"--{_CHECKPOINTING}", "false")
+COMMON = (
+    "--max_steps",
+    "6",
+    "--save_steps",
+    "3",
+    "--logging_steps",
+    "1",
+    "--synthetic_samples",
+    "48",
+    "--per_device_train_batch_size",
+    "4",
+    "--dataloader_num_workers",
+    "0",
+    "--data_seed",
+    "42",
+    f"--{_CHECKPOINTING}",
+    "false",
+)
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["accumulation-1", "accumulation-2"])
@@ -44,7 +59,9 @@ def test_plain_python_resume_in_a_fresh_process_continues_exactly(full_run, tmp_
     run_recipe("stage2", resumed, *args, "--resume_from_checkpoint", str(resumed / "checkpoint-3"), "--seed", "7")
     after = logged_losses(resumed)  # steps 1-3 come from the checkpoint's trainer state, 4-6 from the new run
     assert after == reference
-    for a, b in zip(get_managers(llava_manager.from_pretrained(resumed)), get_managers(llava_manager.from_pretrained(full))):
+    for a, b in zip(
+        get_managers(llava_manager.from_pretrained(resumed)), get_managers(llava_manager.from_pretrained(full))
+    ):
         assert torch.equal(a.weight, b.weight) and a.weight.abs().sum() > 0
 
 
@@ -79,12 +96,29 @@ def test_load_best_model_at_end_loads_the_best_weights(tmp_path):
     records = load_records(paths["instruct"])
     train, held_out = (SupervisedDataset(r, processor, paths["image_folder"]) for r in (records[:40], records[40:]))
     # greater_is_better on the loss makes the "best" checkpoint the worst one: an early one, not the last.
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4,
-                             learning_rate=3e-3, eval_strategy="steps", eval_steps=2, save_steps=2,
-                             load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True,
-                             remove_unused_columns=False, report_to=[], dataloader_num_workers=0, use_cpu=True)
-    trainer = ManagerTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
-                             data_collator=Collator(processor.tokenizer.pad_token_id))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,
+        remove_unused_columns=False,
+        report_to=[],
+        dataloader_num_workers=0,
+        use_cpu=True,
+    )
+    trainer = ManagerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        data_collator=Collator(processor.tokenizer.pad_token_id),
+    )
     trainer.train()
     best = trainer.state.best_model_checkpoint
     assert best is not None and not best.endswith("checkpoint-6")

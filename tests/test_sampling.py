@@ -15,16 +15,22 @@ import numpy as np
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
+from helpers import ROOT
 from torch.utils.data import BatchSampler
 
-from helpers import ROOT
 from llava_manager.core.persistence import from_pretrained
 from llava_manager.shapes.data import tiny_processor, write_shapes_dataset
 from llava_manager.training import train_args
 from llava_manager.training.data import Collator, SupervisedDataset, load_records
 from llava_manager.training.lengths import dataset_lengths
-from llava_manager.training.sampling import (ModalityLengthGroupedSampler, SamplerEpochCallback, SamplingOptions,
-                                             TokenBudgetBatchSampler, batch_cost, modality_grouped_indices)
+from llava_manager.training.sampling import (
+    ModalityLengthGroupedSampler,
+    SamplerEpochCallback,
+    SamplingOptions,
+    TokenBudgetBatchSampler,
+    batch_cost,
+    modality_grouped_indices,
+)
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
 from llava_manager.training.trainer import ManagerTrainer
@@ -38,7 +44,7 @@ def signed_lengths(n_image=203, n_text=57, seed=0) -> list[int]:
 
 
 def batches_of(order, size):
-    return [order[i:i + size] for i in range(0, len(order), size)]
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def modalities(batch, lengths):
@@ -62,13 +68,14 @@ def test_same_seed_same_order_another_seed_or_epoch_another():
     assert list(a) == list(a)  # iterating does not move the epoch on: only set_epoch does
 
 
-@pytest.mark.parametrize("n_image,n_text,batch,world", [(203, 57, 4, 1), (64, 3, 4, 1), (40, 0, 3, 1),
-                                                        (0, 11, 2, 1)])
+@pytest.mark.parametrize("n_image,n_text,batch,world", [(203, 57, 4, 1), (64, 3, 4, 1), (40, 0, 3, 1), (0, 11, 2, 1)])
 def test_one_process_every_index_once_and_modalities_meet_only_in_the_remainder(n_image, n_text, batch, world):
     lengths = signed_lengths(n_image, n_text)
     for epoch in range(3):
         order = modality_grouped_indices(lengths, batch, world, seed=0, epoch=epoch)
-        assert sorted(order) == list(range(len(lengths))) == list(range(len(ModalityLengthGroupedSampler(lengths, batch))))
+        assert (
+            sorted(order) == list(range(len(lengths))) == list(range(len(ModalityLengthGroupedSampler(lengths, batch))))
+        )
         whole = len(order) - n_image % batch - n_text % batch
         assert all(len(modalities(b, lengths)) == 1 for b in batches_of(order[:whole], batch))
         tail = order[whole:]  # image leftovers, then text-only ones: at most one batch mixes them
@@ -76,8 +83,9 @@ def test_one_process_every_index_once_and_modalities_meet_only_in_the_remainder(
         assert sum(len(modalities(b, lengths)) > 1 for b in batches_of(order, batch)) <= 1
 
 
-@pytest.mark.parametrize("n_image,n_text,batch,world", [(203, 57, 4, 2), (203, 57, 1, 8), (40, 0, 3, 2),
-                                                        (0, 11, 2, 2), (5, 7, 8, 4)])
+@pytest.mark.parametrize(
+    "n_image,n_text,batch,world", [(203, 57, 4, 2), (203, 57, 1, 8), (40, 0, 3, 2), (0, 11, 2, 2), (5, 7, 8, 4)]
+)
 def test_several_processes_every_step_one_modality_on_every_rank(n_image, n_text, batch, world):
     """No step gives image samples to some ranks and none to others (ZeRO-2 / DDP would fail): each modality is
     filled up to whole units (world x batch: one step of all ranks) with repeats of its own samples."""
@@ -99,7 +107,7 @@ def test_groups_are_length_sorted_longest_first_and_balanced_over_ranks():
     shuffled = np.random.default_rng(0).permutation(len(lengths)).tolist()
     assert padding(order) < padding(shuffled) / 5
     assert sizes[order[0]] == sizes.max()  # an out-of-memory shows in the first step
-    for unit in batches_of(order[:800 // 8 * 8], 8):  # the two ranks' batches of a step: alike in length
+    for unit in batches_of(order[: 800 // 8 * 8], 8):  # the two ranks' batches of a step: alike in length
         rank0, rank1 = sizes[unit[:4]].sum(), sizes[unit[4:]].sum()
         assert abs(rank0 - rank1) <= sizes[unit].max() - sizes[unit].min()
 
@@ -180,14 +188,22 @@ def test_accelerate_deals_token_budget_batches_whole_with_images_on_every_rank_o
 
 
 def test_orders_are_the_same_in_a_fresh_process():
-    code = ("import json; from llava_manager.training.sampling import *; import sys\n"
-            "L = json.loads(sys.argv[1])\n"
-            "s = ModalityLengthGroupedSampler(L, 4, 2, seed=5); s.set_epoch(2)\n"
-            "t = TokenBudgetBatchSampler(L, 3000, 'packed', True, seed=5); t.set_epoch(2)\n"
-            "print(json.dumps([list(s), list(t)]))")
+    code = (
+        "import json; from llava_manager.training.sampling import *; import sys\n"
+        "L = json.loads(sys.argv[1])\n"
+        "s = ModalityLengthGroupedSampler(L, 4, 2, seed=5); s.set_epoch(2)\n"
+        "t = TokenBudgetBatchSampler(L, 3000, 'packed', True, seed=5); t.set_epoch(2)\n"
+        "print(json.dumps([list(s), list(t)]))"
+    )
     lengths = signed_lengths()
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(lengths)], capture_output=True, text=True, cwd=ROOT,
-                         env={"PYTHONHASHSEED": "123", "PATH": "", "PYTHONPATH": str(ROOT)}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(lengths)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONHASHSEED": "123", "PATH": "", "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
     here = ModalityLengthGroupedSampler(lengths, 4, 2, seed=5)
     budget = TokenBudgetBatchSampler(lengths, 3000, "packed", True, seed=5)
     here.set_epoch(2), budget.set_epoch(2)
@@ -241,10 +257,19 @@ def test_flags():
 def test_another_sampling_strategy_is_an_error(shapes, tmp_path):
     from transformers import TrainingArguments
 
-    args = TrainingArguments(output_dir=str(tmp_path), train_sampling_strategy="group_by_length", report_to=[],
-                             use_cpu=True, remove_unused_columns=False)
-    trainer = ManagerTrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=shapes,
-                             data_collator=Collator(shapes.processor.tokenizer.pad_token_id))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        train_sampling_strategy="group_by_length",
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
+    )
+    trainer = ManagerTrainer(
+        model=torch.nn.Linear(1, 1),
+        args=args,
+        train_dataset=shapes,
+        data_collator=Collator(shapes.processor.tokenizer.pad_token_id),
+    )
     trainer.sampling = SamplingOptions(group_by_modality_length=True)
     with pytest.raises(ValueError, match="both choose the data order"):
         trainer.get_train_dataloader()
@@ -278,10 +303,30 @@ def recorded(monkeypatch):
 
 
 # 32 samples (2 text-only) in batches of 2, 2 micro-batches a step: 8 steps an epoch; resumed in the second epoch.
-RECIPE = ("--max_steps", "11", "--save_steps", "10", "--logging_steps", "1", "--synthetic_samples", "32",
-          "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--dataloader_num_workers", "0",
-          "--data_seed", "42", "--report_to", "none", "--group_by_modality_length", "true",
-          f"--{_CHECKPOINTING}", "false")
+RECIPE = (
+    "--max_steps",
+    "11",
+    "--save_steps",
+    "10",
+    "--logging_steps",
+    "1",
+    "--synthetic_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "2",
+    "--gradient_accumulation_steps",
+    "2",
+    "--dataloader_num_workers",
+    "0",
+    "--data_seed",
+    "42",
+    "--report_to",
+    "none",
+    "--group_by_modality_length",
+    "true",
+    f"--{_CHECKPOINTING}",
+    "false",
+)
 
 
 @pytest.mark.parametrize("extra", [(), ("--token_budget", "700")], ids=["modality-groups", "token-budget"])
@@ -294,7 +339,7 @@ def test_an_interrupted_run_resumes_with_the_same_samples_and_weights(recorded, 
     batches = [b for s in sorted(steps) for b in steps[s]]
     order = [i for b in batches for i in b]
     assert sorted(order[:32]) == list(range(32))  # every sample once in the first epoch
-    assert order[32:] != order[:len(order) - 32]  # the second epoch is reshuffled
+    assert order[32:] != order[: len(order) - 32]  # the second epoch is reshuffled
     assert all(len(modalities(b, lengths)) == 1 for b in batches)  # (2 text-only samples: no remainder to mix)
     if extra:
         assert len({len(b) for b in batches}) > 1  # batches of varying size
@@ -302,12 +347,22 @@ def test_an_interrupted_run_resumes_with_the_same_samples_and_weights(recorded, 
 
     shutil.copytree(tmp_path / "full" / "checkpoint-10", tmp_path / "resumed" / "checkpoint-10")
     # Interrupted after step 10 (in the second epoch), resumed in a fresh run() with another model seed.
-    again = run("stage2", [*RECIPE, *extra, "--output_dir", resumed, "--seed", "7",
-                           "--resume_from_checkpoint", f"{resumed}/checkpoint-10"])
+    again = run(
+        "stage2",
+        [
+            *RECIPE,
+            *extra,
+            "--output_dir",
+            resumed,
+            "--seed",
+            "7",
+            "--resume_from_checkpoint",
+            f"{resumed}/checkpoint-10",
+        ],
+    )
     assert recorded[resumed] == {11: steps[11]}
     final, resumed_final = reference.model.state_dict(), again.model.state_dict()
     assert final.keys() == resumed_final.keys()
     assert all(torch.equal(resumed_final[k], v) for k, v in final.items())
     at_10 = from_pretrained(tmp_path / "full" / "checkpoint-10").state_dict()  # step 11 did change the weights
     assert not all(torch.equal(at_10[k], v) for k, v in final.items() if k in at_10)
-

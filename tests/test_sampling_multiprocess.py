@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import ROOT, logged_losses, run_recipe
+
 from llava_manager.training.train_args import _CHECKPOINTING
 
 
@@ -24,8 +24,15 @@ def test_two_processes_resume_exactly_mid_epoch_in_a_later_epoch(tmp_path):
 
     def launch(output_dir, *extra):
         port = 29500 + (os.getpid() + len(extra)) % 1000
-        run_recipe("stage2", output_dir, "--deepspeed", str(ROOT / "recipes" / "zero2.json"), *RECIPE_2,
-                   *extra, launcher=["deepspeed", "--num_gpus", "2", "--master_port", str(port)])
+        run_recipe(
+            "stage2",
+            output_dir,
+            "--deepspeed",
+            str(ROOT / "recipes" / "zero2.json"),
+            *RECIPE_2,
+            *extra,
+            launcher=["deepspeed", "--num_gpus", "2", "--master_port", str(port)],
+        )
 
     launch(tmp_path / "full")
     reference = logged_losses(tmp_path / "full")
@@ -37,6 +44,25 @@ def test_two_processes_resume_exactly_mid_epoch_in_a_later_epoch(tmp_path):
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 
-RECIPE_2 = ("--max_steps", "12", "--save_steps", "10", "--logging_steps", "1", "--synthetic_samples", "32",
-            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2", "--dataloader_num_workers",
-            "0", "--data_seed", "42", "--group_by_modality_length", "true", f"--{_CHECKPOINTING}", "false")
+RECIPE_2 = (
+    "--max_steps",
+    "12",
+    "--save_steps",
+    "10",
+    "--logging_steps",
+    "1",
+    "--synthetic_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "1",
+    "--gradient_accumulation_steps",
+    "2",
+    "--dataloader_num_workers",
+    "0",
+    "--data_seed",
+    "42",
+    "--group_by_modality_length",
+    "true",
+    f"--{_CHECKPOINTING}",
+    "false",
+)

@@ -53,7 +53,9 @@ def skips(sample: dict) -> list[tuple[str, str]]:
 
 def test_the_synthetic_shards_have_the_release_layout(shards):
     assert [f.relative_to(shards["folder"]).as_posix() for f in shards["files"]] == [
-        f"{SUBSET}/train-00000-of-00002.parquet", f"{SUBSET}/train-00001-of-00002.parquet"]
+        f"{SUBSET}/train-00000-of-00002.parquet",
+        f"{SUBSET}/train-00001-of-00002.parquet",
+    ]
     schema = pq.read_schema(shards["files"][0])
     assert schema.names == ["id", "image", "conversations", "data_source"]
     assert str(schema.field("image").type) == "struct<bytes: binary, path: string>"
@@ -85,7 +87,7 @@ def test_shards_give_the_same_samples_as_the_same_rows_in_llava_json(shards, pro
     # a file, a glob, a list: the same rows
     for source in (shards["files"][1], shards["folder"] / "*" / "train-0000[01]-*.parquet"):
         records = load_records(source)
-        assert [r["id"] for r in records] == [r["id"] for r in shards["rows"][-len(records):]]
+        assert [r["id"] for r in records] == [r["id"] for r in shards["rows"][-len(records) :]]
 
 
 def test_streaming_yields_the_same_sequence_and_starts_again_each_pass(shards, processor):
@@ -97,8 +99,9 @@ def test_streaming_yields_the_same_sequence_and_starts_again_each_pass(shards, p
     for _ in range(2):  # endless: the second pass is the first again (no shuffling)
         got = [next(samples) for _ in good]
         assert all(same_sample(g, mapped[i]) for g, i in zip(got, good))
-        assert [s for g in got for s in skips(g)] == [(r, BAD_REASONS[r]) for r in
-                                                       [r["id"] for r in records if r["id"] in BAD_ROWS]]
+        assert [s for g in got for s in skips(g)] == [
+            (r, BAD_REASONS[r]) for r in [r["id"] for r in records if r["id"] in BAD_ROWS]
+        ]
         assert skips(got[0]) == [] and skips(got[1]) == [("bad-bytes", "corrupt image")]  # on the next good sample
     strict = StreamingSupervisedDataset(stream_sources(shards["folder"]), processor, shuffle_buffer=0, strict=True)
     samples = iter(strict)
@@ -126,11 +129,16 @@ def test_shuffled_streams_are_deterministic_and_split_over_ranks_and_workers(sha
     # builds only its own reader's rows, and the two readers split the rows of a pass
     per_rank = []
     for rank in (0, 1):
-        dataset = StreamingSupervisedDataset(entries, processor, shuffle_buffer=16, seed=3, world_size=2, rank=rank,
-                                             batch_size=2)
+        dataset = StreamingSupervisedDataset(
+            entries, processor, shuffle_buffer=16, seed=3, world_size=2, rank=rank, batch_size=2
+        )
         own = [r for _, r in dataset.reader_rows(rank, 2, 0) if r["id"] not in BAD_ROWS]
-        got = [s for s, _ in zip(IterableDatasetShard(dataset, batch_size=2, num_processes=2, process_index=rank),
-                                 range(len(own)))]
+        got = [
+            s
+            for s, _ in zip(
+                IterableDatasetShard(dataset, batch_size=2, num_processes=2, process_index=rank), range(len(own))
+            )
+        ]
         assert all(s is not None for s in got)
         built = SupervisedDataset(own, processor)
         assert sorted(ids(got, tok)) == sorted(ids([built[i] for i in range(len(own))], tok))
@@ -151,7 +159,8 @@ def test_a_yaml_mixes_llava_json_and_shards_with_sampling_strategies(shards, pro
         f"datasets:\n"
         f"  - json_path: {shards['json'].as_posix()}\n    sampling_strategy: first:5\n"
         f"  - data_files: {folder}/{SUBSET}\n    sampling_strategy: random:50%\n"
-        f"  - data_files: ['{folder}/*/train-00001-*.parquet']\n    sampling_strategy: end:3\n")
+        f"  - data_files: ['{folder}/*/train-00001-*.parquet']\n    sampling_strategy: end:3\n"
+    )
     records = load_records(tmp_path / "mix.yaml", seed=1)
     rows = [r["id"] for r in shards["rows"]]
     chosen = [r["id"] for r in records]
@@ -174,10 +183,13 @@ def test_arrow_files_read_like_the_parquet_shards(shards, processor, tmp_path):
     import datasets
 
     datasets.load_dataset("parquet", data_files=[str(f) for f in shards["files"]], split="train").save_to_disk(
-        str(tmp_path / "arrow"), num_shards=2)
+        str(tmp_path / "arrow"), num_shards=2
+    )
     assert len(list((tmp_path / "arrow").glob("*.arrow"))) > 1
-    parquet, arrow = SupervisedDataset(load_records(shards["folder"]), processor), \
-        SupervisedDataset(load_records(tmp_path / "arrow"), processor)
+    parquet, arrow = (
+        SupervisedDataset(load_records(shards["folder"]), processor),
+        SupervisedDataset(load_records(tmp_path / "arrow"), processor),
+    )
     assert all(same_sample(parquet[i], arrow[i]) for i in range(len(parquet)))
     stream = StreamingSupervisedDataset(stream_sources(tmp_path / "arrow"), processor, shuffle_buffer=0)
     good = [i for i in range(44) if shards["rows"][i]["id"] not in BAD_ROWS]
@@ -187,9 +199,17 @@ def test_arrow_files_read_like_the_parquet_shards(shards, processor, tmp_path):
 def test_recipe_runs_on_a_mixture_of_json_and_shards_counting_bad_rows(shards, tmp_path):
     (tmp_path / "mix.yaml").write_text(
         f"datasets:\n  - json_path: {shards['json'].as_posix()}\n    sampling_strategy: first:4\n"
-        f"  - data_files: {shards['subset'].as_posix()}\n")
-    args = ["--data_path", str(tmp_path / "mix.yaml"), "--image_folder", str(shards["image_folder"]),
-            "--per_device_train_batch_size", "16", *RUN]
+        f"  - data_files: {shards['subset'].as_posix()}\n"
+    )
+    args = [
+        "--data_path",
+        str(tmp_path / "mix.yaml"),
+        "--image_folder",
+        str(shards["image_folder"]),
+        "--per_device_train_batch_size",
+        "16",
+        *RUN,
+    ]
     run("stage2", args + ["--max_steps", "3", "--output_dir", str(tmp_path / "map")])  # 48 rows: one epoch
     summary = json.loads((tmp_path / "map" / "data_skipped.json").read_text())
     # the JSON's first 4 rows hold bad-bytes too (its image file): counted alike
@@ -207,14 +227,37 @@ def test_recipe_runs_on_a_mixture_of_json_and_shards_counting_bad_rows(shards, t
 
 def test_a_streamed_run_resumes_exactly_across_passes(shards, tmp_path):
     # 40 good rows, batch 8: a pass is 5 steps; the checkpoint at step 6 is in the second pass
-    args = ["--data_path", str(shards["folder"]), "--streaming", "true", "--shuffle_buffer", "8",
-            "--per_device_train_batch_size", "8", "--max_steps", "8", "--data_seed", "5", *RUN]
+    args = [
+        "--data_path",
+        str(shards["folder"]),
+        "--streaming",
+        "true",
+        "--shuffle_buffer",
+        "8",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "8",
+        "--data_seed",
+        "5",
+        *RUN,
+    ]
     full = tmp_path / "full"
     run("stage2", args + ["--output_dir", str(full), "--save_steps", "6"])
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
-    run("stage2", args + ["--output_dir", str(resumed), "--save_steps", "100",
-                          "--resume_from_checkpoint", str(resumed / "checkpoint-6")])
+    run(
+        "stage2",
+        args
+        + [
+            "--output_dir",
+            str(resumed),
+            "--save_steps",
+            "100",
+            "--resume_from_checkpoint",
+            str(resumed / "checkpoint-6"),
+        ],
+    )
 
     def losses(out):
         state = json.loads((out / "trainer_state.json").read_text())

@@ -14,22 +14,35 @@ from llava_manager.training.data import IGNORE_INDEX, SupervisedDataset
 from llava_manager.training.train import choose_template
 from llava_manager.training.train_args import parse
 
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-RECORD = {"id": "two-turns", "image": "wide.png", "conversations": [
-    {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": "It is red."},
-    {"from": "human", "value": "Where is it?"}, {"from": "gpt", "value": "On the left."}]}
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+RECORD = {
+    "id": "two-turns",
+    "image": "wide.png",
+    "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+        {"from": "gpt", "value": "It is red."},
+        {"from": "human", "value": "Where is it?"},
+        {"from": "gpt", "value": "On the left."},
+    ],
+}
 ANSWERS = ["It is red.", "On the left."]
 
 
 def expected_text(template: str, image: str) -> str:
     """The prompt as LLaVA's `Conversation.get_prompt` writes it (llava/conversation.py), written out by hand."""
     if template == "vicuna_v1":  # SeparatorStyle.TWO: system + sep, role + ": " + message + sep / sep2
-        return (f"{VICUNA_SYSTEM} USER: {image}\nWhat colour is the shape? ASSISTANT: It is red.</s>"
-                f"USER: Where is it? ASSISTANT: On the left.</s>")
+        return (
+            f"{VICUNA_SYSTEM} USER: {image}\nWhat colour is the shape? ASSISTANT: It is red.</s>"
+            f"USER: Where is it? ASSISTANT: On the left.</s>"
+        )
     # SeparatorStyle.LLAMA_2, sep "", sep2 "</s>", no system: "[INST] q [/INST]" + " " + a + " " + sep2
-    return (f"[INST] {image}\nWhat colour is the shape? [/INST] It is red. </s>"
-            f"[INST] Where is it? [/INST] On the left. </s>")
+    return (
+        f"[INST] {image}\nWhat colour is the shape? [/INST] It is red. </s>"
+        f"[INST] Where is it? [/INST] On the left. </s>"
+    )
 
 
 def sentencepiece_like_tokenizer() -> PreTrainedTokenizerFast:
@@ -37,8 +50,12 @@ def sentencepiece_like_tokenizer() -> PreTrainedTokenizerFast:
     `<unk>` / `<image>` special, BOS added by the tokenizer itself; a word-level vocabulary over the test's texts."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    pre = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
-                                   pre_tokenizers.Split(Regex(r"[\n.,?:]"), behavior="isolated")])
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+            pre_tokenizers.Split(Regex(r"[\n.,?:]"), behavior="isolated"),
+        ]
+    )
     specials = ["<unk>", "<s>", "</s>", "<image>"]
     words = set()
     for template in ("vicuna_v1", "mistral_instruct"):
@@ -48,9 +65,15 @@ def sentencepiece_like_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<unk>", add_bos_token=True,
-                                   extra_special_tokens={"image_token": "<image>"})
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        add_bos_token=True,
+        extra_special_tokens={"image_token": "<image>"},
+    )
 
 
 def processor_for(family: str):
@@ -58,10 +81,14 @@ def processor_for(family: str):
     from llava_manager.processing.processors import build_processor
 
     tiny = tiny_processor(family=family)
-    return build_processor(tiny.image_processor, sentencepiece_like_tokenizer(), family=family,
-                           patch_size=tiny.patch_size,
-                           vision_feature_select_strategy=tiny.vision_feature_select_strategy,
-                           num_additional_image_tokens=tiny.num_additional_image_tokens)
+    return build_processor(
+        tiny.image_processor,
+        sentencepiece_like_tokenizer(),
+        family=family,
+        patch_size=tiny.patch_size,
+        vision_feature_select_strategy=tiny.vision_feature_select_strategy,
+        num_additional_image_tokens=tiny.num_additional_image_tokens,
+    )
 
 
 @pytest.mark.parametrize("template,family", [("vicuna_v1", "llava"), ("mistral_instruct", "llava_next")])
@@ -107,10 +134,16 @@ def test_a_template_the_tokenizer_cannot_write_is_an_error(tmp_path):
 
 
 def test_the_default_template_follows_the_checkpoints_llm(tmp_path):
-    configs = {"qwen2": LlavaOnevisionConfig(), "llama": LlavaConfig(),
-               "mistral": LlavaNextConfig(text_config={"model_type": "mistral"})}
+    configs = {
+        "qwen2": LlavaOnevisionConfig(),
+        "llama": LlavaConfig(),
+        "mistral": LlavaNextConfig(text_config={"model_type": "mistral"}),
+    }
     assert {llm: template_for_config(c) for llm, c in configs.items()} == {
-        "qwen2": "qwen_1_5", "llama": "vicuna_v1", "mistral": "mistral_instruct"}
+        "qwen2": "qwen_1_5",
+        "llama": "vicuna_v1",
+        "mistral": "mistral_instruct",
+    }
     assert set(LLM_TEMPLATES.values()) <= set(TEMPLATES)
     with pytest.raises(ValueError, match=r"'gemma'.*--template: one of qwen_1_5, plain, vicuna_v1, mistral_instruct"):
         template_for_config(LlavaConfig(text_config={"model_type": "gemma"}))
@@ -121,8 +154,11 @@ def test_the_default_template_follows_the_checkpoints_llm(tmp_path):
     real = ["--model_name_or_path", str(model_dir)]
     model_args, _, data_args, _ = parse("stage2", real)
     assert data_args.template is None and choose_template(model_args, data_args) == "mistral_instruct"
-    for stage, argv, expected in [("stage2", ["--template", "vicuna_v1"], "vicuna_v1"), ("stage1", [], "plain"),
-                                  ("stage1_5", ["--template", "plain"], "plain")]:
+    for stage, argv, expected in [
+        ("stage2", ["--template", "vicuna_v1"], "vicuna_v1"),
+        ("stage1", [], "plain"),
+        ("stage1_5", ["--template", "plain"], "plain"),
+    ]:
         model_args, _, data_args, _ = parse(stage, real + argv)
         assert choose_template(model_args, data_args) == expected
     with pytest.raises(SystemExit):  # argparse: not one of the choices

@@ -20,8 +20,14 @@ from llava_manager.analysis.timing import count_flops
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
 from llava_manager.training import data as training_data
 from llava_manager.training.packing import PackingCollator
-from llava_manager.training.throughput import (COUNTS, ModelFlops, ThroughputCallback, count_batch, model_parameters,
-                                               peak_tflops_for)
+from llava_manager.training.throughput import (
+    COUNTS,
+    ModelFlops,
+    ThroughputCallback,
+    count_batch,
+    model_parameters,
+    peak_tflops_for,
+)
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
 
@@ -36,7 +42,8 @@ def test_counts_of_a_padded_batch():
     ids = torch.tensor([[1, 9, 9, 4, 5, 6], [1, 9, 3, 4, 0, 0], [1, 2, 0, 0, 0, 0]])
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
     assert counts({"input_ids": ids, "attention_mask": mask}, image_token_id=9) == dict(
-        samples=3, tokens=12, padding=6, sum_squared_lengths=36 + 16 + 4, vision_tokens=3)
+        samples=3, tokens=12, padding=6, sum_squared_lengths=36 + 16 + 4, vision_tokens=3
+    )
     assert counts({"input_ids": ids})["padding"] == 0  # no mask: every token is real
 
 
@@ -44,12 +51,14 @@ def test_counts_of_padding_free_batches():
     ids = torch.arange(9)[None]
     position_ids = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     assert counts({"input_ids": ids, "position_ids": position_ids}) == dict(
-        samples=3, tokens=9, padding=0, sum_squared_lengths=9 + 4 + 16, vision_tokens=0)
+        samples=3, tokens=9, padding=0, sum_squared_lengths=9 + 4 + 16, vision_tokens=0
+    )
     two_rows = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]])
     assert counts({"input_ids": two_rows, "position_ids": two_rows})["sum_squared_lengths"] == 9 + 4 + 16 + 1
     cu = torch.tensor([0, 3, 5, 8], dtype=torch.int32)  # 8 real tokens, one of padding after them
     assert counts({"input_ids": ids, "cu_seq_lens_q": cu, "position_ids": position_ids}) == dict(
-        samples=3, tokens=8, padding=1, sum_squared_lengths=9 + 4 + 9, vision_tokens=0)
+        samples=3, tokens=8, padding=1, sum_squared_lengths=9 + 4 + 9, vision_tokens=0
+    )
 
     # packing.py: samples of 5, 3 and 4 tokens in rows of 8: [5 + 3], [4 + a padding segment of 4]
     collate = PackingCollator(pad_token_id=0, max_packed_tokens=8)
@@ -90,8 +99,9 @@ def test_model_flops_match_torch_flop_counter(modules):
     norms and biases (0.7% of this tiny model's parameters, but counted by the formula): 3% apart at most."""
     processor, model = tiny_model()
     train_only(model, modules)
-    inputs = processor(images=[Image.new("RGB", (28, 28), (200, 10, 10))], text=["<image> what colour ?"],
-                       return_tensors="pt")
+    inputs = processor(
+        images=[Image.new("RGB", (28, 28), (200, 10, 10))], text=["<image> what colour ?"], return_tensors="pt"
+    )
     assert inputs["pixel_values"].shape[1] == 2  # two crops of 16 patches go through the vision tower
 
     def step():
@@ -113,8 +123,11 @@ def test_model_flops_match_torch_flop_counter(modules):
 def model_numel(model) -> int:
     """Parameters of the LLM that take part in matmuls (the embedding lookup does not, the untied head does)."""
     language = model.model.language_model
-    return (sum(p.numel() for p in language.parameters()) - language.embed_tokens.weight.numel()
-            + model.lm_head.weight.numel())
+    return (
+        sum(p.numel() for p in language.parameters())
+        - language.embed_tokens.weight.numel()
+        + model.lm_head.weight.numel()
+    )
 
 
 class FakeClock:
@@ -126,8 +139,13 @@ class FakeClock:
 
 
 def fake_args(world_size=1, device="cpu", output_dir=""):
-    return SimpleNamespace(world_size=world_size, device=torch.device(device), output_dir=output_dir,
-                           per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    return SimpleNamespace(
+        world_size=world_size,
+        device=torch.device(device),
+        output_dir=output_dir,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+    )
 
 
 def test_mfu_on_a_fake_gpu_table_and_eval_time_left_out(tmp_path):
@@ -157,8 +175,13 @@ def test_mfu_on_a_fake_gpu_table_and_eval_time_left_out(tmp_path):
     # by hand: 2 steps in 2 s of training, each 2 samples, 6 real tokens, 2 padding, 4^2 + 2^2 squared lengths
     language, vision = model.config.text_config, model.config.vision_config
     llm = 6 * model_numel(model) * 12
-    attention = 6 * language.num_hidden_layers * language.num_attention_heads * (language.hidden_size //
-                                                                                 language.num_attention_heads) * 40
+    attention = (
+        6
+        * language.num_hidden_layers
+        * language.num_attention_heads
+        * (language.hidden_size // language.num_attention_heads)
+        * 40
+    )
     assert logs["tokens_per_second"] == 6 and logs["samples_per_second"] == 2 and logs["padding_fraction"] == 0.25
     assert logs["mfu"] == pytest.approx((llm + attention) / 2 / (100e12 * 2), rel=1e-5)
     assert state.log_history[-1]["mfu"] == logs["mfu"]  # trainer_state.json and later loggers see it
@@ -188,16 +211,37 @@ def record_batches(monkeypatch, cls) -> list[dict]:
 def test_tiny_run_logs_counts_summed_over_gradient_accumulation(tmp_path, monkeypatch, padding_free):
     batches = record_batches(monkeypatch, PackingCollator if padding_free else training_data.Collator)
     packing = ["--padding_free", "true", "--max_packed_tokens", "200"] if padding_free else []
-    trainer = run("stage2", ["--output_dir", str(tmp_path), "--max_steps", "2", "--logging_steps", "1",
-                             "--synthetic_samples", "32", "--save_strategy", "no", "--per_device_train_batch_size", "2",
-                             "--gradient_accumulation_steps", "2", "--dataloader_num_workers", "0",
-                             f"--{_CHECKPOINTING}", "false", *packing])
+    trainer = run(
+        "stage2",
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--synthetic_samples",
+            "32",
+            "--save_strategy",
+            "no",
+            "--per_device_train_batch_size",
+            "2",
+            "--gradient_accumulation_steps",
+            "2",
+            "--dataloader_num_workers",
+            "0",
+            f"--{_CHECKPOINTING}",
+            "false",
+            *packing,
+        ],
+    )
     if padding_free:  # the packed batches' own accounting (rows filled to the longest) is what the logs count
         assert all(b["num_tokens"] + b["num_padding"] == b["input_ids"].numel() for b in batches)
     image_token_id = trainer.model.config.image_token_id
     # the loader may collate a batch ahead; the first four are the micro-batches of steps 1 and 2, in order
-    expected = [{k: sum(counts(b, image_token_id)[k] for b in batches[2 * s:2 * s + 2]) for k in COUNTS}
-                for s in range(2)]
+    expected = [
+        {k: sum(counts(b, image_token_id)[k] for b in batches[2 * s : 2 * s + 2]) for k in COUNTS} for s in range(2)
+    ]
     intervals = trainer.throughput.intervals
     assert [i["step"] for i in intervals] == [1, 2]
     assert [{k: i[k] for k in COUNTS} for i in intervals] == expected

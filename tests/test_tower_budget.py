@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
 from tower import tiny_inputs, tiny_tower_config, tiny_tower_kwargs
 
 from llava_manager.tower import ManagerTowerModel
@@ -87,7 +86,8 @@ def tiny_rows():
 
 
 def hand_fused_query(query: str) -> int:
-    """AAUM - SAUM multiply-adds (official heads.py shapes) in the C - 1 AAUM layers, text manager (own T, other P) and image
+    """AAUM - SAUM multiply-adds (official heads.py shapes) in the C - 1 AAUM layers, text manager (own T, other P) and
+    image
     manager (own P, other T): q projection own D^2, k projection other D^2, QK^T and AV 2 own other D, controller
     own (2D | D) N; the own query has the controller D -> N only."""
     total = 0
@@ -110,8 +110,9 @@ def test_aaum_flops_over_saum_equal_the_hand_count(tiny_rows):
     assert fused.analytic_fused_query_macs == hand_fused_query("fused_concat")
     assert own.analytic_fused_query_macs == hand_fused_query("own")
     config = tiny_tower_config(manager_type="aaum", aaum_query="fused_replace")
-    replace = sum(length * D * D + other * D * D + 2 * length * other * D + length * D * N
-                  for length, other in ((T, P), (P, T)))  # the paper's query: controller D -> N
+    replace = sum(
+        length * D * D + other * D * D + 2 * length * other * D + length * D * N for length, other in ((T, P), (P, T))
+    )  # the paper's query: controller D -> N
     assert fused_query_macs(config, T, P) == (C - 1) * replace
 
 
@@ -212,8 +213,14 @@ def test_plot_writes_a_png(tmp_path, layout):
 
 def test_budget_command_params_only():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "llava_manager.tower", "budget", "--params-only"], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "llava_manager.tower", "budget", "--params-only"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for text in ("BridgeTower (BT*)", "326,540,544", "+188,940", "+12,062,280", "338.64M", "40,448"):
@@ -240,8 +247,23 @@ def test_weights_command_on_synthetic_pretraining_data(tmp_path, capsys):
 
     checkpoint = tiny_checkpoint(tmp_path)
     out = tmp_path / "out" / "fig7.png"
-    paths = main(["weights", str(checkpoint), "--task", "pretrain", "--out", str(out), "--max-samples", "6",
-                  "--batch-size", "4", "--no-progress", "--device", "cpu"])
+    paths = main(
+        [
+            "weights",
+            str(checkpoint),
+            "--task",
+            "pretrain",
+            "--out",
+            str(out),
+            "--max-samples",
+            "6",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert paths["png"] == out and paths["json"] == out.with_suffix(".json")
     with Image.open(out) as image:
         assert image.format == "PNG"
@@ -256,11 +278,25 @@ def test_weights_command_loads_a_task_checkpoint_with_its_processor(tmp_path):
     heads = pytest.importorskip("llava_manager.tower.heads")
     from llava_manager.tower.__main__ import load_tower, main
 
-    checkpoint = tiny_checkpoint(tmp_path, cls=heads.ManagerTowerForVisualEntailment, manager_type="saum",
-                                 processor=True)
+    checkpoint = tiny_checkpoint(
+        tmp_path, cls=heads.ManagerTowerForVisualEntailment, manager_type="saum", processor=True
+    )
     model, net = load_tower(checkpoint)
     assert type(model) is heads.ManagerTowerForVisualEntailment and isinstance(net, ManagerTowerModel)
-    paths = main(["weights", str(checkpoint), "--task", "snli_ve", "--out", str(tmp_path / "w.png"),
-                  "--max-samples", "4", "--no-progress", "--device", "cpu"])
+    paths = main(
+        [
+            "weights",
+            str(checkpoint),
+            "--task",
+            "snli_ve",
+            "--out",
+            str(tmp_path / "w.png"),
+            "--max-samples",
+            "4",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     numbers = json.loads(paths["json"].read_text())
     assert numbers["samples"] == 4 and numbers["manager_type"] == "saum"

@@ -77,10 +77,21 @@ def test_tiny_processor_makes_square_crops(processor):
 # VQAv2
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("Two", "2"), ("the dog.", "dog"), ("dont", "don't"), ("1,000", "1000"), ("yes!", "yes"), ("3.5", "3.5"),
-    ("a man's hat", "man's hat"), ("left-side", "left side"), ("x - y", "x y"), ("An Apple", "apple"),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("Two", "2"),
+        ("the dog.", "dog"),
+        ("dont", "don't"),
+        ("1,000", "1000"),
+        ("yes!", "yes"),
+        ("3.5", "3.5"),
+        ("a man's hat", "man's hat"),
+        ("left-side", "left side"),
+        ("x - y", "x y"),
+        ("An Apple", "apple"),
+    ],
+)
 def test_normalize_word(answer, expected):
     assert data.normalize_word(answer) == expected
 
@@ -108,11 +119,19 @@ def _vqa_files(root: Path) -> tuple[Path, Path]:
     answers = {  # ten annotators each
         42000: ["two", "2", "2", "three", "3 ", "Three", "three", "four", "4", "10"],
         42001: ["dog", "dog", "a dog", "Dog.", "dogs", "cat", "the dog", "puppy", "dog!", "dog"],
-        7000: ["yes"] * 10, 8000: ["no"] * 10,
+        7000: ["yes"] * 10,
+        8000: ["no"] * 10,
     }
-    annotations = [{"question_id": q, "image_id": q // 1000, "multiple_choice_answer": a[0], "answer_type": "other",
-                    "answers": [{"answer": x, "answer_confidence": "yes", "answer_id": i + 1} for i, x in enumerate(a)]}
-                   for q, a in answers.items()]
+    annotations = [
+        {
+            "question_id": q,
+            "image_id": q // 1000,
+            "multiple_choice_answer": a[0],
+            "answer_type": "other",
+            "answers": [{"answer": x, "answer_confidence": "yes", "answer_id": i + 1} for i, x in enumerate(a)],
+        }
+        for q, a in answers.items()
+    ]
     _image(root / "val2014" / "COCO_val2014_000000000042.jpg")
     _corrupt(root / "val2014" / "COCO_val2014_000000000008.jpg")
     qpath = root / "v2_OpenEnded_mscoco_val2014_questions.json"
@@ -137,8 +156,12 @@ def test_read_vqav2_official_layout_and_soft_targets(tmp_path, processor):
     label2ans = ["dog", "2", "3", "cat", "4"]  # "10", "dogs" and "puppy" are outside the vocabulary
     items = [data.TowerDataset(result.records)[i] for i in range(2)]
     batch = data.VQACollator(processor, label2ans=label2ans)(items)
-    expected = torch.tensor([[0.0, 0.9, 1.0, 0.0, 0.6],    # 2 by 3 annotators, 3 by 4, 4 by 2
-                             [1.0, 0.0, 0.0, 0.3, 0.0]])   # dog by 7, cat by 1
+    expected = torch.tensor(
+        [
+            [0.0, 0.9, 1.0, 0.0, 0.6],  # 2 by 3 annotators, 3 by 4, 4 by 2
+            [1.0, 0.0, 0.0, 0.3, 0.0],
+        ]
+    )  # dog by 7, cat by 1
     assert torch.allclose(batch["labels"], expected)
     assert batch["labels"].dtype == torch.float32 and batch["pixel_values"].shape == (2, 3, 32, 32)
     # Predicting "2" then "cat": (0.9 + 0.3) / 2; predicting "3" then "dog": (1.0 + 1.0) / 2.
@@ -172,16 +195,35 @@ def test_read_snli_ve(tmp_path, processor):
     images = tmp_path / "flickr30k-images"
     _image(images / "3416050480.jpg")
     rows = [
-        {"Flickr30K_ID": "3416050480", "gold_label": "entailment", "pairID": "3416050480.jpg#4r1e",
-         "sentence1": "A man on a bike.", "sentence2": "A person rides. "},
-        {"Flickr30K_ID": "3416050480", "gold_label": "contradiction", "pairID": "3416050480.jpg#4r1c",
-         "sentence1": "A man on a bike.", "sentence2": "A man sleeps."},
-        {"Flickr30K_ID": "3416050480", "gold_label": "neutral", "pairID": "3416050480.jpg#4r1n",
-         "sentence1": "A man on a bike.", "sentence2": "A man rides to work."},
-        {"Flickr30K_ID": "3416050480", "gold_label": "-", "pairID": "3416050480.jpg#4r2n",
-         "sentence1": "A man on a bike.", "sentence2": "Undecided."},
-        {"Flickr30K_ID": "99", "gold_label": "neutral", "pairID": "99.jpg#0r1n",
-         "sentence1": "x", "sentence2": "y"},
+        {
+            "Flickr30K_ID": "3416050480",
+            "gold_label": "entailment",
+            "pairID": "3416050480.jpg#4r1e",
+            "sentence1": "A man on a bike.",
+            "sentence2": "A person rides. ",
+        },
+        {
+            "Flickr30K_ID": "3416050480",
+            "gold_label": "contradiction",
+            "pairID": "3416050480.jpg#4r1c",
+            "sentence1": "A man on a bike.",
+            "sentence2": "A man sleeps.",
+        },
+        {
+            "Flickr30K_ID": "3416050480",
+            "gold_label": "neutral",
+            "pairID": "3416050480.jpg#4r1n",
+            "sentence1": "A man on a bike.",
+            "sentence2": "A man rides to work.",
+        },
+        {
+            "Flickr30K_ID": "3416050480",
+            "gold_label": "-",
+            "pairID": "3416050480.jpg#4r2n",
+            "sentence1": "A man on a bike.",
+            "sentence2": "Undecided.",
+        },
+        {"Flickr30K_ID": "99", "gold_label": "neutral", "pairID": "99.jpg#0r1n", "sentence1": "x", "sentence2": "y"},
     ]
     result = data.read_snli_ve(_lines(tmp_path / "snli_ve_dev.jsonl", rows), images)
     assert [r["label"] for r in result.records] == [2, 0, 1]  # entailment 2, contradiction 0, neutral 1 (METER)
@@ -205,18 +247,26 @@ def test_read_nlvr2_layout(tmp_path, processor):
     _image(root / "dev" / "dev-5-0-img0.png")  # its img1 is missing
     data_dir = root / "nlvr2" / "data"
     data_dir.mkdir(parents=True)
-    train = _lines(data_dir / "train.json", [
-        {"identifier": "train-10171-0-0", "sentence": "One image is red.", "label": "True", "directory": 11},
-        {"identifier": "train-10171-0-1", "sentence": "Both are green.", "label": "False", "directory": 11},
-    ])
-    dev = _lines(data_dir / "dev.json", [
-        {"identifier": "dev-0-3-1", "sentence": "s", "label": "False"},
-        {"identifier": "dev-5-0-0", "sentence": "t", "label": "True"},
-    ])
+    train = _lines(
+        data_dir / "train.json",
+        [
+            {"identifier": "train-10171-0-0", "sentence": "One image is red.", "label": "True", "directory": 11},
+            {"identifier": "train-10171-0-1", "sentence": "Both are green.", "label": "False", "directory": 11},
+        ],
+    )
+    dev = _lines(
+        data_dir / "dev.json",
+        [
+            {"identifier": "dev-0-3-1", "sentence": "s", "label": "False"},
+            {"identifier": "dev-5-0-0", "sentence": "t", "label": "True"},
+        ],
+    )
     result = data.read_nlvr2(train, root)
     assert result.skipped == [] and [r["label"] for r in result.records] == [1, 0]
-    assert result.records[0]["images"] == [str(root / "images/train/11/train-10171-0-img0.png"),
-                                           str(root / "images/train/11/train-10171-0-img1.png")]
+    assert result.records[0]["images"] == [
+        str(root / "images/train/11/train-10171-0-img0.png"),
+        str(root / "images/train/11/train-10171-0-img1.png"),
+    ]
     dev_result = data.read_nlvr2(dev, root)
     assert [r["identifier"] for r in dev_result.records] == ["dev-0-3-1"]
     assert dev_result.records[0]["images"][1] == str(root / "dev" / "dev-0-3-img1.png")
@@ -237,13 +287,29 @@ def test_read_nlvr2_layout(tmp_path, processor):
 def _karpathy(tmp_path: Path) -> tuple[Path, Path]:
     images = tmp_path / "flickr30k-images"
     entries = []
-    for imgid, (name, split) in enumerate([("10.jpg", "train"), ("11.jpg", "train"), ("12.jpg", "val"),
-                                           ("13.jpg", "test"), ("14.jpg", "test"), ("15.jpg", "test")]):
+    for imgid, (name, split) in enumerate(
+        [
+            ("10.jpg", "train"),
+            ("11.jpg", "train"),
+            ("12.jpg", "val"),
+            ("13.jpg", "test"),
+            ("14.jpg", "test"),
+            ("15.jpg", "test"),
+        ]
+    ):
         if name != "15.jpg":
             _image(images / name)
-        entries.append({"filename": name, "imgid": imgid, "split": split, "sentids": list(range(5)),
-                        "sentences": [{"raw": f"caption {k} of {name}", "tokens": [], "imgid": imgid, "sentid": k}
-                                      for k in range(5)]})
+        entries.append(
+            {
+                "filename": name,
+                "imgid": imgid,
+                "split": split,
+                "sentids": list(range(5)),
+                "sentences": [
+                    {"raw": f"caption {k} of {name}", "tokens": [], "imgid": imgid, "sentid": k} for k in range(5)
+                ],
+            }
+        )
     path = tmp_path / "karpathy" / "dataset_flickr30k.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
@@ -255,8 +321,11 @@ def test_read_flickr30k_karpathy_training_pairs_and_evaluation_set(tmp_path, pro
     train = data.read_flickr30k_karpathy(path, images, ("train", "val"))
     assert [r["filename"] for r in train.records] == ["10.jpg", "11.jpg", "12.jpg"] and train.skipped == []
     pairs = data.caption_pairs(train.records)
-    assert len(pairs) == 15 and pairs[6] == {"image": str(images / "11.jpg"), "caption": "caption 1 of 11.jpg",
-                                             "image_index": 1}
+    assert len(pairs) == 15 and pairs[6] == {
+        "image": str(images / "11.jpg"),
+        "caption": "caption 1 of 11.jpg",
+        "image_index": 1,
+    }
     test = data.read_flickr30k_karpathy(path, images, "test")
     assert _reasons(test) == {"15.jpg": "missing image"}
     evaluation = data.retrieval_set(test.records)
@@ -265,7 +334,11 @@ def test_read_flickr30k_karpathy_training_pairs_and_evaluation_set(tmp_path, pro
     batch = data.RetrievalCollator(processor, return_image_ids=True)([data.TowerDataset(pairs)[i] for i in (0, 5, 6)])
     assert batch["image_ids"].tolist() == [0, 1, 1] and batch["pixel_values"].shape == (3, 3, 32, 32)
     assert set(data.RetrievalCollator(processor)([data.TowerDataset(pairs)[0]])) == {
-        "input_ids", "attention_mask", "pixel_values", "pixel_mask"}
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "pixel_mask",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -279,8 +352,11 @@ def test_read_image_captions_formats_and_skips(tmp_path):
     _corrupt(folder / "bad.jpg")
     rows = [
         {"image": "a.jpg", "caption": "A red square."},
-        {"id": "llava-1", "image": "b.jpg", "conversations": [{"from": "human", "value": "<image>"},
-                                                              {"from": "gpt", "value": "A blue circle."}]},
+        {
+            "id": "llava-1",
+            "image": "b.jpg",
+            "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "A blue circle."}],
+        },
         ["c.jpg", "A green cross."],
         {"id": "gone", "image": "gone.jpg", "caption": "x"},
         {"id": "bad", "image": "bad.jpg", "caption": "x"},
@@ -312,8 +388,13 @@ def test_itm_pairs_half_mismatched_with_other_images():
 
 
 def _caption_items(tmp_path: Path, n: int) -> list[dict]:
-    records = [{"image": _image(tmp_path / f"{i}.png", (4 * i, 255 - 3 * i, 37 * i % 256)),  # all different
-                "caption": f"A red circle on a white background number {i} with some more words."} for i in range(n)]
+    records = [
+        {
+            "image": _image(tmp_path / f"{i}.png", (4 * i, 255 - 3 * i, 37 * i % 256)),  # all different
+            "caption": f"A red circle on a white background number {i} with some more words.",
+        }
+        for i in range(n)
+    ]
     return [data.TowerDataset(records)[i] for i in range(n)]
 
 
@@ -322,8 +403,17 @@ def test_pretrain_collator_mlm_and_itm(tmp_path, processor):
     tokenizer = processor.tokenizer
     plain = data.encode_texts(processor, [it["record"]["caption"] for it in items])
     batch = data.PretrainCollator(processor, seed=0)(items)
-    assert set(batch) == {"input_ids", "attention_mask", "pixel_values", "pixel_mask", "mlm_input_ids", "mlm_labels",
-                          "itm_pixel_values", "itm_pixel_mask", "itm_labels"}
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "pixel_mask",
+        "mlm_input_ids",
+        "mlm_labels",
+        "itm_pixel_values",
+        "itm_pixel_mask",
+        "itm_labels",
+    }
     ids, labels, itm = plain["input_ids"], batch["mlm_labels"], batch["itm_labels"]
     special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
     assert torch.equal(batch["attention_mask"], plain["attention_mask"])
@@ -396,11 +486,13 @@ def test_accuracy_ignores_minus_100():
 
 def test_retrieval_recall_on_a_hand_built_matrix():
     # 3 images x 6 texts, texts 2i and 2i+1 describe image i.
-    sim = torch.tensor([
-        [0.9, 0.5, 0.8, 0.2, 0.3, 0.0],
-        [0.5, 0.4, 0.1, 0.3, 0.6, 0.2],
-        [0.2, 0.6, 0.3, 0.1, 0.05, 0.9],
-    ])
+    sim = torch.tensor(
+        [
+            [0.9, 0.5, 0.8, 0.2, 0.3, 0.0],
+            [0.5, 0.4, 0.1, 0.3, 0.6, 0.2],
+            [0.2, 0.6, 0.3, 0.1, 0.05, 0.9],
+        ]
+    )
     out = metrics.retrieval_recall(sim, [0, 0, 1, 1, 2, 2], ks=(1, 2, 4))
     # TR (per image): image 0's best text is its own; image 1's top texts are 4, 0, 1, 3 (its own 4th);
     # image 2's best is its own text 5.
@@ -431,29 +523,40 @@ def test_synthetic_sets_read_back_through_the_readers(tmp_path, processor):
     paths = {task: synthetic.write_synthetic(tmp_path / task, task, n=8, seed=0) for task in synthetic.TASKS}
     results = {
         "pretrain": [data.read_image_captions(paths["pretrain"]["annotations"], paths["pretrain"]["image_folder"])],
-        "vqav2": [data.read_vqav2(paths["vqav2"]["train_questions"], paths["vqav2"]["train_annotations"],
-                                  paths["vqav2"]["root"]),
-                  data.read_vqav2(paths["vqav2"]["val_questions"], paths["vqav2"]["val_annotations"],
-                                  paths["vqav2"]["root"]),
-                  data.read_vqav2(paths["vqav2"]["test_dev_questions"], None, paths["vqav2"]["root"])],
-        "snli_ve": [data.read_snli_ve(paths["snli_ve"][s], paths["snli_ve"]["image_folder"])
-                    for s in ("train", "dev", "test")],
+        "vqav2": [
+            data.read_vqav2(
+                paths["vqav2"]["train_questions"], paths["vqav2"]["train_annotations"], paths["vqav2"]["root"]
+            ),
+            data.read_vqav2(paths["vqav2"]["val_questions"], paths["vqav2"]["val_annotations"], paths["vqav2"]["root"]),
+            data.read_vqav2(paths["vqav2"]["test_dev_questions"], None, paths["vqav2"]["root"]),
+        ],
+        "snli_ve": [
+            data.read_snli_ve(paths["snli_ve"][s], paths["snli_ve"]["image_folder"]) for s in ("train", "dev", "test")
+        ],
         "nlvr2": [data.read_nlvr2(paths["nlvr2"][s], paths["nlvr2"]["root"]) for s in ("train", "dev", "test1")],
-        "flickr30k": [data.read_flickr30k_karpathy(paths["flickr30k"]["annotations"],
-                                                   paths["flickr30k"]["image_folder"], s)
-                      for s in ("train", "val", "test")],
+        "flickr30k": [
+            data.read_flickr30k_karpathy(paths["flickr30k"]["annotations"], paths["flickr30k"]["image_folder"], s)
+            for s in ("train", "val", "test")
+        ],
     }
     sizes = {task: [len(r.records) for r in rs] for task, rs in results.items()}
-    assert sizes == {"pretrain": [8], "vqav2": [16, 8, 8], "snli_ve": [24, 12, 12], "nlvr2": [8, 4, 4],
-                     "flickr30k": [8, 4, 4]}
+    assert sizes == {
+        "pretrain": [8],
+        "vqav2": [16, 8, 8],
+        "snli_ve": [24, 12, 12],
+        "nlvr2": [8, 4, 4],
+        "flickr30k": [8, 4, 4],
+    }
     assert all(r.skipped == [] for rs in results.values() for r in rs)
     assert {r["split"] for r in results["vqav2"][2].records} == {"test-dev2015"}
     assert {r["label"] for r in results["snli_ve"][0].records} == {0, 1, 2}
     assert {r["label"] for rs in results["nlvr2"] for r in rs.records} == {0, 1}
     # The text is about the image: each caption names the colour drawn.
     for record in results["pretrain"][0].records:
-        assert _shape_colour(record["image"]) in record["caption"].split() or \
-            f"{_shape_colour(record['image'])}." in record["caption"].split()
+        assert (
+            _shape_colour(record["image"]) in record["caption"].split()
+            or f"{_shape_colour(record['image'])}." in record["caption"].split()
+        )
     # Every synthetic word is one token.
     tokenizer = processor.tokenizer
     for record in results["flickr30k"][0].records:
@@ -463,9 +566,12 @@ def test_synthetic_sets_read_back_through_the_readers(tmp_path, processor):
     # A vocabulary, targets and batches for each task.
     label2ans = data.build_answer_vocab(results["vqav2"][0].records + results["vqav2"][1].records, min_count=1)
     assert set(label2ans) <= set(synthetic.COLOURS) | set(synthetic.SHAPES) | set(synthetic.BACKGROUNDS) | {"yes", "no"}
-    collators = {"pretrain": data.PretrainCollator(processor),
-                 "vqav2": data.VQACollator(processor, label2ans=label2ans),
-                 "snli_ve": data.SNLIVECollator(processor), "nlvr2": data.NLVR2Collator(processor)}
+    collators = {
+        "pretrain": data.PretrainCollator(processor),
+        "vqav2": data.VQACollator(processor, label2ans=label2ans),
+        "snli_ve": data.SNLIVECollator(processor),
+        "nlvr2": data.NLVR2Collator(processor),
+    }
     for task, collate in collators.items():
         dataset = data.TowerDataset(results[task][0].records)
         batch = collate([dataset[i] for i in range(4)])

@@ -5,9 +5,8 @@ and gradients for every manager type."""
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BridgeTowerConfig, BridgeTowerForImageAndTextRetrieval
-
 from tower import tiny_inputs, tiny_tower_config, tiny_tower_kwargs
+from transformers import BridgeTowerConfig, BridgeTowerForImageAndTextRetrieval
 
 from llava_manager.tower.heads import (
     ManagerTowerForImageTextMatching,
@@ -67,8 +66,10 @@ def test_masked_lm_logits_and_loss():
     torch.testing.assert_close(out.logits, model.mlm_score(features))
     torch.testing.assert_close(out.loss, hand_ce(out.logits, labels))
     # not tied to the word embeddings (the official mlm_score.decoder is its own weight)
-    assert model.mlm_score.decoder.weight.data_ptr() != \
-        model.managertower.text_model.embeddings.word_embeddings.weight.data_ptr()
+    assert (
+        model.mlm_score.decoder.weight.data_ptr()
+        != model.managertower.text_model.embeddings.word_embeddings.weight.data_ptr()
+    )
 
 
 def test_itm_logits_and_loss():
@@ -151,7 +152,8 @@ def pooled_per_pass(model, inputs):
     seen = []
     hook = model.managertower.register_forward_hook(
         lambda mod, args, kwargs, out: seen.append((kwargs["image_token_type_idx"], out.pooler_output)),
-        with_kwargs=True)
+        with_kwargs=True,
+    )
     try:
         logits = model(**inputs).logits
     finally:
@@ -177,10 +179,20 @@ def test_nlvr2_two_passes_and_loss():
     inputs, labels = nlvr2_inputs(), torch.tensor([1, 0])
     out = model(**inputs, labels=labels)
     assert out.logits.shape == (2, 2)
-    first = backbone(model, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                     pixel_values=inputs["pixel_values"], image_token_type_idx=1).pooler_output
-    second = backbone(model, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                      pixel_values=inputs["pixel_values_2"], image_token_type_idx=2).pooler_output
+    first = backbone(
+        model,
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        pixel_values=inputs["pixel_values"],
+        image_token_type_idx=1,
+    ).pooler_output
+    second = backbone(
+        model,
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        pixel_values=inputs["pixel_values_2"],
+        image_token_type_idx=2,
+    ).pooler_output
     torch.testing.assert_close(out.logits, model.nlvr2_classifier(torch.cat([first, second], -1)))
     torch.testing.assert_close(out.loss, hand_ce(out.logits, labels))
 
@@ -209,8 +221,10 @@ def test_nlvr2_loads_a_two_type_checkpoint_and_grows_row_2(tmp_path):
     assert weight.shape == (3, 32) and model.config.num_token_types == 3
     torch.testing.assert_close(weight[:2], old)
     torch.testing.assert_close(weight[2], old[1])
-    torch.testing.assert_close(model.managertower.cross_modal_text_pooler.dense.weight,
-                               source.managertower.cross_modal_text_pooler.dense.weight)
+    torch.testing.assert_close(
+        model.managertower.cross_modal_text_pooler.dense.weight,
+        source.managertower.cross_modal_text_pooler.dense.weight,
+    )
     # and an NLVR2 checkpoint (3 types) round-trips
     inputs = nlvr2_inputs()
     model.save_pretrained(tmp_path / "nlvr2")
@@ -228,8 +242,13 @@ def pretrain_batch():
     masked = inputs["input_ids"].clone()
     masked[:, [1, 3]] = 4  # a stand-in <mask> id
     g = torch.Generator().manual_seed(9)
-    return dict(inputs, mlm_input_ids=masked, mlm_labels=mlm_labels(inputs["input_ids"]),
-                itm_pixel_values=torch.randn(2, 3, 32, 32, generator=g), itm_labels=torch.tensor([0, 1]))
+    return dict(
+        inputs,
+        mlm_input_ids=masked,
+        mlm_labels=mlm_labels(inputs["input_ids"]),
+        itm_pixel_values=torch.randn(2, 3, 32, 32, generator=g),
+        itm_labels=torch.tensor([0, 1]),
+    )
 
 
 def count_backbone_calls(model):
@@ -245,10 +264,18 @@ def test_pretraining_two_passes_as_the_official_objectives():
     out = model(**batch)
     hook.remove()
     assert len(calls) == 2
-    mlm_features = backbone(model, input_ids=batch["mlm_input_ids"], attention_mask=batch["attention_mask"],
-                            pixel_values=batch["pixel_values"]).text_features
-    itm_pooled = backbone(model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          pixel_values=batch["itm_pixel_values"]).pooler_output
+    mlm_features = backbone(
+        model,
+        input_ids=batch["mlm_input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+    ).text_features
+    itm_pooled = backbone(
+        model,
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["itm_pixel_values"],
+    ).pooler_output
     torch.testing.assert_close(out.mlm_logits, model.mlm_score(mlm_features))
     torch.testing.assert_close(out.itm_logits, model.itm_score(itm_pooled))
     mlm_loss, itm_loss = hand_ce(out.mlm_logits, batch["mlm_labels"]), hand_ce(out.itm_logits, batch["itm_labels"])
@@ -296,16 +323,20 @@ def test_retrieval_itc_itm_losses_and_hard_negatives():
     model = make(ManagerTowerForImageTextRetrieval, kind="aaum")
     g = torch.Generator().manual_seed(1)
     batch = 4
-    inputs = {"input_ids": torch.randint(3, VOCAB, (batch, 6), generator=g),
-              "attention_mask": torch.ones(batch, 6, dtype=torch.long),
-              "pixel_values": torch.randn(batch, 3, 32, 32, generator=g)}
+    inputs = {
+        "input_ids": torch.randint(3, VOCAB, (batch, 6), generator=g),
+        "attention_mask": torch.ones(batch, 6, dtype=torch.long),
+        "pixel_values": torch.randn(batch, 3, 32, 32, generator=g),
+    }
     inputs["pixel_values"][1] = inputs["pixel_values"][0]  # two captions of image 0
     image_ids = torch.tensor([0, 0, 1, 2])
     out = model(**inputs, image_ids=image_ids, generator=torch.Generator().manual_seed(7))
 
     # ITC, by hand: features from the towers alone, soft targets over positives
-    text = F.normalize(model.itc_text_head.fc(model.managertower.encode_text(
-        inputs["input_ids"], inputs["attention_mask"])[:, 0]), dim=-1)
+    text = F.normalize(
+        model.itc_text_head.fc(model.managertower.encode_text(inputs["input_ids"], inputs["attention_mask"])[:, 0]),
+        dim=-1,
+    )
     image = F.normalize(model.itc_image_head.fc(model.managertower.encode_image(inputs["pixel_values"])[:, 0]), dim=-1)
     logits_t2i = text @ image.t() / 0.07
     torch.testing.assert_close(out.logits_per_text, logits_t2i)
@@ -324,8 +355,12 @@ def test_retrieval_itc_itm_losses_and_hard_negatives():
     assert (image_ids[neg_image] != image_ids).all() and (image_ids[neg_text] != image_ids).all()
     ids, mask, pixels = inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
     pairs = [(ids, mask, pixels), (ids, mask, pixels[neg_image]), (ids[neg_text], mask[neg_text], pixels)]
-    itm_logits = torch.cat([model.itm_score(backbone(model, input_ids=t, attention_mask=m, pixel_values=p)
-                                            .pooler_output) for t, m, p in pairs])
+    itm_logits = torch.cat(
+        [
+            model.itm_score(backbone(model, input_ids=t, attention_mask=m, pixel_values=p).pooler_output)
+            for t, m, p in pairs
+        ]
+    )
     torch.testing.assert_close(out.itm_logits, itm_logits)
     itm_labels = torch.tensor([1] * batch + [0] * 2 * batch)
     assert torch.equal(out.itm_labels, itm_labels)
@@ -344,8 +379,10 @@ def test_retrieval_training_runs_each_tower_once_per_batch():
     model = make(ManagerTowerForImageTextRetrieval, train=True, seed=3)
     inputs = tiny_inputs(batch=3)
     texts, images = [], []
-    hooks = [_count_rows(model.managertower.text_model.embeddings.word_embeddings, texts),
-             _count_rows(model.managertower.vision_model.visual.embeddings, images)]
+    hooks = [
+        _count_rows(model.managertower.text_model.embeddings.word_embeddings, texts),
+        _count_rows(model.managertower.vision_model.visual.embeddings, images),
+    ]
     try:
         out = model(**inputs, generator=torch.Generator().manual_seed(0))
     finally:
@@ -365,8 +402,12 @@ def test_fuse_of_paired_tower_states_is_the_forward_of_those_pairs(kind):
     with torch.no_grad():
         towers = model.unimodal(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"])
         fused = model.fuse(towers.pairs(text_index, image_index), output_aggregation_weights=True)
-        direct = model(input_ids=inputs["input_ids"][text_index], attention_mask=inputs["attention_mask"][text_index],
-                       pixel_values=inputs["pixel_values"][image_index], output_aggregation_weights=True)
+        direct = model(
+            input_ids=inputs["input_ids"][text_index],
+            attention_mask=inputs["attention_mask"][text_index],
+            pixel_values=inputs["pixel_values"][image_index],
+            output_aggregation_weights=True,
+        )
     torch.testing.assert_close(fused.pooler_output, direct.pooler_output)
     torch.testing.assert_close(fused.text_features, direct.text_features)
     torch.testing.assert_close(fused.image_features, direct.image_features)
@@ -415,15 +456,33 @@ def retrieval_set():
     mask[4, 4:] = 0
     ids[4, 4:] = 1
     with torch.no_grad():
-        brute = torch.stack([torch.stack([
-            model.itm_score(backbone(model, input_ids=ids[j:j + 1], attention_mask=mask[j:j + 1],
-                                     pixel_values=pixels[i:i + 1]).pooler_output)[0, 1]
-            for j in range(5)]) for i in range(3)])
+        brute = torch.stack(
+            [
+                torch.stack(
+                    [
+                        model.itm_score(
+                            backbone(
+                                model,
+                                input_ids=ids[j : j + 1],
+                                attention_mask=mask[j : j + 1],
+                                pixel_values=pixels[i : i + 1],
+                            ).pooler_output
+                        )[0, 1]
+                        for j in range(5)
+                    ]
+                )
+                for i in range(3)
+            ]
+        )
         sims = model.image_itc_features(pixels) @ model.text_itc_features(ids, mask).t()
-    image_batches = [{"pixel_values": pixels[:2], "pixel_mask": torch.ones(2, 32, 32, dtype=torch.long)},
-                     {"pixel_values": pixels[2:], "pixel_mask": torch.ones(1, 32, 32, dtype=torch.long)}]
-    text_batches = [{"input_ids": ids[:3], "attention_mask": mask[:3]},
-                    {"input_ids": ids[3:], "attention_mask": mask[3:]}]
+    image_batches = [
+        {"pixel_values": pixels[:2], "pixel_mask": torch.ones(2, 32, 32, dtype=torch.long)},
+        {"pixel_values": pixels[2:], "pixel_mask": torch.ones(1, 32, 32, dtype=torch.long)},
+    ]
+    text_batches = [
+        {"input_ids": ids[:3], "attention_mask": mask[:3]},
+        {"input_ids": ids[3:], "attention_mask": mask[3:]},
+    ]
     return model, image_batches, text_batches, brute, sims
 
 
@@ -443,7 +502,7 @@ def test_retrieval_scores_encode_each_image_once_per_batch_of_pairs(retrieval_se
     once per pair: here 3 images x 5 texts = 15 pairs in batches of 4."""
     model, image_batches, text_batches, brute, _ = retrieval_set
     pairs = [(i, j) for i in range(3) for j in range(5)]  # every pair is ranked with k >= n, row by row
-    expected = [len({i for i, _ in pairs[s:s + 4]}) for s in range(0, len(pairs), 4)]  # [1, 2, 2, 1]
+    expected = [len({i for i, _ in pairs[s : s + 4]}) for s in range(0, len(pairs), 4)]  # [1, 2, 2, 1]
     images = []
     hook = _count_rows(model.managertower.vision_model.visual.embeddings, images)
     try:
@@ -468,8 +527,9 @@ def test_retrieval_scores_top_k_and_minus_100_elsewhere(retrieval_set):
     torch.testing.assert_close(scores, expected)
     assert (scores == -100).sum() >= 15 - 3 - 5
     # tensors instead of dicts
-    again = retrieval_scores(model, [b["pixel_values"] for b in image_batches],
-                             [b for b in text_batches], k=1, progress=False)
+    again = retrieval_scores(
+        model, [b["pixel_values"] for b in image_batches], [b for b in text_batches], k=1, progress=False
+    )
     torch.testing.assert_close(again, scores)
 
 
@@ -491,8 +551,9 @@ def test_save_pretrained_round_trip(tmp_path):
     pretrain.save_pretrained(tmp_path / "pt")
     retrieval = ManagerTowerForImageTextRetrieval.from_pretrained(tmp_path / "pt")
     torch.testing.assert_close(retrieval.itm_score.fc.weight, pretrain.itm_score.fc.weight)
-    torch.testing.assert_close(retrieval.managertower.token_type_embeddings.weight,
-                               pretrain.managertower.token_type_embeddings.weight)
+    torch.testing.assert_close(
+        retrieval.managertower.token_type_embeddings.weight, pretrain.managertower.token_type_embeddings.weight
+    )
     assert retrieval.temperature.item() == pytest.approx(0.07)
 
 
@@ -510,8 +571,11 @@ def head_batch(name):
         return ManagerTowerForVisualEntailment, dict(inputs, labels=torch.tensor([0, 2])), ["snli_classifier"]
     if name == "nlvr2":
         return ManagerTowerForNLVR2, dict(nlvr2_inputs(), labels=torch.tensor([0, 1])), ["nlvr2_classifier"]
-    return (ManagerTowerForImageTextRetrieval, dict(inputs, generator=torch.Generator().manual_seed(0)),
-            ["itc_text_head", "itc_image_head", "itm_score", "temperature"])
+    return (
+        ManagerTowerForImageTextRetrieval,
+        dict(inputs, generator=torch.Generator().manual_seed(0)),
+        ["itc_text_head", "itc_image_head", "itm_score", "temperature"],
+    )
 
 
 def grad_norm(module_or_param):
@@ -570,12 +634,20 @@ def test_collator_batches_feed_the_heads(tmp_path):
 
     cases = [
         (ManagerTowerForPreTraining, data.PretrainCollator(processor, seed=0), pretrain, {}),
-        (ManagerTowerForQuestionAnswering, data.VQACollator(processor, label2ans=label2ans), vqa,
-         {"num_labels": len(label2ans)}),
+        (
+            ManagerTowerForQuestionAnswering,
+            data.VQACollator(processor, label2ans=label2ans),
+            vqa,
+            {"num_labels": len(label2ans)},
+        ),
         (ManagerTowerForVisualEntailment, data.SNLIVECollator(processor), snli, {}),
         (ManagerTowerForNLVR2, data.NLVR2Collator(processor), nlvr2, {}),
-        (ManagerTowerForImageTextRetrieval, data.RetrievalCollator(processor, return_image_ids=True),
-         [flickr[i] for i in (0, 1, 5, 10)], {}),
+        (
+            ManagerTowerForImageTextRetrieval,
+            data.RetrievalCollator(processor, return_image_ids=True),
+            [flickr[i] for i in (0, 1, 5, 10)],
+            {},
+        ),
     ]
     for cls, collate, records, overrides in cases:
         batch = collate(items(records))

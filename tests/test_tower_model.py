@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BridgeTowerConfig, BridgeTowerModel
-
 from tower import tiny_inputs, tiny_tower_config, tiny_tower_kwargs
+from transformers import BridgeTowerConfig, BridgeTowerModel
 
 from llava_manager.tower import ManagerTowerConfig, ManagerTowerModel
 
@@ -23,8 +22,11 @@ def layer_inputs(model, inputs, **kwargs):
     hooks = []
     for side in ("text", "image"):
         for i, layer in enumerate(getattr(model, f"cross_modal_{side}_layers")):
-            hooks.append(layer.register_forward_pre_hook(
-                lambda mod, args, kw, key=(side, i): seen.__setitem__(key, args[0]), with_kwargs=True))
+            hooks.append(
+                layer.register_forward_pre_hook(
+                    lambda mod, args, kw, key=(side, i): seen.__setitem__(key, args[0]), with_kwargs=True
+                )
+            )
     out = model(**inputs, **kwargs)
     for h in hooks:
         h.remove()
@@ -45,8 +47,12 @@ def projected(model, out, side, n, image_type=1):
         states = [ln(s.permute(1, 0, 2), visual.ln_post) for s in image_states]
         transform, type_row, emb = model.cross_modal_image_transform, image_type, model.layer_embeddings_image
     depth = len(states) - 1
-    return [F.linear(states[depth - n + 1 + j], transform.weight, transform.bias)
-            + model.token_type_embeddings.weight[type_row] + emb.weight[depth - n + j] for j in range(n)]
+    return [
+        F.linear(states[depth - n + 1 + j], transform.weight, transform.bias)
+        + model.token_type_embeddings.weight[type_row]
+        + emb.weight[depth - n + j]
+        for j in range(n)
+    ]
 
 
 def reference_saum(manager, uni, previous=None):
@@ -69,7 +75,9 @@ def reference_aaum(manager, uni, own, other, query="fused_concat", other_mask=No
     else:
         other_n = ln(other, manager.extra_query_LayerNorm)
         fa = manager.fusion_attention
-        scores = (own_n @ fa.q_proj.weight.T + fa.q_proj.bias) @ (other_n @ fa.k_proj.weight.T + fa.k_proj.bias).transpose(1, 2)
+        scores = (own_n @ fa.q_proj.weight.T + fa.q_proj.bias) @ (
+            other_n @ fa.k_proj.weight.T + fa.k_proj.bias
+        ).transpose(1, 2)
         scores = scores / math.sqrt(d)
         if other_mask is not None:
             scores = scores.masked_fill(other_mask[:, None, :] == 0, float("-inf"))
@@ -77,7 +85,7 @@ def reference_aaum(manager, uni, own, other, query="fused_concat", other_mask=No
         q = torch.cat([fused, own_n], dim=-1) if query == "fused_concat" else fused
     logits = q @ manager.linear_controller.weight.T + manager.linear_controller.bias  # B x L x n
     w = torch.softmax(logits / manager.softmax_temperature, dim=-1)
-    out = sum(w[..., i:i + 1] * ln(uni[i], manager.LayerNorm[i]) for i in range(n))
+    out = sum(w[..., i : i + 1] * ln(uni[i], manager.LayerNorm[i]) for i in range(n))
     return out + manager.layer_scores_cross[0, 0] * own_n
 
 
@@ -131,11 +139,13 @@ def test_aaum_matches_the_equation(query):
         text_uni, image_uni = projected(model, out, "text", 3), projected(model, out, "image", 3)
         # layer 0 is a SAUM with no cross-modal input
         torch.testing.assert_close(seen[("text", 0)], reference_saum(model.cross_modal_text_managers[0], text_uni))
-        torch.testing.assert_close(seen[("text", 1)],
-                                   reference_aaum(model.cross_modal_text_managers[1], text_uni, t0, v0, query))
+        torch.testing.assert_close(
+            seen[("text", 1)], reference_aaum(model.cross_modal_text_managers[1], text_uni, t0, v0, query)
+        )
         # the published code does not mask the text padding in the image manager's fused query
-        torch.testing.assert_close(seen[("image", 1)],
-                                   reference_aaum(model.cross_modal_image_managers[1], image_uni, v0, t0, query))
+        torch.testing.assert_close(
+            seen[("image", 1)], reference_aaum(model.cross_modal_image_managers[1], image_uni, v0, t0, query)
+        )
 
 
 def test_masked_fused_query_ignores_text_padding():
@@ -146,8 +156,9 @@ def test_masked_fused_query_ignores_text_padding():
     t0, v0 = out.hidden_states[2][0]
     with torch.no_grad():
         image_uni = projected(model, out, "image", 3)
-        expected = reference_aaum(model.cross_modal_image_managers[1], image_uni, v0, t0,
-                                  other_mask=inputs["attention_mask"])
+        expected = reference_aaum(
+            model.cross_modal_image_managers[1], image_uni, v0, t0, other_mask=inputs["attention_mask"]
+        )
         unmasked = reference_aaum(model.cross_modal_image_managers[1], image_uni, v0, t0)
     torch.testing.assert_close(seen[("image", 1)], expected)
     assert not torch.allclose(seen[("image", 1)][1], unmasked[1])  # the padded sample differs
@@ -194,16 +205,20 @@ def test_weights_are_a_distribution_and_eval_has_no_noise(kind):
 
 
 def test_noise_is_the_only_training_randomness_when_dropout_is_off():
-    model = build("aaum", text_config=dict(tiny_tower_kwargs()["text_config"], hidden_dropout_prob=0.0,
-                                           attention_probs_dropout_prob=0.0))
+    model = build(
+        "aaum",
+        text_config=dict(tiny_tower_kwargs()["text_config"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    )
     model.train()
     inputs = tiny_inputs()
     torch.manual_seed(0)
     noisy = [model(**inputs).pooler_output for _ in range(2)]
     assert not torch.equal(*noisy)
-    quiet = build("aaum", manager_noise_std=0.0, text_config=dict(tiny_tower_kwargs()["text_config"],
-                                                                  hidden_dropout_prob=0.0,
-                                                                  attention_probs_dropout_prob=0.0)).train()
+    quiet = build(
+        "aaum",
+        manager_noise_std=0.0,
+        text_config=dict(tiny_tower_kwargs()["text_config"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    ).train()
     assert torch.equal(quiet(**inputs).pooler_output, quiet(**inputs).pooler_output)
 
 
@@ -214,7 +229,8 @@ def test_initial_weights_are_the_official_ones():
     assert torch.equal(later.layer_scores_cross, torch.ones(1, 1, 1, 32))  # w_C = 1
     assert later.softmax_temperature.item() == 1.0
     assert later.linear_controller.weight.std().item() < 0.05 and torch.equal(
-        later.linear_controller.bias, torch.zeros(3))
+        later.linear_controller.bias, torch.zeros(3)
+    )
 
 
 def test_one_hot_saum_reproduces_bridgetowers_first_layer_input():
@@ -248,12 +264,15 @@ def test_gradients_reach_every_manager_parameter(kind):
     assert managed
     # layer_embeddings rows of unmanaged layers are never used (as in the official code)
     constant = ("managers.1.layer_scores_cross", "managers.1.softmax_temperature_cross") if kind == "sam" else ()
-    missing = [n for n, p in managed.items() if "layer_embeddings" not in n and not n.endswith(constant)
-               and (p.grad is None or not p.grad.any())]
+    missing = [
+        n
+        for n, p in managed.items()
+        if "layer_embeddings" not in n and not n.endswith(constant) and (p.grad is None or not p.grad.any())
+    ]
     assert not missing
     for side, depth in (("text", 4), ("image", 4)):
         grad = getattr(model, f"layer_embeddings_{side}").weight.grad
-        assert grad[depth - 3:].abs().sum(-1).gt(0).all() and not grad[: depth - 3].any()
+        assert grad[depth - 3 :].abs().sum(-1).gt(0).all() and not grad[: depth - 3].any()
 
 
 @pytest.mark.parametrize("kind", ["bridge", "aaum"])
@@ -310,13 +329,21 @@ def test_cross_layer_norm_eps_reaches_only_the_cross_modal_layers():
 
 
 def test_auto_classes_build_the_tower_classes():
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, AutoModelForVisualQuestionAnswering
+    from transformers import (
+        AutoModel,
+        AutoModelForMaskedLM,
+        AutoModelForPreTraining,
+        AutoModelForVisualQuestionAnswering,
+    )
 
     import llava_manager.tower as tower
 
     config = tiny_tower_config(num_labels=4)
-    expected = {AutoModel: tower.ManagerTowerModel, AutoModelForMaskedLM: tower.ManagerTowerForMaskedLM,
-                AutoModelForPreTraining: tower.ManagerTowerForPreTraining,
-                AutoModelForVisualQuestionAnswering: tower.ManagerTowerForQuestionAnswering}
+    expected = {
+        AutoModel: tower.ManagerTowerModel,
+        AutoModelForMaskedLM: tower.ManagerTowerForMaskedLM,
+        AutoModelForPreTraining: tower.ManagerTowerForPreTraining,
+        AutoModelForVisualQuestionAnswering: tower.ManagerTowerForQuestionAnswering,
+    }
     for auto, cls in expected.items():
         assert type(auto.from_config(config)) is cls

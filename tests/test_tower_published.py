@@ -5,7 +5,6 @@ tokenizer and image processor. Expected values are typed out from the sources ci
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,25 +12,37 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
 from published_tower import PUBLISHED_FILES, PUBLISHED_REPOS, write_published_tower
 
 # roberta-base (tokenizer.json / vocab.json of the BridgeTower repos)
 BOS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 50264
 IMAGE_SIDE = 288  # BridgeTowerImageProcessor's default shortest edge and crop; the published files set no size
-MANAGER_PREFIXES = ("cross_modal_text_managers.", "cross_modal_image_managers.", "layer_embeddings_text.",
-                    "layer_embeddings_image.")
+MANAGER_PREFIXES = (
+    "cross_modal_text_managers.",
+    "cross_modal_image_managers.",
+    "layer_embeddings_text.",
+    "layer_embeddings_image.",
+)
 # what BridgeTower has and ManagerTower replaces: the layer-by-layer bridges (link towers) and their LayerNorms
-BRIDGE_PREFIXES = ("cross_modal_text_link_tower.", "cross_modal_image_link_tower.", "cross_modal_text_layernorm.",
-                   "cross_modal_image_layernorm.")
-CAPTIONS = ["A red circle on the left of the image.", "what colour is the shape in the picture?",
-            "There is a blue square on the right.", "a yellow triangle on a black background"]
+BRIDGE_PREFIXES = (
+    "cross_modal_text_link_tower.",
+    "cross_modal_image_link_tower.",
+    "cross_modal_text_layernorm.",
+    "cross_modal_image_layernorm.",
+)
+CAPTIONS = [
+    "A red circle on the left of the image.",
+    "what colour is the shape in the picture?",
+    "There is a blue square on the right.",
+    "a yellow triangle on a black background",
+]
 
 
 def _write(factory, variant: str, layout: str = "published") -> Path:
     # A folder named as the repo (like a snapshot_download folder, whose path names the repo too).
-    return write_published_tower(factory.mktemp(f"{variant}-{layout}") / PUBLISHED_REPOS[variant].split("/")[1],
-                                 variant, weights_layout=layout)
+    return write_published_tower(
+        factory.mktemp(f"{variant}-{layout}") / PUBLISHED_REPOS[variant].split("/")[1], variant, weights_layout=layout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +81,9 @@ def image_files(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("images")
     grey = Image.fromarray(torch.randint(0, 256, (53, 37), generator=g, dtype=torch.uint8).numpy(), mode="L")
     rgba = Image.fromarray(torch.randint(0, 256, (40, 61, 4), generator=g, dtype=torch.uint8).numpy(), mode="RGBA")
-    palette = Image.fromarray(torch.randint(0, 256, (50, 50, 3), generator=g, dtype=torch.uint8).numpy(),
-                              mode="RGB").convert("P")
+    palette = Image.fromarray(
+        torch.randint(0, 256, (50, 50, 3), generator=g, dtype=torch.uint8).numpy(), mode="RGB"
+    ).convert("P")
     paths = [folder / "grey.png", folder / "rgba.png", folder / "palette.png"]
     for image, path in zip((grey, rgba, palette), paths):
         image.save(path)
@@ -84,8 +96,11 @@ def _inputs(folder: Path, image_files: list[Path]) -> dict:
     from llava_manager.processing.images import open_image
 
     images = [open_image(image_files[0]), open_image(image_files[1])]
-    return dict(load_processor(folder)(images=images, text=["A red <mask> on the left.", CAPTIONS[1]],
-                                       padding=True, return_tensors="pt"))
+    return dict(
+        load_processor(folder)(
+            images=images, text=["A red <mask> on the left.", CAPTIONS[1]], padding=True, return_tensors="pt"
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -106,7 +121,12 @@ def test_fixture_is_laid_out_as_published(checkpoint):
     tokenizer = json.loads((checkpoint / "tokenizer.json").read_text())
     assert tokenizer["post_processor"]["type"] == "RobertaProcessing"
     assert {t["content"]: t["id"] for t in tokenizer["added_tokens"]} == {
-        "<s>": BOS, "<pad>": PAD, "</s>": EOS, "<unk>": UNK, "<mask>": MASK}
+        "<s>": BOS,
+        "<pad>": PAD,
+        "</s>": EOS,
+        "<unk>": UNK,
+        "<mask>": MASK,
+    }
     assert len(json.loads((checkpoint / "vocab.json").read_text())) == 50265
     state = torch.load(checkpoint / "pytorch_model.bin", map_location="cpu", weights_only=True)
     buffers = {k: v for k, v in state.items() if k.endswith("position_ids")}
@@ -121,8 +141,11 @@ def test_transformers_loads_the_published_weights(base, itm_mlm):
     mlm_head = {k for k in state if k.startswith("mlm_score.")}
     itm_head = {k for k in state if k.startswith("itm_score.")}
     assert mlm_head and itm_head
-    cases = [(BridgeTowerModel, base, set()), (BridgeTowerForMaskedLM, itm_mlm, itm_head),
-             (BridgeTowerForImageAndTextRetrieval, itm_mlm, mlm_head)]
+    cases = [
+        (BridgeTowerModel, base, set()),
+        (BridgeTowerForMaskedLM, itm_mlm, itm_head),
+        (BridgeTowerForImageAndTextRetrieval, itm_mlm, mlm_head),
+    ]
     for model_class, folder, other_head in cases:
         model, info = model_class.from_pretrained(folder, output_loading_info=True)
         assert not info["missing_keys"] and not info["mismatched_keys"], (model_class.__name__, info)
@@ -154,8 +177,13 @@ def test_published_tokenizer_and_image_processor(base, image_files):
 
     processor = load_processor(base)
     tokenizer = processor.tokenizer
-    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id,
-            tokenizer.mask_token_id) == (BOS, PAD, EOS, UNK, MASK)
+    assert (
+        tokenizer.bos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.unk_token_id,
+        tokenizer.mask_token_id,
+    ) == (BOS, PAD, EOS, UNK, MASK)
     ids = tokenizer("A red <mask> on the left.")["input_ids"]
     assert ids[0] == BOS and ids[-1] == EOS and ids.count(MASK) == 1
     assert tokenizer.decode(ids, skip_special_tokens=True) == "A red on the left."  # <mask> takes its space (lstrip)
@@ -180,19 +208,30 @@ def test_manager_tower_config_from_the_published_config(base):
     assert config.model_type == "managertower" and config.manager_type == "aaum"
     assert config.text_config.to_dict() == published.text_config.to_dict()
     assert config.vision_config.to_dict() == published.vision_config.to_dict()
-    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "share_cross_modal_transformer_layers",
-                 "share_link_tower_layers", "link_tower_type", "layer_norm_eps", "tie_word_embeddings"):
+    for name in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "share_cross_modal_transformer_layers",
+        "share_link_tower_layers",
+        "link_tower_type",
+        "layer_norm_eps",
+        "tie_word_embeddings",
+    ):
         assert getattr(config, name) == getattr(published, name), name
     assert config.head_hidden_scale == 2  # the published legacy key is ManagerTower's head width knob
     saved = config.to_dict()
     assert "text_config_dict" not in saved and "vision_config_dict" not in saved
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"manager_type": "no-such-manager"}, "manager_type must be one of"),
-    ({"num_managed_layers": 99}, r"num_managed_layers must be in 1\.\.6"),
-    ({"manager_weight": "matrix"}, "manager_weight must be one of"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"manager_type": "no-such-manager"}, "manager_type must be one of"),
+        ({"num_managed_layers": 99}, r"num_managed_layers must be in 1\.\.6"),
+        ({"manager_weight": "matrix"}, "manager_weight must be one of"),
+    ],
+)
 def test_config_overrides_given_to_from_pretrained_are_validated(base, override, message):
     """`ManagerTowerConfig(**kwargs)` refuses these values (with a strict-dataclass validation error naming the
     field); the same values given to `from_pretrained` must be refused too."""
@@ -277,11 +316,21 @@ def items(image_files):
     """`TowerDataset` items (images decoded from the odd files) carrying every collator's text field."""
     from llava_manager.tower.data import TowerDataset
 
-    records = [{"id": str(i), "image": str(image_files[i % 3]), "images": [str(image_files[i % 3]),
-                                                                          str(image_files[(i + 1) % 3])],
-                "caption": caption, "question": caption, "hypothesis": caption, "sentence": caption,
-                "label": i % 2, "image_index": i % 3, "answer_counts": {"red": 3, "yes": 1}}
-               for i, caption in enumerate(CAPTIONS * 2)]
+    records = [
+        {
+            "id": str(i),
+            "image": str(image_files[i % 3]),
+            "images": [str(image_files[i % 3]), str(image_files[(i + 1) % 3])],
+            "caption": caption,
+            "question": caption,
+            "hypothesis": caption,
+            "sentence": caption,
+            "label": i % 2,
+            "image_index": i % 3,
+            "answer_counts": {"red": 3, "yes": 1},
+        }
+        for i, caption in enumerate(CAPTIONS * 2)
+    ]
     # "images" lists two files (NLVR2); the other collators read the first
     dataset = TowerDataset(records, strict=True)
     return [dataset[i] for i in range(len(dataset))]
@@ -296,8 +345,9 @@ def test_pretrain_collator_masks_with_the_published_mask_token(itm_mlm, items):
 
     processor = load_processor(itm_mlm)
     batch = PretrainCollator(processor, mlm_probability=0.5, seed=0)(items)
-    clean = processor.tokenizer([item["record"]["caption"] for item in items], padding=True,
-                                return_tensors="pt")["input_ids"]
+    clean = processor.tokenizer([item["record"]["caption"] for item in items], padding=True, return_tensors="pt")[
+        "input_ids"
+    ]
     assert torch.equal(batch["input_ids"], clean)  # the ITM pass reads the caption unmasked
     ids, labels, mask = batch["mlm_input_ids"], batch["mlm_labels"], batch["attention_mask"]
     assert bool((mask == 0).any()) and bool((ids[mask == 0] == PAD).all())  # padded with <pad> = 1
@@ -314,8 +364,12 @@ def test_pretrain_collator_masks_with_the_published_mask_token(itm_mlm, items):
     # the published MLM model and a ManagerTower pre-training model of the published config take the batch
     with torch.no_grad():
         out = BridgeTowerForMaskedLM.from_pretrained(itm_mlm).eval()(
-            input_ids=ids, attention_mask=mask, pixel_values=batch["pixel_values"],
-            pixel_mask=batch["pixel_mask"], labels=labels)
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=batch["pixel_values"],
+            pixel_mask=batch["pixel_mask"],
+            labels=labels,
+        )
         assert torch.isfinite(out.loss) and out.logits.shape == (*ids.shape, 50265)
         config = ManagerTowerConfig.from_pretrained(itm_mlm, manager_type="aaum", num_managed_layers=3)
         ours = ManagerTowerForPreTraining(config).eval()(**batch)
@@ -349,5 +403,6 @@ def test_task_collators_with_the_published_processor(base, items):
     batch = batches["snli"]
     with torch.no_grad():
         out = BridgeTowerModel.from_pretrained(base).eval()(
-            **{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_mask")})
+            **{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_mask")}
+        )
     assert out.pooler_output.shape == (n, 2 * 32) and bool(torch.isfinite(out.pooler_output).all())

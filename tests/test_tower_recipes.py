@@ -22,8 +22,22 @@ from llava_manager.tower import training
 from llava_manager.tower.training import TASK_MODELS, parse
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--max_steps", "2", "--logging_steps", "1", "--synthetic_samples", "16", "--per_device_train_batch_size", "4",
-         "--per_device_eval_batch_size", "8", "--disable_tqdm", "true", "--save_steps", "100"]
+QUICK = [
+    "--max_steps",
+    "2",
+    "--logging_steps",
+    "1",
+    "--synthetic_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--disable_tqdm",
+    "true",
+    "--save_steps",
+    "100",
+]
 # Rates that are none of the tasks' defaults, so the groups are checked against these numbers and not the table.
 RATES = ["--learning_rate", "1e-4", "--lr_mult_head", "7", "--lr_mult_cross_modal", "3"]
 
@@ -60,8 +74,12 @@ def expected_group(name: str) -> str:
 def expected_decay(name: str, norms: set[str]) -> bool:
     """Decay all but biases, LayerNorms (`norms`: their weights), the managers' scores and temperatures and the ITC
     temperature."""
-    return not (name.endswith("bias") or name in norms or name == "temperature"
-                or re.search(r"\.(layer_scores(_cross)?|softmax_temperature(_cross)?)$", name))
+    return not (
+        name.endswith("bias")
+        or name in norms
+        or name == "temperature"
+        or re.search(r"\.(layer_scores(_cross)?|softmax_temperature(_cross)?)$", name)
+    )
 
 
 def check_groups(trainer, lr=1e-4, head=7.0, cross=3.0) -> None:
@@ -106,9 +124,13 @@ def check_export(trainer, out: Path, task: str, manager_type: str) -> dict:
     assert trainer.state.global_step == 2
     report = json.loads((out / "metrics.json").read_text())
     assert report["task"] == task and report["manager_type"] == manager_type and report["global_step"] == 2
-    wanted = {"pretrain": ["eval_mlm_accuracy", "eval_itm_accuracy"], "vqav2": ["eval_vqa_score"],
-              "snli_ve": ["eval_accuracy"], "nlvr2": ["eval_accuracy"],
-              "flickr30k": [f"eval_{d}_r{k}" for d in ("ir", "tr") for k in (1, 5, 10)]}[task]
+    wanted = {
+        "pretrain": ["eval_mlm_accuracy", "eval_itm_accuracy"],
+        "vqav2": ["eval_vqa_score"],
+        "snli_ve": ["eval_accuracy"],
+        "nlvr2": ["eval_accuracy"],
+        "flickr30k": [f"eval_{d}_r{k}" for d in ("ir", "tr") for k in (1, 5, 10)],
+    }[task]
     for key in wanted:
         assert 0 <= report["eval"][key] <= 100, key
     loaded = TASK_MODELS[task].from_pretrained(out)
@@ -130,8 +152,10 @@ def test_pretrain_exports_evaluates_and_groups_the_rates(pretrained):
     assert {"mlm_loss", "itm_loss"} <= set(json.loads((out / "trainer_state.json").read_text())["log_history"][0])
 
 
-@pytest.mark.parametrize("task, manager_type", [("vqav2", "aaum"), ("snli_ve", "aaum"), ("nlvr2", "aaum"),
-                                                ("flickr30k", "aaum"), ("nlvr2", "bridge")])
+@pytest.mark.parametrize(
+    "task, manager_type",
+    [("vqav2", "aaum"), ("snli_ve", "aaum"), ("nlvr2", "aaum"), ("flickr30k", "aaum"), ("nlvr2", "bridge")],
+)
 def test_finetune_exports_evaluates_and_groups_the_rates(tmp_path, task, manager_type):
     trainer = train(task, tmp_path, *RATES, "--manager_type", manager_type)
     check_export(trainer, tmp_path, task, manager_type)
@@ -142,8 +166,20 @@ def test_finetune_from_the_pretrained_export_at_another_resolution(pretrained, t
     initialised, the pre-training heads left over, position embeddings interpolated to --image_size."""
     _, source = pretrained
     before = load_file(source / "model.safetensors")
-    trainer = train("vqav2", tmp_path, "--model_name_or_path", str(source), "--image_size", "64",
-                    "--total_batch_size", "4", "--dataloader_num_workers", "0", "--min_answer_count", "1")
+    trainer = train(
+        "vqav2",
+        tmp_path,
+        "--model_name_or_path",
+        str(source),
+        "--image_size",
+        "64",
+        "--total_batch_size",
+        "4",
+        "--dataloader_num_workers",
+        "0",
+        "--min_answer_count",
+        "1",
+    )
     assert trainer.args.learning_rate == 9e-6 and trainer.args.weight_decay == 0.06
     assert trainer.lr_mult_head == 50 and trainer.model.config.head_hidden_scale == 2
     check_groups(trainer, lr=9e-6, head=50, cross=5)
@@ -159,8 +195,18 @@ def test_finetune_from_the_pretrained_export_at_another_resolution(pretrained, t
 def test_a_checkpoint_of_another_architecture_is_refused(pretrained, tmp_path):
     _, source = pretrained
     with pytest.raises(ValueError, match="--manager_type bridge.*aaum model"):
-        train("vqav2", tmp_path, "--model_name_or_path", str(source), "--manager_type", "bridge",
-              "--total_batch_size", "4", "--min_answer_count", "1")
+        train(
+            "vqav2",
+            tmp_path,
+            "--model_name_or_path",
+            str(source),
+            "--manager_type",
+            "bridge",
+            "--total_batch_size",
+            "4",
+            "--min_answer_count",
+            "1",
+        )
 
 
 REAL = ["--image_size", "32", "--total_batch_size", "4", "--dataloader_num_workers", "0"]  # a "real" start, cut down
@@ -175,19 +221,38 @@ def test_a_bridgetower_checkpoint_is_warm_started_into_managertower(tmp_path):
 
     processor = tiny_tower_processor()
     tiny = training.tiny_config(processor).to_dict()
-    config = BridgeTowerConfig(text_config=tiny["text_config"], vision_config=tiny["vision_config"],
-                               hidden_size=64, num_attention_heads=2, num_hidden_layers=2)
+    config = BridgeTowerConfig(
+        text_config=tiny["text_config"],
+        vision_config=tiny["vision_config"],
+        hidden_size=64,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+    )
     torch.manual_seed(3)
     source = tmp_path / "bridgetower"
     BridgeTowerForMaskedLM(config).save_pretrained(source)
     processor.save_pretrained(source)
     bt = load_file(source / "model.safetensors")
-    trainer = train("pretrain", tmp_path / "out", "--model_name_or_path", str(source), "--manager_type", "aaum",
-                    "--max_steps", "1", "--learning_rate", "0", *REAL)
+    trainer = train(
+        "pretrain",
+        tmp_path / "out",
+        "--model_name_or_path",
+        str(source),
+        "--manager_type",
+        "aaum",
+        "--max_steps",
+        "1",
+        "--learning_rate",
+        "0",
+        *REAL,
+    )
     assert trainer.model.config.manager_type == "aaum"
     exported = load_file(tmp_path / "out" / "model.safetensors")
-    for key in ("text_model.embeddings.word_embeddings.weight", "cross_modal_text_layers.1.output.dense.weight",
-                "vision_model.visual.ln_post.weight"):
+    for key in (
+        "text_model.embeddings.word_embeddings.weight",
+        "cross_modal_text_layers.1.output.dense.weight",
+        "vision_model.visual.ln_post.weight",
+    ):
         assert torch.equal(exported[f"managertower.{key}"], bt[f"bridgetower.{key}"]), key
     assert torch.equal(exported["mlm_score.decoder.weight"], bt["mlm_score.decoder.weight"])
     assert "managertower.cross_modal_image_managers.1.linear_controller.weight" in exported
@@ -202,17 +267,44 @@ def test_built_from_unimodal_encoders(tmp_path):
 
     tokenizer = tiny_tower_tokenizer()
     torch.manual_seed(4)
-    RobertaModel(RobertaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
-                               intermediate_size=128, max_position_embeddings=64, layer_norm_eps=1e-5)
-                 ).save_pretrained(tmp_path / "roberta")
+    RobertaModel(
+        RobertaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            layer_norm_eps=1e-5,
+        )
+    ).save_pretrained(tmp_path / "roberta")
     tokenizer.save_pretrained(tmp_path / "roberta")
-    clip = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_attention_heads=2, num_hidden_layers=4,
-                            image_size=32, patch_size=8, layer_norm_eps=1e-5)
+    clip = CLIPVisionConfig(
+        hidden_size=128,
+        intermediate_size=512,
+        num_attention_heads=2,
+        num_hidden_layers=4,
+        image_size=32,
+        patch_size=8,
+        layer_norm_eps=1e-5,
+    )
     CLIPVisionModel(clip).save_pretrained(tmp_path / "clip")
     roberta = load_file(tmp_path / "roberta" / "model.safetensors")
-    trainer = train("pretrain", tmp_path / "out", "--text_model", str(tmp_path / "roberta"), "--vision_model",
-                    str(tmp_path / "clip"), "--num_cross_layers", "2", "--max_steps", "1", "--learning_rate", "0",
-                    *REAL)
+    trainer = train(
+        "pretrain",
+        tmp_path / "out",
+        "--text_model",
+        str(tmp_path / "roberta"),
+        "--vision_model",
+        str(tmp_path / "clip"),
+        "--num_cross_layers",
+        "2",
+        "--max_steps",
+        "1",
+        "--learning_rate",
+        "0",
+        *REAL,
+    )
     assert trainer.model.config.num_hidden_layers == 2
     exported = load_file(tmp_path / "out" / "model.safetensors")
     key = "embeddings.word_embeddings.weight"
@@ -223,8 +315,22 @@ def test_built_from_unimodal_encoders(tmp_path):
 def vqa_run(tmp_path_factory):
     """4 steps of VQAv2 with a checkpoint at step 2."""
     out = tmp_path_factory.mktemp("tower") / "vqa_full"
-    args = ["--max_steps", "4", "--save_steps", "2", "--data_seed", "42", "--logging_steps", "1",
-            "--synthetic_samples", "16", "--per_device_train_batch_size", "4", "--disable_tqdm", "true"]
+    args = [
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--data_seed",
+        "42",
+        "--logging_steps",
+        "1",
+        "--synthetic_samples",
+        "16",
+        "--per_device_train_batch_size",
+        "4",
+        "--disable_tqdm",
+        "true",
+    ]
     recipe("tower_finetune").run(["--task", "vqav2", "--output_dir", str(out), *args])
     return out, args
 
@@ -246,8 +352,19 @@ def test_resume_continues_at_the_saved_step_with_the_saved_weights(vqa_run, tmp_
 
     monkeypatch.setattr(training.TowerTrainer, "_load_from_checkpoint", spy)
     # another --seed: a run that started over would have another initial model (and other losses)
-    trainer = recipe("tower_finetune").run(["--task", "vqav2", "--output_dir", str(resumed), *args,
-                                            "--resume_from_checkpoint", str(resumed / "checkpoint-2"), "--seed", "7"])
+    trainer = recipe("tower_finetune").run(
+        [
+            "--task",
+            "vqav2",
+            "--output_dir",
+            str(resumed),
+            *args,
+            "--resume_from_checkpoint",
+            str(resumed / "checkpoint-2"),
+            "--seed",
+            "7",
+        ]
+    )
     assert torch.equal(seen["weight"], saved[key])
     assert trainer.state.global_step == 4
     reference, after = losses(full), losses(resumed)
@@ -270,16 +387,21 @@ def test_a_checkpoint_that_does_not_match_fails_instead_of_restarting(vqa_run, t
     save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
     expected = re.escape(f"missing ['{key}']") + (".*unexpected" if change == "renamed" else "")
     with pytest.raises(CheckpointMismatchError, match=expected):
-        recipe("tower_finetune").run(["--task", "vqav2", "--output_dir", str(tmp_path), *args,
-                                      "--resume_from_checkpoint", str(broken)])
+        recipe("tower_finetune").run(
+            ["--task", "vqav2", "--output_dir", str(tmp_path), *args, "--resume_from_checkpoint", str(broken)]
+        )
 
 
 def test_the_paper_defaults_apply_unless_a_flag_is_given():
     a = parse("finetune", ["--task", "vqav2", "--model_name_or_path", "some/model"])
     t = a.training
     assert (t.num_train_epochs, t.learning_rate, t.weight_decay, t.warmup_steps) == (10, 9e-6, 0.06, 0.06)
-    assert (t.adam_beta1, t.adam_beta2, t.adam_epsilon, str(t.lr_scheduler_type)) == (0.9, 0.98, 1e-8,
-                                                                                          "SchedulerType.LINEAR")
+    assert (t.adam_beta1, t.adam_beta2, t.adam_epsilon, str(t.lr_scheduler_type)) == (
+        0.9,
+        0.98,
+        1e-8,
+        "SchedulerType.LINEAR",
+    )
     assert a.optim.total_batch_size == 576 and t.per_device_train_batch_size * t.gradient_accumulation_steps == 576
     assert (a.optim.lr_mult_head, a.optim.lr_mult_cross_modal, a.model.head_hidden_scale) == (50, 5, 2)
     assert a.model.image_size == 576 and a.data.max_text_len == 50 and not a.tiny and t.max_grad_norm == 0
@@ -287,14 +409,35 @@ def test_the_paper_defaults_apply_unless_a_flag_is_given():
     total = p.per_device_train_batch_size * p.gradient_accumulation_steps
     assert (p.max_steps, p.warmup_steps, p.learning_rate, total) == (100_000, 10_000, 1e-5, 4096)
     for task, (epochs, lr, wd, warmup, size, head, scale) in {
-            "snli_ve": (4, 3e-6, 0.01, 0.06, 384, 10, 2), "nlvr2": (5, 1.4e-5, 0.01, 0.1, 384, 10, 1),
-            "flickr30k": (20, 6e-6, 0.01, 0.1, 384, 5, 1)}.items():
+        "snli_ve": (4, 3e-6, 0.01, 0.06, 384, 10, 2),
+        "nlvr2": (5, 1.4e-5, 0.01, 0.1, 384, 10, 1),
+        "flickr30k": (20, 6e-6, 0.01, 0.1, 384, 5, 1),
+    }.items():
         a = parse("finetune", ["--task", task, "--model_name_or_path", "m"])
-        assert (a.training.num_train_epochs, a.training.learning_rate, a.training.weight_decay,
-                a.training.warmup_steps, a.model.image_size, a.optim.lr_mult_head, a.model.head_hidden_scale) == \
-            (epochs, lr, wd, warmup, size, head, scale)
-    a = parse("finetune", ["--task", "nlvr2", "--model_name_or_path", "m", "--learning_rate", "1e-5",
-                           "--gradient_accumulation_steps", "3", "--lr_mult_head", "2"])
+        assert (
+            a.training.num_train_epochs,
+            a.training.learning_rate,
+            a.training.weight_decay,
+            a.training.warmup_steps,
+            a.model.image_size,
+            a.optim.lr_mult_head,
+            a.model.head_hidden_scale,
+        ) == (epochs, lr, wd, warmup, size, head, scale)
+    a = parse(
+        "finetune",
+        [
+            "--task",
+            "nlvr2",
+            "--model_name_or_path",
+            "m",
+            "--learning_rate",
+            "1e-5",
+            "--gradient_accumulation_steps",
+            "3",
+            "--lr_mult_head",
+            "2",
+        ],
+    )
     assert (a.training.learning_rate, a.training.gradient_accumulation_steps, a.optim.lr_mult_head) == (1e-5, 3, 2)
     with pytest.raises(ValueError, match="not a multiple"):
         parse("finetune", ["--task", "nlvr2", "--model_name_or_path", "m", "--total_batch_size", "10"])
@@ -308,11 +451,29 @@ def test_the_paper_defaults_apply_unless_a_flag_is_given():
 def test_deepspeed_zero2_single_process_on_cpu(tmp_path):
     """Plain python with --deepspeed: the CPU shim makes a world of one; the recipe's optimizer groups go to the
     ZeRO-2 engine (its config has no optimizer section)."""
-    command = [sys.executable, str(ROOT / "recipes" / "tower_finetune.py"), "--task", "snli_ve", "--deepspeed",
-               str(ROOT / "recipes" / "zero2.json"), "--output_dir", str(tmp_path), *QUICK,
-               "--dataloader_num_workers", "0", "--learning_rate", "3e-4"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    command = [
+        sys.executable,
+        str(ROOT / "recipes" / "tower_finetune.py"),
+        "--task",
+        "snli_ve",
+        "--deepspeed",
+        str(ROOT / "recipes" / "zero2.json"),
+        "--output_dir",
+        str(tmp_path),
+        *QUICK,
+        "--dataloader_num_workers",
+        "0",
+        "--learning_rate",
+        "3e-4",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(losses(tmp_path)) == [1, 2]
     report = json.loads((tmp_path / "metrics.json").read_text())

@@ -35,14 +35,27 @@ from llava_manager.tower.weights import (
 
 VOCAB, TEXT_LAYERS, VISION_LAYERS, CROSS, MANAGED = 60, 3, 3, 2, 2
 D, DV, PATCH = 64, 128, 16  # vision hidden 128: BridgeTower's vision model has hidden // 64 = 2 heads
-TEXT = dict(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=TEXT_LAYERS, num_attention_heads=2,
-            intermediate_size=96, max_position_embeddings=24, type_vocab_size=1, layer_norm_eps=1e-5)
+TEXT = dict(
+    vocab_size=VOCAB,
+    hidden_size=D,
+    num_hidden_layers=TEXT_LAYERS,
+    num_attention_heads=2,
+    intermediate_size=96,
+    max_position_embeddings=24,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+)
 
 
 def tower_kwargs(image_size=32, **vision):
-    return dict(hidden_size=D, num_hidden_layers=CROSS, text_config=dict(TEXT),
-                vision_config=dict(hidden_size=DV, num_hidden_layers=VISION_LAYERS, patch_size=PATCH,
-                                   image_size=image_size, **vision))
+    return dict(
+        hidden_size=D,
+        num_hidden_layers=CROSS,
+        text_config=dict(TEXT),
+        vision_config=dict(
+            hidden_size=DV, num_hidden_layers=VISION_LAYERS, patch_size=PATCH, image_size=image_size, **vision
+        ),
+    )
 
 
 def mt_config(manager_type="aaum", image_size=32, **kw):
@@ -50,8 +63,15 @@ def mt_config(manager_type="aaum", image_size=32, **kw):
 
 
 def tiny_clip(image_size=32, **kw):
-    cfg = dict(hidden_size=DV, intermediate_size=4 * DV, num_attention_heads=DV // 64, num_hidden_layers=VISION_LAYERS,
-               image_size=image_size, patch_size=PATCH, layer_norm_eps=1e-5)
+    cfg = dict(
+        hidden_size=DV,
+        intermediate_size=4 * DV,
+        num_attention_heads=DV // 64,
+        num_hidden_layers=VISION_LAYERS,
+        image_size=image_size,
+        patch_size=PATCH,
+        layer_norm_eps=1e-5,
+    )
     cfg.update(kw)
     torch.manual_seed(1)
     model = CLIPVisionModel(CLIPVisionConfig(**cfg)).eval()
@@ -90,21 +110,30 @@ class TinyTask(nn.Module):
         self.managertower = ManagerTowerModel(config)
         self.mlm_score = BridgeTowerMLMHead(config)
         self.itm_score = BridgeTowerITMHead(2 * D)
-        self.vqa_classifier = nn.Sequential(nn.Linear(2 * D, 4 * D), nn.LayerNorm(4 * D), nn.GELU(),
-                                            nn.Linear(4 * D, answers))
+        self.vqa_classifier = nn.Sequential(
+            nn.Linear(2 * D, 4 * D), nn.LayerNorm(4 * D), nn.GELU(), nn.Linear(4 * D, answers)
+        )
         self.itc_text_head = BridgeTowerContrastiveHead(D, itc)
         self.itc_image_head = BridgeTowerContrastiveHead(DV, itc)  # on ln_post(V_L), as the official
         self.temperature = nn.Parameter(torch.tensor(0.07))
 
 
 def is_added(key: str) -> bool:
-    return key.split(".")[0] in ("cross_modal_text_managers", "cross_modal_image_managers",
-                                 "layer_embeddings_text", "layer_embeddings_image")
+    return key.split(".")[0] in (
+        "cross_modal_text_managers",
+        "cross_modal_image_managers",
+        "layer_embeddings_text",
+        "layer_embeddings_image",
+    )
 
 
 def is_removed(key: str) -> bool:
-    return key.split(".")[0] in ("cross_modal_text_layernorm", "cross_modal_image_layernorm",
-                                 "cross_modal_text_link_tower", "cross_modal_image_link_tower")
+    return key.split(".")[0] in (
+        "cross_modal_text_layernorm",
+        "cross_modal_image_layernorm",
+        "cross_modal_text_link_tower",
+        "cross_modal_image_link_tower",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -162,17 +191,21 @@ def test_from_unimodal_report_and_new_parameters_keep_their_init():
     for key in report.missing:
         assert torch.equal(state[key], fresh[key]), key
     # where each key came from
-    assert report.sources["text_model.encoder.layer.1.attention.self.query.weight"] == \
-        "text:encoder.layer.1.attention.self.query.weight"
+    assert (
+        report.sources["text_model.encoder.layer.1.attention.self.query.weight"]
+        == "text:encoder.layer.1.attention.self.query.weight"
+    )
     assert report.sources["vision_model.visual.ln_pre.weight"] == "vision:pre_layrnorm.weight"
     assert report.sources["vision_model.visual.ln_post.bias"] == "vision:post_layernorm.bias"
-    assert report.sources["vision_model.visual.transformer.resblocks.2.mlp.c_proj.weight"] == \
-        "vision:encoder.layers.2.mlp.fc2.weight"
+    assert (
+        report.sources["vision_model.visual.transformer.resblocks.2.mlp.c_proj.weight"]
+        == "vision:encoder.layers.2.mlp.fc2.weight"
+    )
     # the packed attention: rows q, k, v
     clip_state = clip.state_dict()
     packed = state["vision_model.visual.transformer.resblocks.1.attn.in_proj_weight"]
     for i, name in enumerate("qkv"):
-        assert torch.equal(packed[i * DV:(i + 1) * DV], clip_state[f"encoder.layers.1.self_attn.{name}_proj.weight"])
+        assert torch.equal(packed[i * DV : (i + 1) * DV], clip_state[f"encoder.layers.1.self_attn.{name}_proj.weight"])
     assert report.reshaped == {}
     # the same tensors through the functional API (CLIPModel's on-disk "vision_model." prefix accepted)
     flat = unimodal_state_dict(roberta, {f"vision_model.{k}": v for k, v in clip_state.items()}, config)
@@ -185,8 +218,9 @@ def test_from_unimodal_into_a_task_model_and_into_bridgetower():
     model, report = from_unimodal(mt_config(), tiny_roberta(), tiny_clip(), model_class=TinyTask)
     assert "managertower.vision_model.visual.ln_post.weight" in report.loaded
     assert "mlm_score.bias" in report.missing and "temperature" in report.missing
-    bt, report = from_unimodal(BridgeTowerConfig(**tower_kwargs()), tiny_roberta(), tiny_clip(),
-                               model_class=BridgeTowerModel)
+    bt, report = from_unimodal(
+        BridgeTowerConfig(**tower_kwargs()), tiny_roberta(), tiny_clip(), model_class=BridgeTowerModel
+    )
     assert "cross_modal_text_link_tower.0.LayerNorm.weight" in report.missing
 
 
@@ -211,8 +245,9 @@ def official_adapt_position_encoding(model, patch_size=32, after=384, suffix="vi
 
     pos_embed = origin_pos_embed[0, 1:, :].reshape((grid_before, grid_before, embed_dim))
     new_size = (grid_after, grid_after)
-    pos_embed = torch.nn.functional.interpolate(pos_embed.permute((2, 0, 1)).unsqueeze(0), size=new_size,
-                                                mode='bicubic')
+    pos_embed = torch.nn.functional.interpolate(
+        pos_embed.permute((2, 0, 1)).unsqueeze(0), size=new_size, mode='bicubic'
+    )
     pos_embed = pos_embed.squeeze(0).permute((1, 2, 0)).reshape((-1, embed_dim))
     pos_embed = torch.cat((origin_pos_embed[0, 0:1, :], pos_embed), dim=0).unsqueeze(0)
     assert pos_embed.shape == (1, grid_after * grid_after + 1, embed_dim)
@@ -237,7 +272,9 @@ def test_position_embeddings_interpolated_as_the_official_code():
     assert key in report.reshaped and "2x2 to a 3x3" in report.reshaped[key]
     expected = official_adapt_position_encoding(
         {"visual.positional_embedding": clip.embeddings.position_embedding.weight.detach().clone()},
-        patch_size=PATCH, after=48)["visual.positional_embedding"]
+        patch_size=PATCH,
+        after=48,
+    )["visual.positional_embedding"]
     assert torch.equal(model.state_dict()[key], expected)
     ids, mask, pixels = inputs(image_size=48)
     with torch.no_grad():
@@ -245,17 +282,20 @@ def test_position_embeddings_interpolated_as_the_official_code():
     assert out.image_features.shape == (2, 10, D)
 
 
-@pytest.mark.parametrize("which, change, field", [
-    ("vision", dict(hidden_act="gelu"), "hidden_act"),
-    ("vision", dict(layer_norm_eps=1e-6), "vision_config.layer_norm_eps"),
-    ("vision", dict(num_attention_heads=4), "num_attention_heads"),
-    ("vision", dict(patch_size=8), "vision_config.patch_size"),
-    ("vision", dict(num_hidden_layers=2), "vision_config.num_hidden_layers"),
-    ("text", dict(vocab_size=61), "text_config.vocab_size"),
-    ("text", dict(layer_norm_eps=1e-12), "text_config.layer_norm_eps"),
-    ("text", dict(type_vocab_size=2), "text_config.type_vocab_size"),
-    ("text", dict(hidden_act="relu"), "text_config.hidden_act"),
-])
+@pytest.mark.parametrize(
+    "which, change, field",
+    [
+        ("vision", dict(hidden_act="gelu"), "hidden_act"),
+        ("vision", dict(layer_norm_eps=1e-6), "vision_config.layer_norm_eps"),
+        ("vision", dict(num_attention_heads=4), "num_attention_heads"),
+        ("vision", dict(patch_size=8), "vision_config.patch_size"),
+        ("vision", dict(num_hidden_layers=2), "vision_config.num_hidden_layers"),
+        ("text", dict(vocab_size=61), "text_config.vocab_size"),
+        ("text", dict(layer_norm_eps=1e-12), "text_config.layer_norm_eps"),
+        ("text", dict(type_vocab_size=2), "text_config.type_vocab_size"),
+        ("text", dict(hidden_act="relu"), "text_config.hidden_act"),
+    ],
+)
 def test_unimodal_config_mismatches_are_errors_naming_the_field(which, change, field):
     roberta = tiny_roberta(**change) if which == "text" else tiny_roberta()
     clip = tiny_clip(**change) if which == "vision" else tiny_clip()
@@ -307,8 +347,12 @@ def test_warm_start_aaum_reports_exactly_what_managertower_adds_and_removes(save
     ours, theirs = set(model.state_dict()), set(bt.state_dict())
     assert set(report.missing) == ours - theirs and report.missing
     assert all(is_added(k) for k in report.missing)
-    assert {k.split(".")[0] for k in report.missing} == {"cross_modal_text_managers", "cross_modal_image_managers",
-                                                         "layer_embeddings_text", "layer_embeddings_image"}
+    assert {k.split(".")[0] for k in report.missing} == {
+        "cross_modal_text_managers",
+        "cross_modal_image_managers",
+        "layer_embeddings_text",
+        "layer_embeddings_image",
+    }
     assert set(report.unexpected) == theirs - ours and report.unexpected
     assert all(is_removed(k) for k in report.unexpected)
     state, source = model.state_dict(), bt.state_dict()
@@ -328,18 +372,26 @@ def test_warm_start_from_masked_lm_into_task_and_backbone(tmp_path):
     state = task.state_dict()
     for key in ("mlm_score.decoder.weight", "mlm_score.bias", "mlm_score.transform.LayerNorm.weight"):
         assert key in report.loaded and torch.equal(state[key], source[key])
-    assert torch.equal(state["managertower.text_model.encoder.layer.2.output.dense.weight"],
-                       source["bridgetower.text_model.encoder.layer.2.output.dense.weight"])
+    assert torch.equal(
+        state["managertower.text_model.encoder.layer.2.output.dense.weight"],
+        source["bridgetower.text_model.encoder.layer.2.output.dense.weight"],
+    )
     assert report.sources["managertower.token_type_embeddings.weight"] == "bridgetower.token_type_embeddings.weight"
     heads_missing = {k for k in report.missing if not k.startswith("managertower.")}
-    assert {k.split(".")[0] for k in heads_missing} == {"itm_score", "vqa_classifier", "itc_text_head",
-                                                         "itc_image_head", "temperature"}
-    assert all(is_added(k[len("managertower."):]) for k in report.missing if k.startswith("managertower."))
-    assert all(is_removed(k[len("bridgetower."):]) for k in report.unexpected)
+    assert {k.split(".")[0] for k in heads_missing} == {
+        "itm_score",
+        "vqa_classifier",
+        "itc_text_head",
+        "itc_image_head",
+        "temperature",
+    }
+    assert all(is_added(k[len("managertower.") :]) for k in report.missing if k.startswith("managertower."))
+    assert all(is_removed(k[len("bridgetower.") :]) for k in report.unexpected)
     # into the bare backbone: the MLM head is left unused
     report = warm_start_from_bridgetower(ManagerTowerModel(mt_config("saum")), tmp_path)
-    assert {k for k in report.unexpected if k.startswith("mlm_score.")} == {k for k in source if
-                                                                            k.startswith("mlm_score.")}
+    assert {k for k in report.unexpected if k.startswith("mlm_score.")} == {
+        k for k in source if k.startswith("mlm_score.")
+    }
 
 
 def test_warm_start_from_masked_lm_with_tied_decoder(tmp_path):
@@ -371,8 +423,13 @@ def test_warm_start_retrieval_and_contrastive_layouts():
     assert torch.equal(task.itc_text_head.fc.weight, itc.itc_text_head.fc.weight)
     assert torch.equal(task.itc_image_head.fc.weight, image_head)
     assert {"itc_image_head.fc.weight", "itc_image_head.fc.bias", "temperature"} <= set(report.missing)
-    assert set(report.unexpected) == {"itc_image_head.fc.weight", "itc_image_head.fc.bias",
-                                      "itc_cross_modal_head.fc.weight", "itc_cross_modal_head.fc.bias", "logit_scale"}
+    assert set(report.unexpected) == {
+        "itc_image_head.fc.weight",
+        "itc_image_head.fc.bias",
+        "itc_cross_modal_head.fc.weight",
+        "itc_cross_modal_head.fc.bias",
+        "logit_scale",
+    }
     assert any("itc_image_head" in note for note in report.notes)
 
 
@@ -385,8 +442,7 @@ def test_warm_start_grows_token_types_for_nlvr2_and_interpolates_positions(saved
     assert torch.equal(rows[:2], source) and torch.equal(rows[2], source[1])
     assert "token_type_embeddings.weight" in report.reshaped
     key = "vision_model.visual.embeddings.position_embedding.weight"
-    assert torch.equal(model.state_dict()[key],
-                       interpolate_position_embedding(bt.state_dict()[key], 3))
+    assert torch.equal(model.state_dict()[key], interpolate_position_embedding(bt.state_dict()[key], 3))
     assert set(report.reshaped) == {"token_type_embeddings.weight", key}
 
 
@@ -433,7 +489,7 @@ def official_state_dict(manager="AAUE", image_grid=2, token_types=2, heads=True,
     v = "vit_model.visual."
     shapes[v + "conv1.weight"] = (DV, 3, PATCH, PATCH)
     shapes[v + "class_embedding"] = (DV,)
-    shapes[v + "positional_embedding"] = (image_grid ** 2 + 1, DV)
+    shapes[v + "positional_embedding"] = (image_grid**2 + 1, DV)
     for ln in ("ln_pre", "ln_post"):
         shapes[f"{v}{ln}.weight"] = shapes[f"{v}{ln}.bias"] = (DV,)
     for i in range(VISION_LAYERS):
@@ -506,12 +562,17 @@ def official_state_dict(manager="AAUE", image_grid=2, token_types=2, heads=True,
 
 def expected_name(key: str) -> str | None:
     """The report's Sec. 6 table, by plain string edits; None for the documented drops."""
-    if key in ("text_transformer.embeddings.position_ids", "vit_model.positional_embedding") or \
-            key.startswith("vit_model.ln_final.") or key.endswith(".softmax_temperature_cross"):
+    if (
+        key in ("text_transformer.embeddings.position_ids", "vit_model.positional_embedding")
+        or key.startswith("vit_model.ln_final.")
+        or key.endswith(".softmax_temperature_cross")
+    ):
         return None
-    fixed = {"vit_model.visual.conv1.weight": "vision_model.visual.embeddings.patch_embedding.weight",
-             "vit_model.visual.class_embedding": "vision_model.visual.embeddings.class_embedding",
-             "vit_model.visual.positional_embedding": "vision_model.visual.embeddings.position_embedding.weight"}
+    fixed = {
+        "vit_model.visual.conv1.weight": "vision_model.visual.embeddings.patch_embedding.weight",
+        "vit_model.visual.class_embedding": "vision_model.visual.embeddings.class_embedding",
+        "vit_model.visual.positional_embedding": "vision_model.visual.embeddings.position_embedding.weight",
+    }
     if key in fixed:
         return "managertower." + fixed[key]
     if key.startswith(("mlm_score.", "itm_score.", "vqa_classifier.")) or key == "temperature":
@@ -548,8 +609,15 @@ def test_convert_official_maps_every_key_onto_the_model_with_its_shape():
 def test_load_official_checkpoint_gives_the_model_those_tensors(tmp_path):
     official = official_state_dict()
     path = tmp_path / "ManagerTower_pt_base.ckpt"
-    torch.save({"state_dict": official, "epoch": 3, "global_step": 10,
-                "hyper_parameters": {"config": {"manager_type": "AAUE", "image_size": 32}}}, path)
+    torch.save(
+        {
+            "state_dict": official,
+            "epoch": 3,
+            "global_step": 10,
+            "hyper_parameters": {"config": {"manager_type": "AAUE", "image_size": 32}},
+        },
+        path,
+    )
     task = TinyTask(mt_config("aaum"))
     report = load_official_checkpoint(task, path)
     assert report.missing == [] and report.unexpected == [] and report.reshaped == {}
@@ -563,10 +631,15 @@ def test_load_official_checkpoint_gives_the_model_those_tensors(tmp_path):
     model = ManagerTowerModel(mt_config("aaum"))
     report = load_official_checkpoint(model, official)
     assert report.missing == []
-    assert set(report.unexpected) == {k for k in official if k.startswith(
-        ("mlm_score.", "itm_score.", "vqa_classifier.", "cross_modal_itc_")) or k == "temperature"}
-    assert torch.equal(model.cross_modal_image_managers[1].linear_controller.weight,
-                       official["cross_modal_image_manager_tower.1.manager_layer.linear_controller.weight"])
+    assert set(report.unexpected) == {
+        k
+        for k in official
+        if k.startswith(("mlm_score.", "itm_score.", "vqa_classifier.", "cross_modal_itc_")) or k == "temperature"
+    }
+    assert torch.equal(
+        model.cross_modal_image_managers[1].linear_controller.weight,
+        official["cross_modal_image_manager_tower.1.manager_layer.linear_controller.weight"],
+    )
     ids, mask, pixels = inputs()
     with torch.no_grad():
         assert torch.isfinite(model.eval()(input_ids=ids, attention_mask=mask, pixel_values=pixels).pooler_output).all()
@@ -577,10 +650,14 @@ def test_official_checkpoint_at_another_resolution_and_nlvr2_token_types():
     model = ManagerTowerModel(mt_config("aaum", num_token_types=3))  # built at 32 px, NLVR2
     report = load_official_checkpoint(model, official)
     key = "vision_model.visual.embeddings.position_embedding.weight"
-    assert torch.equal(model.state_dict()[key],
-                       official_adapt_position_encoding({"visual.positional_embedding":
-                                                         official["vit_model.visual.positional_embedding"]},
-                                                        patch_size=PATCH, after=32)["visual.positional_embedding"])
+    assert torch.equal(
+        model.state_dict()[key],
+        official_adapt_position_encoding(
+            {"visual.positional_embedding": official["vit_model.visual.positional_embedding"]},
+            patch_size=PATCH,
+            after=32,
+        )["visual.positional_embedding"],
+    )
     rows = official["token_type_embeddings.weight"]
     assert torch.equal(model.token_type_embeddings.weight, torch.cat([rows, rows[1:]]))
     assert set(report.reshaped) == {key, "token_type_embeddings.weight"}

@@ -15,23 +15,42 @@ from llava_manager import apply_manager, get_managers
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING, parse
+from llava_manager.training.trainer import module_parameters, parameter_groups, set_trainable
 
 NO_CHECKPOINTING = [f"--{_CHECKPOINTING}", "false"]  # faster on a tiny model
-from llava_manager.training.trainer import module_parameters, parameter_groups, set_trainable
 
 
 def test_stage_defaults_follow_llava_onevision_and_the_command_line_wins():
     real = ["--model_name_or_path", "some/model"]
     m, mg, d, t = parse("stage1", real)
-    assert (t.learning_rate, m.train_modules, d.template, t.per_device_train_batch_size) == (1e-3, "projector", "plain", 16)
+    assert (t.learning_rate, m.train_modules, d.template, t.per_device_train_batch_size) == (
+        1e-3,
+        "projector",
+        "plain",
+        16,
+    )
     m, mg, d, t = parse("stage2", real)
     assert (t.learning_rate, m.vision_tower_lr, m.manager_lr) == (1e-5, 2e-6, None)
     assert m.modules() == {"vision_tower", "projector", "llm"} and d.template is None  # the model's LLM's, at run time
     assert (t.num_train_epochs, t.lr_scheduler_type.value, t.warmup_steps, t.weight_decay) == (1, "cosine", 0.03, 0.0)
     assert getattr(t, _CHECKPOINTING) and d.max_length == 16384 and not t.remove_unused_columns
     assert t.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    m, mg, d, t = parse("stage1_5", real + ["--learning_rate", "3e-5", "--manager_lr", "1e-4", "--local_rank", "0",
-                                             "--manager_interval", "2", "--manager_vision_layers", "3,4"])
+    m, mg, d, t = parse(
+        "stage1_5",
+        real
+        + [
+            "--learning_rate",
+            "3e-5",
+            "--manager_lr",
+            "1e-4",
+            "--local_rank",
+            "0",
+            "--manager_interval",
+            "2",
+            "--manager_vision_layers",
+            "3,4",
+        ],
+    )
     assert (t.learning_rate, m.manager_lr, t.output_dir) == (3e-5, 1e-4, "runs/stage1_5")
     assert mg.config().interval == 2 and mg.config().vision_layers == [3, 4]
     with pytest.raises(ValueError, match="--train_modules 'projector,eyes'"):
@@ -54,8 +73,9 @@ def test_parameter_groups_are_chosen_by_module():
     inner = model.model
     assert {id(p) for p in parts["vision_tower"]} == {id(p) for p in inner.vision_tower.parameters()}
     assert {id(p) for p in parts["managers"]} == {id(m.weight) for m in get_managers(model)}
-    assert {id(p) for p in parts["llm"]} == {id(p) for p in list(inner.language_model.parameters())
-                                             + list(model.lm_head.parameters())}
+    assert {id(p) for p in parts["llm"]} == {
+        id(p) for p in list(inner.language_model.parameters()) + list(model.lm_head.parameters())
+    }
     assert sum(len(v) for v in parts.values()) == len(list(model.parameters()))
 
     set_trainable(model, {"projector"})  # Stage-1
@@ -81,9 +101,24 @@ def log_losses(output_dir):
 @pytest.fixture(scope="module")
 def stage2_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("stage2")
-    trainer = run("stage2", ["--output_dir", str(out), "--max_steps", "16", "--synthetic_samples", "128",
-                             "--logging_steps", "1", "--save_steps", "8", "--dataloader_num_workers", "0",
-                             *NO_CHECKPOINTING])
+    trainer = run(
+        "stage2",
+        [
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "16",
+            "--synthetic_samples",
+            "128",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "8",
+            "--dataloader_num_workers",
+            "0",
+            *NO_CHECKPOINTING,
+        ],
+    )
     return out, trainer
 
 
@@ -118,9 +153,24 @@ def test_exported_model_is_the_trained_model(stage2_run):
 
 
 def test_stage1_trains_only_projector_and_managers(tmp_path):
-    trainer = run("stage1", ["--output_dir", str(tmp_path), "--max_steps", "3", "--synthetic_samples", "32",
-                             "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0",
-                             "--save_steps", "100"] + NO_CHECKPOINTING)
+    trainer = run(
+        "stage1",
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "3",
+            "--synthetic_samples",
+            "32",
+            "--per_device_train_batch_size",
+            "4",
+            "--dataloader_num_workers",
+            "0",
+            "--save_steps",
+            "100",
+        ]
+        + NO_CHECKPOINTING,
+    )
     from transformers import set_seed
 
     set_seed(42)  # the recipes' default seed builds the same initial weights
@@ -135,22 +185,48 @@ def test_bad_samples_are_skipped_counted_and_summarised(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (28, 28), (250, 0, 0)).save(tmp_path / "red.png")
-    good = {"image": "red.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour is the shape ?"},
-                                                  {"from": "gpt", "value": "red ."}]}
-    data = [good, {"id": "gone", "image": "gone.png", "conversations": good["conversations"]},
-            {"id": "bad-turns", "conversations": [{"from": "gpt", "value": "x"}]}, good]
+    good = {
+        "image": "red.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the shape ?"},
+            {"from": "gpt", "value": "red ."},
+        ],
+    }
+    data = [
+        good,
+        {"id": "gone", "image": "gone.png", "conversations": good["conversations"]},
+        {"id": "bad-turns", "conversations": [{"from": "gpt", "value": "x"}]},
+        good,
+    ]
     (tmp_path / "data.json").write_text(json.dumps(data))
-    common = ["--data_path", str(tmp_path / "data.json"), "--image_folder", str(tmp_path), "--max_steps", "2",
-              "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0", "--save_steps", "100",
-              "--logging_steps", "1",
-              *NO_CHECKPOINTING]
+    common = [
+        "--data_path",
+        str(tmp_path / "data.json"),
+        "--image_folder",
+        str(tmp_path),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--dataloader_num_workers",
+        "0",
+        "--save_steps",
+        "100",
+        "--logging_steps",
+        "1",
+        *NO_CHECKPOINTING,
+    ]
     run("stage2", common + ["--output_dir", str(tmp_path / "out")])
     summary = json.loads((tmp_path / "out" / "data_skipped.json").read_text())
-    assert summary["by_reason"] == {"missing image": summary["by_reason"]["missing image"],
-                                    "malformed": summary["by_reason"]["malformed"]}
+    assert summary["by_reason"] == {
+        "missing image": summary["by_reason"]["missing image"],
+        "malformed": summary["by_reason"]["malformed"],
+    }
     assert {tuple(s[1:]) for s in summary["samples"]} == {("gone", "missing image"), ("bad-turns", "malformed")}
     logs = log_losses(tmp_path / "out")
-    assert logs[max(logs)]["data_skipped"] == summary["skipped"] > 0 and all(math.isfinite(e["loss"]) for e in logs.values())
+    assert logs[max(logs)]["data_skipped"] == summary["skipped"] > 0 and all(
+        math.isfinite(e["loss"]) for e in logs.values()
+    )
     with pytest.raises(ValueError, match=r"id '(gone|bad-turns)'"):
         run("stage2", common + ["--output_dir", str(tmp_path / "strict"), "--strict_data", "true"])
 
@@ -159,10 +235,31 @@ def test_a_patched_checkpoint_continues_with_its_own_managers(stage2_run, tmp_pa
     """Stage chaining: the next stage starts from the previous stage's export; its managers are kept."""
     out, _ = stage2_run
     before = [m.weight.clone() for m in get_managers(llava_manager.from_pretrained(out))]
-    trainer = run("stage2", ["--model_name_or_path", str(out), "--output_dir", str(tmp_path), "--max_steps", "2",
-                             "--synthetic_samples", "16", "--dataloader_num_workers", "0", "--save_steps", "100",
-                             "--per_device_train_batch_size", "4", "--learning_rate", "1e-3"] + NO_CHECKPOINTING)
+    trainer = run(
+        "stage2",
+        [
+            "--model_name_or_path",
+            str(out),
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "2",
+            "--synthetic_samples",
+            "16",
+            "--dataloader_num_workers",
+            "0",
+            "--save_steps",
+            "100",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-3",
+        ]
+        + NO_CHECKPOINTING,
+    )
     after = get_managers(trainer.model)
     assert len(after) == len(before) and all(not torch.equal(a.weight.detach(), b) for a, b in zip(after, before))
     with pytest.raises(ValueError, match="already has managers.*interval"):
-        run("stage2", ["--model_name_or_path", str(out), "--output_dir", str(tmp_path / "x"), "--manager_interval", "2"])
+        run(
+            "stage2", ["--model_name_or_path", str(out), "--output_dir", str(tmp_path / "x"), "--manager_interval", "2"]
+        )

@@ -46,14 +46,25 @@ def test_check_all_is_clean() -> None:
 
 # ---- (b) negative controls: a broken entry gives a message that names it ------------------------------------------
 def _fabricated(dotted: str, kind: str = "method", **fields) -> UpstreamAPI:
-    return UpstreamAPI(dotted.split(".")[0], dotted, kind, "llava_manager/core/checkpoint.py",
-                       "a fabricated entry of the negative control", **fields)
+    return UpstreamAPI(
+        dotted.split(".")[0],
+        dotted,
+        kind,
+        "llava_manager/core/checkpoint.py",
+        "a fabricated entry of the negative control",
+        **fields,
+    )
 
 
 def _assert_names(message: str | None, *parts: str) -> None:
     assert message is not None
-    for part in (f"torch {upstream.installed_version('torch')}", "llava_manager/core/checkpoint.py",
-                 "a fabricated entry of the negative control", "the tested range is torch", *parts):
+    for part in (
+        f"torch {upstream.installed_version('torch')}",
+        "llava_manager/core/checkpoint.py",
+        "a fabricated entry of the negative control",
+        "the tested range is torch",
+        *parts,
+    ):
         assert part in message, f"{part!r} not in {message!r}"
 
 
@@ -74,8 +85,12 @@ def test_missing_parameter_is_named() -> None:
 
 
 def test_positional_order_is_checked() -> None:
-    api = _fabricated("torch.utils.flop_counter.sdpa_flop_count", kind="function",
-                      params=("key_shape", "query_shape", "value_shape"), positional=3)
+    api = _fabricated(
+        "torch.utils.flop_counter.sdpa_flop_count",
+        kind="function",
+        params=("key_shape", "query_shape", "value_shape"),
+        positional=3,
+    )
     _assert_names(check(api), "sdpa_flop_count", "['key_shape', 'query_shape', 'value_shape']")
 
 
@@ -162,8 +177,10 @@ def test_private_accesses_are_registered_or_our_own() -> None:
         text = path.read_text()
         for name in {"_" + m for m in _ACCESS.findall(text)} | set(_DYNAMIC.findall(text)):
             if not _DUNDER.match(name) and name not in registered and name not in own:
-                problems.append(f"{path.relative_to(ROOT)} uses {name}, which is neither ours nor in "
-                                f"llava_manager/upstream.py's REGISTRY")
+                problems.append(
+                    f"{path.relative_to(ROOT)} uses {name}, which is neither ours nor in "
+                    f"llava_manager/upstream.py's REGISTRY"
+                )
     assert not problems, "\n".join(sorted(problems))
 
 
@@ -173,18 +190,27 @@ def _private_members(cls_node: ast.ClassDef) -> set[str]:
     for node in cls_node.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             names.add(node.name)
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
-            if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, (ast.AnnAssign, ast.AugAssign))
+            else []
+        )
         names |= {t.id for t in targets if isinstance(t, ast.Name)}
     for node in ast.walk(cls_node):
-        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
-                isinstance(node.value, ast.Name) and node.value.id == "self":
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "self"
+        ):
             names.add(node.attr)
     return {n for n in names if n.startswith("_") and not _DUNDER.match(n)}
 
 
 def _classes() -> dict[str, tuple[ast.ClassDef, bool]]:
-    """"module:qualname" -> (class node, reachable from its module by qualname) for every class of the package."""
+    """ "module:qualname" -> (class node, reachable from its module by qualname) for every class of the package."""
     found = {}
 
     def visit(node, module, prefix, reachable):
@@ -258,8 +284,10 @@ def test_upstream_subclasses_register_their_private_overrides() -> None:
             base = _upstream_defines(bases, name)
             if base is None:
                 if name not in allowed:
-                    problems.append(f"{ours_key} defines {name}: add it to OWN_PRIVATE_HELPERS (our own helper) or "
-                                    f"register the upstream member it relies on in REGISTRY")
+                    problems.append(
+                        f"{ours_key} defines {name}: add it to OWN_PRIVATE_HELPERS (our own helper) or "
+                        f"register the upstream member it relies on in REGISTRY"
+                    )
                 continue
             owners = []
             for api in entries.get(name, ()):
@@ -270,9 +298,11 @@ def test_upstream_subclasses_register_their_private_overrides() -> None:
             mro = set(_upstream_bases(base)) | set(bases)
             if not any(owner in mro for owner in owners):
                 where = f"{base.__module__}.{base.__qualname__}"
-                problems.append(f"{ours_key} defines {name}, which {where} also has or uses: register it in "
-                                f"llava_manager/upstream.py (an override of an upstream private member)"
-                                + (" rather than listing it in OWN_PRIVATE_HELPERS" if name in allowed else ""))
+                problems.append(
+                    f"{ours_key} defines {name}, which {where} also has or uses: register it in "
+                    f"llava_manager/upstream.py (an override of an upstream private member)"
+                    + (" rather than listing it in OWN_PRIVATE_HELPERS" if name in allowed else "")
+                )
         for name in sorted(allowed - members):
             problems.append(f"OWN_PRIVATE_HELPERS[{ours_key!r}] lists {name}, which the class no longer defines")
     for key in sorted(set(upstream.OWN_PRIVATE_HELPERS) - set(checked)):

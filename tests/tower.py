@@ -9,10 +9,18 @@ def tiny_tower_kwargs(**overrides) -> dict:
     """Text: 4 layers of width 32; vision: 4 layers of width 64 (a multiple of 64, as BridgeTower needs), 32 px
     images of 16 px patches (5 tokens); 2 cross-modal layers of width 32."""
     kwargs = dict(
-        text_config=dict(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64),
+        text_config=dict(
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
         vision_config=dict(hidden_size=64, num_hidden_layers=4, patch_size=16, image_size=32),
-        hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=2,
     )
     kwargs.update(overrides)
     return kwargs

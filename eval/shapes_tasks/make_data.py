@@ -23,10 +23,15 @@ def write(folder: str | Path, samples: int = DEFAULT_SAMPLES, seed: int = HELDOU
     import datasets
 
     docs = heldout_docs(samples, seed)
-    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                                  "answer": datasets.Value("string"),
-                                  "choices": datasets.Sequence(datasets.Value("string")),
-                                  "label": datasets.Value("int64")})
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "choices": datasets.Sequence(datasets.Value("string")),
+            "label": datasets.Value("int64"),
+        }
+    )
     rows = {key: [d[key] for d in docs] for key in features}
     path = Path(folder) / "shapes.parquet"
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))

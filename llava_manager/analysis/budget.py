@@ -28,7 +28,12 @@ from .figures import pyplot, write_csv
 from .timing import count_flops, ratio_to, rounds, timed
 
 # name -> (managers, grid)
-VARIANTS = {"Baseline": (False, False), "+Manager": (True, False), "+Grid": (False, True), "+Grid+Manager": (True, True)}
+VARIANTS = {
+    "Baseline": (False, False),
+    "+Manager": (True, False),
+    "+Grid": (False, True),
+    "+Grid+Manager": (True, True),
+}
 
 # Families whose models take images one way only (LLaVA-1.5: one crop; NeXT: always grids): that layout, +Manager.
 FAMILY_LAYOUT = {"Baseline": (False, True), "+Manager": (True, True)}
@@ -72,8 +77,7 @@ def _train_step(model, inputs, labels) -> None:
 
 def _generate(model, inputs, new_tokens: int) -> None:
     with torch.no_grad():
-        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       pad_token_id=0)
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
 
 def measure_budget(
@@ -95,7 +99,8 @@ def measure_budget(
     """
     if min(new_tokens, batch_size, repeats) < 1:
         raise ValueError(
-            f"new_tokens, batch_size and repeats must be >= 1, got {new_tokens}, {batch_size} and {repeats}.")
+            f"new_tokens, batch_size and repeats must be >= 1, got {new_tokens}, {batch_size} and {repeats}."
+        )
     patched = has_manager(model)
     config = config or (manager_config(model) if patched else ManagerConfig())
     saved = {k: v.detach().clone() for k, v in model.model.managers.state_dict().items()} if patched else None
@@ -134,10 +139,17 @@ def _measure(model, image_size, text_tokens, new_tokens, batch_size, repeats, co
     if not timings:
         return list(rows.values())
 
-    batch = one if batch_size == 1 else {
-        grid: random_inputs(model, height, width, text_tokens, grid=grid, batch_size=batch_size) for grid in layouts}
-    labels = {grid: inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
-              for grid, inputs in batch.items()}
+    batch = (
+        one
+        if batch_size == 1
+        else {
+            grid: random_inputs(model, height, width, text_tokens, grid=grid, batch_size=batch_size) for grid in layouts
+        }
+    )
+    labels = {
+        grid: inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
+        for grid, inputs in batch.items()
+    }
     device = model.device
 
     def run(kind: str, managers: bool, grid: bool) -> float:
@@ -152,8 +164,11 @@ def _measure(model, image_size, text_tokens, new_tokens, batch_size, repeats, co
         return seconds / batch_size
 
     for kind in ("train", "infer"):
-        times = rounds({name: partial(run, kind, *flags) for name, flags in variants.items()}, repeats,
-                       desc="training (fwd+bwd)" if kind == "train" else "inference (generate)")
+        times = rounds(
+            {name: partial(run, kind, *flags) for name, flags in variants.items()},
+            repeats,
+            desc="training (fwd+bwd)" if kind == "train" else "inference (generate)",
+        )
         ratios = ratio_to(times, "Baseline")
         for name, row in rows.items():
             setattr(row, f"{kind}_ms", statistics.median(times[name]) * 1e3)
@@ -176,14 +191,16 @@ def format_table(rows: list[BudgetRow]) -> str:
     lines = []
     for row in rows:
         first = row is base
-        lines.append([
-            row.variant,
-            f"{row.parameters:,}",
-            str(row.image_tokens),
-            _cell(row.flops / 1e9, None if first else row.flops_ratio),
-            "-" if row.train_ms is None else _cell(row.train_ms, None if first else row.train_ratio),
-            "-" if row.infer_ms is None else _cell(row.infer_ms, None if first else row.infer_ratio),
-        ])
+        lines.append(
+            [
+                row.variant,
+                f"{row.parameters:,}",
+                str(row.image_tokens),
+                _cell(row.flops / 1e9, None if first else row.flops_ratio),
+                "-" if row.train_ms is None else _cell(row.train_ms, None if first else row.train_ratio),
+                "-" if row.infer_ms is None else _cell(row.infer_ms, None if first else row.infer_ratio),
+            ]
+        )
     widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines])
@@ -205,8 +222,15 @@ def write_budget(rows: list[BudgetRow], out: Path, title: str) -> dict[str, Path
         bars = ax.bar(range(len(names)), values, color=["#999999", "#4c72b0", "#dd8452", "#c44e52"])
         ax.bar_label(bars, [f"x{v:.2f}" for v in values], fontsize=8)
         paper = [(i, PAPER_RATIOS[column][n]) for i, n in enumerate(names) if n in PAPER_RATIOS[column]]
-        ax.scatter([i for i, _ in paper], [v for _, v in paper], marker="_", s=400, color="black",
-                   label="paper, Table IV (0.5B, A100)", zorder=3)
+        ax.scatter(
+            [i for i, _ in paper],
+            [v for _, v in paper],
+            marker="_",
+            s=400,
+            color="black",
+            label="paper, Table IV (0.5B, A100)",
+            zorder=3,
+        )
         ax.set_ylim(0, 1.25 * max(values + [v for _, v in paper]))
         ax.set_xticks(range(len(names)), names, rotation=20)
         ax.set_title(f"{COLUMNS[column]} vs Baseline")

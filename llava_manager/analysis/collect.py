@@ -8,13 +8,13 @@ import contextlib
 import torch
 from tqdm import tqdm
 
-from ..families.base import vision_encoder_layers
 from ..core.patch import get_managers, has_manager
+from ..families.base import vision_encoder_layers
 from . import metrics
+from .inputs import encode
 
 # The image inputs of `get_image_features` across the families (LLaVA-1.5 takes no `image_sizes`).
 IMAGE_KEYS = ("pixel_values", "image_sizes", "batch_num_images")
-from .inputs import encode
 
 
 @contextlib.contextmanager
@@ -89,8 +89,14 @@ def attention_statistics(model, processor, samples, prompt_format: str = "qwen_1
                 attention = out[1][0]  # (heads, q, k) of this sample
                 own = metrics.restrict(attention, visual, visual)
                 cross = metrics.restrict(attention, text, visual)
-                totals[:, i] += torch.stack([metrics.entropy(own), metrics.entropy(cross),
-                                             metrics.head_divergence(own), metrics.head_divergence(cross)]).cpu()
+                totals[:, i] += torch.stack(
+                    [
+                        metrics.entropy(own),
+                        metrics.entropy(cross),
+                        metrics.head_divergence(own),
+                        metrics.head_divergence(cross),
+                    ]
+                ).cpu()
 
             with torch.no_grad(), hooks([layer.self_attn for layer in layers], reduce):
                 model(**inputs)

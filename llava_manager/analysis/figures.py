@@ -41,10 +41,16 @@ def aggregation_weights(model, out: Path) -> dict[str, Path]:
     vision_layers = list(managers[0].vision_layers)
     norms = torch.stack([m.weight.detach().float().norm(dim=1) for m in managers]).cpu()
     means = torch.stack([m.weight.detach().float().mean(dim=1) for m in managers]).cpu()
-    rows = [[m.layer_idx, v, f"{norms[i, k]:.6g}", f"{means[i, k]:.6g}"]
-            for i, m in enumerate(managers) for k, v in enumerate(vision_layers)]
-    paths = {"csv": write_csv(out / "aggregation_weights.csv",
-                              ["decoder_layer", "vision_layer", "row_l2_norm", "row_mean"], rows)}
+    rows = [
+        [m.layer_idx, v, f"{norms[i, k]:.6g}", f"{means[i, k]:.6g}"]
+        for i, m in enumerate(managers)
+        for k, v in enumerate(vision_layers)
+    ]
+    paths = {
+        "csv": write_csv(
+            out / "aggregation_weights.csv", ["decoder_layer", "vision_layer", "row_l2_norm", "row_mean"], rows
+        )
+    }
 
     fig, (heat, bars) = plt.subplots(1, 2, figsize=(12, 0.5 * len(managers) + 3), width_ratios=[2, 1])
     image = heat.imshow(norms.numpy(), aspect="auto", cmap="viridis")
@@ -64,15 +70,27 @@ def aggregation_weights(model, out: Path) -> dict[str, Path]:
     return paths
 
 
-def per_layer(curves: dict[str, torch.Tensor], title: str, ylabel: str, out: Path, name: str,
-              marks: list[int] = (), first_layer: int = 0) -> dict[str, Path]:
+def per_layer(
+    curves: dict[str, torch.Tensor],
+    title: str,
+    ylabel: str,
+    out: Path,
+    name: str,
+    marks: list[int] = (),
+    first_layer: int = 0,
+) -> dict[str, Path]:
     """One line per curve over decoder layers; injected layers marked with dashed lines."""
     plt = pyplot()
     labels = list(curves)
     length = len(next(iter(curves.values())))
     layers = list(range(first_layer, first_layer + length))
-    paths = {"csv": write_csv(out / f"{name}.csv", ["layer", *labels],
-                              [[layer, *(f"{float(curves[k][i]):.6g}" for k in labels)] for i, layer in enumerate(layers)])}
+    paths = {
+        "csv": write_csv(
+            out / f"{name}.csv",
+            ["layer", *labels],
+            [[layer, *(f"{float(curves[k][i]):.6g}" for k in labels)] for i, layer in enumerate(layers)],
+        )
+    }
     fig, ax = plt.subplots(figsize=(8, 4))
     for label in labels:
         ax.plot(layers, curves[label].numpy(), marker="o", markersize=3, label=label)
@@ -93,8 +111,12 @@ def per_layer(curves: dict[str, torch.Tensor], title: str, ylabel: str, out: Pat
 def attention_distance(distances: dict[str, torch.Tensor], out: Path) -> dict[str, Path]:
     """Fig. 27: each head's mean attention distance (pixels) by SigLIP layer."""
     plt = pyplot()
-    rows = [[label, layer + 1, head, f"{float(d[layer, head]):.6g}"]
-            for label, d in distances.items() for layer in range(d.shape[0]) for head in range(d.shape[1])]
+    rows = [
+        [label, layer + 1, head, f"{float(d[layer, head]):.6g}"]
+        for label, d in distances.items()
+        for layer in range(d.shape[0])
+        for head in range(d.shape[1])
+    ]
     paths = {"csv": write_csv(out / "siglip_attention_distance.csv", ["model", "layer", "head", "distance_px"], rows)}
     fig, ax = plt.subplots(figsize=(8, 4))
     for offset, (label, d) in enumerate(distances.items()):

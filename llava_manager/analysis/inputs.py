@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from PIL import Image
 
-from ..processing.templates import IMAGE_PLACEHOLDER
 from ..processing.images import ImageError, open_image, unsupported_reason
 from ..processing.prompts import chat_prompt
+from ..processing.templates import IMAGE_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +17,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 DEFAULT_PROMPT = "Describe the image in detail."
 
 
-def load_samples(source: str | Path, image_folder: str | Path | None = None, limit: int | None = None,
-                 prompt: str = DEFAULT_PROMPT, processor=None) -> list[tuple[Image.Image, str]]:
+def load_samples(
+    source: str | Path,
+    image_folder: str | Path | None = None,
+    limit: int | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    processor=None,
+) -> list[tuple[Image.Image, str]]:
     """(image, prompt) pairs. A folder: its images, each with the text of a same-named `.txt` file as prompt, else
     `prompt`. A LLaVA JSON file: samples with one image, the first human turn as prompt (images relative to
     `image_folder`, default the JSON's folder). Images are upright RGB (`images.open_image`); a missing or corrupt
@@ -62,7 +66,8 @@ def load_samples(source: str | Path, image_folder: str | Path | None = None, lim
 
 
 def encode(processor, image: Image.Image, prompt: str, device=None, prompt_format: str = "qwen_1_5") -> dict:
-    """Model inputs of one sample in `prompt_format` (see `llava_manager.processing.prompts`), with the images' token positions
+    """Model inputs of one sample in `prompt_format` (see `llava_manager.processing.prompts`), with the images'
+    token positions
     marked by the processor's image token."""
     text = chat_prompt(processor, prompt, 1, prompt_format)
     inputs = processor(images=[image], text=[text], return_tensors="pt")

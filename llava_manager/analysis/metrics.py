@@ -45,7 +45,10 @@ def consecutive_cosine(hidden_states: list[torch.Tensor] | tuple, positions: tor
     averaged over those positions: entry l compares `hidden_states[l]` with `hidden_states[l + 1]`."""
     values = []
     for before, after in zip(hidden_states[:-1], hidden_states[1:]):
-        a, b = before.reshape(-1, before.shape[-1])[positions].float(), after.reshape(-1, after.shape[-1])[positions].float()
+        a, b = (
+            before.reshape(-1, before.shape[-1])[positions].float(),
+            after.reshape(-1, after.shape[-1])[positions].float(),
+        )
         values.append(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
     return torch.stack(values)
 

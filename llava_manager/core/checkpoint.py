@@ -54,7 +54,9 @@ def to_model_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str,
         raise NotImplementedError(f"{type(model).__name__} converts weights on load, not only renames them.")
     renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
     own = model.state_dict()
-    return {rename_source_key(key, renamings, [], model.base_model_prefix, own)[0]: value for key, value in state.items()}
+    return {
+        rename_source_key(key, renamings, [], model.base_model_prefix, own)[0]: value for key, value in state.items()
+    }
 
 
 def load_checkpoint_weights(model: nn.Module, directory: str | Path) -> None:

@@ -6,9 +6,10 @@ import dataclasses
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 VISION_LAYER_PRESETS = ("top_half", "bottom_half", "all")
 MANAGE_CHOICES = ("both", "base", "grids")
@@ -42,8 +43,10 @@ class ManagerConfig:
     )
     manage_videos: bool = field(
         default=True,
-        metadata={"help": "Video frames get manager terms too, brought through the model's own frame pooling "
-                          "(families that take videos: LLaVA-NeXT-Video, LLaVA-OneVision)."},
+        metadata={
+            "help": "Video frames get manager terms too, brought through the model's own frame pooling "
+            "(families that take videos: LLaVA-NeXT-Video, LLaVA-OneVision)."
+        },
     )
     jitter: float = field(
         default=0.02, metadata={"help": "Training noise: the term is multiplied by U(1 - jitter, 1 + jitter)."}
@@ -88,9 +91,7 @@ class ManagerConfig:
                 f"layers; allowed: 1 .. {num_decoder_layers}."
             )
         if self.start >= num_decoder_layers:
-            raise ValueError(
-                f"ManagerConfig.start={self.start} out of range: allowed 0 .. {num_decoder_layers - 1}."
-            )
+            raise ValueError(f"ManagerConfig.start={self.start} out of range: allowed 0 .. {num_decoder_layers - 1}.")
         return tuple(range(self.start, num_decoder_layers, self.interval))
 
     def resolve_vision_layers(self, feature_layer: int) -> tuple[int, ...]:
@@ -117,7 +118,7 @@ class ManagerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ManagerConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ManagerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -128,7 +129,7 @@ class ManagerConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "ManagerConfig":
+    def from_json_file(cls, path: str | Path) -> ManagerConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

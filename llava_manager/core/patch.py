@@ -139,7 +139,9 @@ class _Runtime:
         for layer in plan.inject_layers:
             device = next(plan.decoder_layers[layer].parameters(), embed).device
             managers.append(
-                Manager(layer, plan.vision_layers, plan.hidden_size, plan.config.jitter, device=device, dtype=embed.dtype)
+                Manager(
+                    layer, plan.vision_layers, plan.hidden_size, plan.config.jitter, device=device, dtype=embed.dtype
+                )
             )
         inner.managers = ManagerStack(managers).train(inner.training)
 

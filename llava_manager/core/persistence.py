@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from torch import nn
 
 from ..families import FAMILIES, FamilyAdapter, family_of_config
 from .checkpoint import CheckpointMismatchError, check_load
@@ -56,13 +56,17 @@ def load_manager(model: nn.Module, load_directory: str | Path) -> nn.Module:
     config_file, weights_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_file, weights_file):
         if not path.is_file():
-            raise FileNotFoundError(f"load_manager: {path} not found (a manager directory holds {CONFIG_NAME} and {WEIGHTS_NAME}).")
+            raise FileNotFoundError(
+                f"load_manager: {path} not found (a manager directory holds {CONFIG_NAME} and {WEIGHTS_NAME})."
+            )
     payload = json.loads(config_file.read_text())
     config = ManagerConfig.from_dict(payload["manager_config"])
     plan = ManagerPlan(model, config)
     saved, here = dict(payload.get("model", {})), plan.describe()
     saved.setdefault("family", "llava_onevision")  # saved before other families were supported
-    mismatched = [f"{key}: saved {saved.get(key)}, this model {here[key]}" for key in here if saved.get(key) != here[key]]
+    mismatched = [
+        f"{key}: saved {saved.get(key)}, this model {here[key]}" for key in here if saved.get(key) != here[key]
+    ]
     if mismatched:
         raise ValueError(f"load_manager: {directory} was saved for a different model; " + "; ".join(mismatched) + ".")
 
@@ -107,12 +111,24 @@ def manager_model_class(adapter: FamilyAdapter) -> type[PreTrainedModel]:
         def __init__(self, config) -> None:
             base.__init__(self, config)
             if not hasattr(config, CONFIG_KEY):
-                raise ValueError(f"{type(self).__name__} needs a config with `{CONFIG_KEY}` (written by apply_manager).")
+                raise ValueError(
+                    f"{type(self).__name__} needs a config with `{CONFIG_KEY}` (written by apply_manager)."
+                )
             apply_manager(self, ManagerConfig.from_dict(getattr(config, CONFIG_KEY)))
 
         name = base.__name__.replace("ForConditionalGeneration", "ManagerForConditionalGeneration")
-        cls = type(name, (base,), {"__init__": __init__, "__module__": __name__, "__doc__": (
-            f"{adapter.title} with the managers its config records; load it with `llava_manager.from_pretrained`.")})
+        cls = type(
+            name,
+            (base,),
+            {
+                "__init__": __init__,
+                "__module__": __name__,
+                "__doc__": (
+                    f"{adapter.title} with the managers its config records; "
+                    "load it with `llava_manager.from_pretrained`."
+                ),
+            },
+        )
         # transformers renames checkpoint keys (legacy LLaVA layouts) by class name, and skips classes defined outside
         # it unless they are registered: give the subclass the base model's renaming so both read the same files.
         register_checkpoint_conversion_mapping(

@@ -10,7 +10,7 @@ out like the image tokens (see `features.py`). W is zero-initialised, so a fresh
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,8 +25,15 @@ class Manager(nn.Module):
         weight: `(len(vision_layers), hidden_size)`, zero at initialisation.
     """
 
-    def __init__(self, layer_idx: int, vision_layers: Sequence[int], hidden_size: int, jitter: float = 0.02,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        layer_idx: int,
+        vision_layers: Sequence[int],
+        hidden_size: int,
+        jitter: float = 0.02,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.layer_idx = int(layer_idx)
         self.vision_layers = tuple(int(i) for i in vision_layers)
@@ -57,7 +64,9 @@ class Manager(nn.Module):
         return term
 
     def extra_repr(self) -> str:
-        return f"layer_idx={self.layer_idx}, vision_layers={list(self.vision_layers)}, hidden_size={self.weight.shape[1]}"
+        return (
+            f"layer_idx={self.layer_idx}, vision_layers={list(self.vision_layers)}, hidden_size={self.weight.shape[1]}"
+        )
 
 
 class ManagerStack(nn.Module):

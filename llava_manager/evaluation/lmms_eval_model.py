@@ -18,7 +18,8 @@ families were supported); it refuses other checkpoints before loading them. What
 - `generate_until`: batches (`--batch_size N`), honours `until` stop strings and `max_new_tokens`;
 - `loglikelihood`: images go with the context, the continuation is tokenised on its own; returns the mean negative
   log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it;
-- images: every document's images go through `llava_manager.processing.images.to_rgb` (EXIF orientation, any PIL mode to RGB)
+- images: every document's images go through `llava_manager.processing.images.to_rgb` (EXIF orientation, any PIL
+  mode to RGB)
   and then the family's processor, whose outputs go to the model as they are (LLaVA-1.5: one crop per image; NeXT:
   grid crops and `image_sizes`; OneVision: also `batch_num_images`).
   A document whose image the model cannot represent, or that fails on its image, is refused with a logged message
@@ -49,8 +50,22 @@ from ..processing.images import ImageError, open_image, to_rgb, unsupported_reas
 from ..processing.processors import load_processor
 from ..processing.prompts import PROMPT_FORMATS, chat_prompt
 
-ARGS = ("pretrained", "manager_path", "revision", "device", "dtype", "batch_size", "device_map", "prompt_format",
-        "chat_template", "use_cache", "attn_implementation", "max_frames_num", "ll_reduction", "max_batch_size")
+ARGS = (
+    "pretrained",
+    "manager_path",
+    "revision",
+    "device",
+    "dtype",
+    "batch_size",
+    "device_map",
+    "prompt_format",
+    "chat_template",
+    "use_cache",
+    "attn_implementation",
+    "max_frames_num",
+    "ll_reduction",
+    "max_batch_size",
+)
 
 
 class LlavaManager(LlavaHf):
@@ -60,11 +75,23 @@ class LlavaManager(LlavaHf):
     name = "llava_manager"  # lmms-eval's model name, in messages
     families: tuple[str, ...] | None = None  # the families this model takes (None: all)
 
-    def __init__(self, pretrained: str, manager_path: str | None = None, revision: str = "main",
-                 device: str | None = None, dtype: str = "auto", batch_size: int | str = 1,
-                 device_map: str | None = None, prompt_format: str | None = None, chat_template: str | None = None,
-                 use_cache: bool = True, attn_implementation: str | None = None, max_frames_num: int = 32,
-                 ll_reduction: str = "mean", **unknown) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        manager_path: str | None = None,
+        revision: str = "main",
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int | str = 1,
+        device_map: str | None = None,
+        prompt_format: str | None = None,
+        chat_template: str | None = None,
+        use_cache: bool = True,
+        attn_implementation: str | None = None,
+        max_frames_num: int = 32,
+        ll_reduction: str = "mean",
+        **unknown,
+    ) -> None:
         # upstream: see llava_manager/upstream.py
         lmms.__init__(self)
         unknown.pop("max_batch_size", None)  # lmms-eval passes it along with batch_size
@@ -94,15 +121,19 @@ class LlavaManager(LlavaHf):
         else:
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.device_map = device_map or str(self._device)  # transformers 5 rejects llava_hf's device_map=""
-        kwargs = {"revision": revision, "dtype": getattr(torch, dtype) if dtype != "auto" else "auto",
-                  "device_map": self.device_map}
+        kwargs = {
+            "revision": revision,
+            "dtype": getattr(torch, dtype) if dtype != "auto" else "auto",
+            "device_map": self.device_map,
+        }
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         model = from_pretrained(pretrained, **kwargs)
         if manager_path:
             if has_manager(model):
-                raise ValueError(f"{self.name}: {pretrained} already has managers; drop manager_path or load a "
-                                 "plain model.")
+                raise ValueError(
+                    f"{self.name}: {pretrained} already has managers; drop manager_path or load a plain model."
+                )
             load_manager(model, manager_path)
         self._model = model.eval()
         self.pretrained, self.manager_path = pretrained, manager_path
@@ -121,8 +152,10 @@ class LlavaManager(LlavaHf):
         adapter = family_of_config(AutoConfig.from_pretrained(pretrained, revision=revision))
         if self.families is not None and adapter.name not in self.families:
             takes = ", ".join(FAMILIES[name].title for name in self.families)
-            raise ValueError(f"{self.name} takes {takes} checkpoints; {pretrained} is {adapter.title} "
-                             f"(model_type {adapter.name!r}): use --model llava_manager.")
+            raise ValueError(
+                f"{self.name} takes {takes} checkpoints; {pretrained} is {adapter.title} "
+                f"(model_type {adapter.name!r}): use --model llava_manager."
+            )
         return adapter
 
     def prompt(self, context: str, num_images: int) -> str:
@@ -150,8 +183,11 @@ class LlavaManager(LlavaHf):
                     detail = f"{visual.width}x{visual.height} {visual.mode} image: {error!r}"
                     raise ImageError("corrupt image", detail) from error
             else:
-                raise ImageError("unsupported image", f"a visual of type {type(visual).__name__} is not an image; "
-                                 f"{self.name} reads PIL images and image files")
+                raise ImageError(
+                    "unsupported image",
+                    f"a visual of type {type(visual).__name__} is not an image; "
+                    f"{self.name} reads PIL images and image files",
+                )
             reason = unsupported_reason(self._image_processor, image, self._config, multi_image=len(visuals) > 1)
             if reason:
                 raise ImageError("unsupported image", reason)
@@ -164,14 +200,17 @@ class LlavaManager(LlavaHf):
         if any(images):
             kwargs["images"] = [group for group in images if group]
         inputs = self._image_processor(**kwargs)
-        return {k: v.to(self._device, self.model.dtype) if v.is_floating_point() else v.to(self._device)
-                for k, v in inputs.items()}
+        return {
+            k: v.to(self._device, self.model.dtype) if v.is_floating_point() else v.to(self._device)
+            for k, v in inputs.items()
+        }
 
     def loglikelihood(self, requests: list[Instance]) -> list:
         """(negative log-likelihood, greedy) per request; a refused document (see the module doc) gets (+inf, False)."""
         results, refused = [], 0
         for context, continuation, doc_to_visual, doc_id, task, split in tqdm(
-                [r.args for r in requests], disable=self.rank != 0, desc="loglikelihood"):
+            [r.args for r in requests], disable=self.rank != 0, desc="loglikelihood"
+        ):
             if not isinstance(continuation, str):
                 continuation = continuation(self.task_dict[task][split][doc_id])
             images = None
@@ -243,10 +282,16 @@ class LlavaManager(LlavaHf):
         temperature = kwargs.get("temperature") or 0
         with torch.inference_mode():
             tokens = self.model.generate(
-                **inputs, do_sample=temperature > 0, temperature=temperature or None, top_p=kwargs.get("top_p"),
-                num_beams=kwargs.get("num_beams", 1), max_new_tokens=kwargs.get("max_new_tokens", 1024),
-                use_cache=self.use_cache, pad_token_id=self._tokenizer.pad_token_id)
-        return self._tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                **inputs,
+                do_sample=temperature > 0,
+                temperature=temperature or None,
+                top_p=kwargs.get("top_p"),
+                num_beams=kwargs.get("num_beams", 1),
+                max_new_tokens=kwargs.get("max_new_tokens", 1024),
+                use_cache=self.use_cache,
+                pad_token_id=self._tokenizer.pad_token_id,
+            )
+        return self._tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def _continuation_nll(self, context: str, continuation: str, images: list) -> tuple[float, bool]:
         """Negative log-likelihood of `continuation` after the prompt of `context` with `images`, and whether it
@@ -258,12 +303,11 @@ class LlavaManager(LlavaHf):
         inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         with torch.inference_mode():
-            logits = self.model(**inputs).logits[0, n - 1:-1].float()
+            logits = self.model(**inputs).logits[0, n - 1 : -1].float()
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None])[:, 0]
         greedy = bool((logits.argmax(-1) == target[0]).all())
         nll = -(logprobs.mean() if self.ll_reduction == "mean" else logprobs.sum())
         return float(nll), greedy
-
 
     def _log_refusal(self, task, split, doc_id, error: Exception, outcome: str) -> None:
         """A refused document, named so it can be found (and excluded) in the results."""
@@ -272,8 +316,10 @@ class LlavaManager(LlavaHf):
 
     def _log_refusal_count(self, kind: str, refused: int, total: int) -> None:
         if refused:
-            eval_logger.warning(f"{self.name}: {kind}: refused {refused} of {total} requests on their images "
-                                "(see the errors above); the others were scored.")
+            eval_logger.warning(
+                f"{self.name}: {kind}: refused {refused} of {total} requests on their images "
+                "(see the errors above); the others were scored."
+            )
 
 
 class LlavaOvManager(LlavaManager):

@@ -41,7 +41,9 @@ DATASETS = [
     Dataset("AI2D", "ai2d", "exact_match", 100, "Knowledge", "Abstract", "Low"),
     Dataset("ScienceQA", "scienceqa_img", "exact_match", 100, "Knowledge", "Hybrid", "Low"),
     Dataset("MMMU", "mmmu_val", "mmmu_acc", 100, "Knowledge", "Hybrid", "Low"),
-    Dataset("MathVista", "mathvista_testmini_format", "llm_as_judge_eval", 1, "Knowledge", "Hybrid", "Low", judged=True),
+    Dataset(
+        "MathVista", "mathvista_testmini_format", "llm_as_judge_eval", 1, "Knowledge", "Hybrid", "Low", judged=True
+    ),
     Dataset("ImageDC", "detailcaps", "detailcaps_CAPTURE", 100, "Real-World", "Hybrid", "Low"),
     Dataset("LiveBench-2407", "live_bench_2407", "gpt4_eval_score", 1, "Real-World", "Hybrid", "High", judged=True),
     Dataset("LiveBench-2409", "live_bench_2409", "gpt4_eval_score", 1, "Real-World", "Hybrid", "High", judged=True),
@@ -91,6 +93,7 @@ def dataset_scores(results: dict[str, dict], datasets=DATASETS) -> dict[str, flo
 
 def summarise(scores: dict[str, float | None], datasets=DATASETS) -> dict[str, float | None]:
     """Overall and category means; None where any dataset of the category is missing."""
+
     def mean(names):
         values = [scores.get(n) for n in names]
         return None if not values or any(v is None for v in values) else sum(values) / len(values)
@@ -113,7 +116,8 @@ def build_tables(runs: dict[str, dict[str, dict]], baseline: str | None = None, 
             for name in [n for n in table if n != baseline]:
                 table[f"{name} - {baseline}"] = {
                     k: None if v is None or table[baseline][k] is None else v - table[baseline][k]
-                    for k, v in table[name].items()}
+                    for k, v in table[name].items()
+                }
     return per_dataset, summary
 
 
@@ -155,8 +159,7 @@ def bar_chart(summary: dict[str, dict], path: Path, runs: list[str]) -> None:
     for i, run in enumerate(runs):
         xs = [c + (i - (len(runs) - 1) / 2) * width for c in range(len(columns))]
         values = [summary[run][c] for c in columns]
-        ax.bar([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None], width,
-               label=run)
+        ax.bar([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None], width, label=run)
         for x, v in zip(xs, values):
             if v is None:
                 ax.text(x, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
@@ -169,8 +172,9 @@ def bar_chart(summary: dict[str, dict], path: Path, runs: list[str]) -> None:
     plt.close(fig)
 
 
-def write_report(runs: dict[str, str | Path], out_dir: str | Path, baseline: str | None = None,
-                 subset: str = "all") -> dict[str, Path]:
+def write_report(
+    runs: dict[str, str | Path], out_dir: str | Path, baseline: str | None = None, subset: str = "all"
+) -> dict[str, Path]:
     """Read each run's lmms-eval folder, write `report.md`, `datasets.csv`, `summary.csv` and `summary.png`."""
     if subset not in ("all", "ablation"):
         raise ValueError(f"subset {subset!r}: use 'all' (the paper's 20 datasets) or 'ablation' (its 9).")
@@ -179,16 +183,28 @@ def write_report(runs: dict[str, str | Path], out_dir: str | Path, baseline: str
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {name: read_results(folder) for name, folder in runs.items()}
     per_dataset, summary = build_tables(results, baseline, datasets)
-    missing = {name: [d for d, v in scores.items() if v is None] for name, scores in per_dataset.items()
-               if " - " not in name}
+    missing = {
+        name: [d for d, v in scores.items() if v is None] for name, scores in per_dataset.items() if " - " not in name
+    }
     notes = [f"- {name}: missing {', '.join(m)}" for name, m in missing.items() if m]
-    paths = {"markdown": out_dir / "report.md", "datasets": out_dir / "datasets.csv",
-             "summary": out_dir / "summary.csv", "figure": out_dir / "summary.png"}
-    paths["markdown"].write_text("\n\n".join([
-        "# Evaluation report", to_markdown(summary, "Overall and category averages (0-100)"),
-        to_markdown(per_dataset, "Per dataset (0-100; OCRBench / 10)"),
-        "Missing datasets (categories that need them are reported as missing):\n" + ("\n".join(notes) or "- none"),
-    ]) + "\n")
+    paths = {
+        "markdown": out_dir / "report.md",
+        "datasets": out_dir / "datasets.csv",
+        "summary": out_dir / "summary.csv",
+        "figure": out_dir / "summary.png",
+    }
+    paths["markdown"].write_text(
+        "\n\n".join(
+            [
+                "# Evaluation report",
+                to_markdown(summary, "Overall and category averages (0-100)"),
+                to_markdown(per_dataset, "Per dataset (0-100; OCRBench / 10)"),
+                "Missing datasets (categories that need them are reported as missing):\n"
+                + ("\n".join(notes) or "- none"),
+            ]
+        )
+        + "\n"
+    )
     to_csv(per_dataset, paths["datasets"])
     to_csv(summary, paths["summary"])
     bar_chart(summary, paths["figure"], list(runs))

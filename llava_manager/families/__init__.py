@@ -23,8 +23,19 @@ FAMILIES: dict[str, FamilyAdapter] = {
     for adapter in (LlavaAdapter(), LlavaNextAdapter(), LlavaNextVideoAdapter(), LlavaOnevisionAdapter())
 }
 
-__all__ = ["FAMILIES", "FamilyAdapter", "GroupedFeatures", "ManagedImageOutput", "ManagedOutput", "count_grouped_rows",
-           "family_of", "family_of_config", "get_family", "random_inputs", "supported_classes"]
+__all__ = [
+    "FAMILIES",
+    "FamilyAdapter",
+    "GroupedFeatures",
+    "ManagedImageOutput",
+    "ManagedOutput",
+    "count_grouped_rows",
+    "family_of",
+    "family_of_config",
+    "get_family",
+    "random_inputs",
+    "supported_classes",
+]
 
 
 def supported_classes() -> list[str]:
@@ -59,8 +70,17 @@ def family_of_config(config: PretrainedConfig) -> FamilyAdapter:
 
 
 @torch.no_grad()
-def random_inputs(model: nn.Module, height: int = 28, width: int = 28, text_tokens: int = 8, *, grid: bool = True,
-                  batch_size: int = 1, video_frames: int = 0, images: bool = True) -> dict[str, Any]:
+def random_inputs(
+    model: nn.Module,
+    height: int = 28,
+    width: int = 28,
+    text_tokens: int = 8,
+    *,
+    grid: bool = True,
+    batch_size: int = 1,
+    video_frames: int = 0,
+    images: bool = True,
+) -> dict[str, Any]:
     """Random inputs for `model` laid out as its processor lays them out: per sample two text tokens, the image
     tokens of one `height` x `width` image (random pixels), the video tokens of `video_frames` frames when asked,
     then the rest of the text. The token counts come from the model's own encoders.

@@ -13,8 +13,9 @@ order), a `(tokens_g, hidden)` tensor whose row r lines up with placeholder toke
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -82,12 +83,14 @@ class FamilyAdapter:
         """Refuse a layout the adapter cannot bring managers to, before anything is patched."""
         if manage == "grids" and not self.has_grids:
             raise ValueError(
-                f"ManagerConfig.manage='grids': {self.title} has no grid crops (one crop per image); use 'both' or 'base'."
+                f"ManagerConfig.manage='grids': {self.title} has no grid crops (one crop per image); "
+                "use 'both' or 'base'."
             )
 
     # ---- features ----------------------------------------------------------------------------------------------
-    def image_features(self, inner: nn.Module, hidden: Sequence[torch.Tensor], call: dict[str, Any],
-                       manage: str) -> GroupedFeatures:
+    def image_features(
+        self, inner: nn.Module, hidden: Sequence[torch.Tensor], call: dict[str, Any], manage: str
+    ) -> GroupedFeatures:
         """`V'` for the images of one `get_image_features` call. `hidden[k]` is the recorded output of the k-th
         aggregated vision layer for every crop; `call` holds that call's arguments, config defaults filled in."""
         raise NotImplementedError
@@ -105,8 +108,16 @@ class FamilyAdapter:
     def tiny_config(self, **overrides: Any) -> PretrainedConfig:
         raise NotImplementedError
 
-    def pixel_inputs(self, config: PretrainedConfig, height: int, width: int, batch_size: int, grid: bool,
-                     dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    def pixel_inputs(
+        self,
+        config: PretrainedConfig,
+        height: int,
+        width: int,
+        batch_size: int,
+        grid: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> dict[str, torch.Tensor]:
         """Random pixels for `batch_size` samples of one `height` x `width` image, in the layout the processor
         gives this family (`grid=False`: the base crop only, where the family has grids)."""
         size = config.vision_config.image_size
@@ -160,8 +171,13 @@ def managed_crops(num_crops: Sequence[int], manage: str) -> list[bool]:
     return [manage == "both" or (manage == "base") == (crop == 0) for n in num_crops for crop in range(n)]
 
 
-def project_crops(inner: nn.Module, hidden: Sequence[torch.Tensor], strategy: str, flags: Sequence[bool] | None = None,
-                  before_projector: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def project_crops(
+    inner: nn.Module,
+    hidden: Sequence[torch.Tensor],
+    strategy: str,
+    flags: Sequence[bool] | None = None,
+    before_projector: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Each layer through the model's first-token drop (and `before_projector`, e.g. a resampler) and its projector,
     stacked as `(crops, tokens, layers, hidden)`. Crops whose flag is False are not projected and stay 0."""
     keep = None
@@ -198,23 +214,50 @@ def count_grouped_rows(grouped: GroupedFeatures) -> int:
     return sum(group.shape[0] for group in grouped[0])
 
 
-def grid_pixel_inputs(config: PretrainedConfig, height: int, width: int, batch_size: int, grid: bool,
-                      count_crops: Callable[..., int], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+def grid_pixel_inputs(
+    config: PretrainedConfig,
+    height: int,
+    width: int,
+    batch_size: int,
+    grid: bool,
+    count_crops: Callable[..., int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
     """Anyres pixels: `(batch, crops, 3, size, size)` and `image_sizes`, as the NeXT and OneVision processors give."""
     size = config.vision_config.image_size
     crops = count_crops([height, width], config.image_grid_pinpoints, size) if grid else 1
-    return {"pixel_values": torch.randn(batch_size, crops, 3, size, size, dtype=dtype, device=device),
-            "image_sizes": torch.tensor([[height, width]] * batch_size, device=device)}
+    return {
+        "pixel_values": torch.randn(batch_size, crops, 3, size, size, dtype=dtype, device=device),
+        "image_sizes": torch.tensor([[height, width]] * batch_size, device=device),
+    }
 
 
 def tiny_vision(model_type: str, num_layers: int = 6, **overrides: Any) -> dict[str, Any]:
     """A vision tower small enough for a unit test: 24 x `num_layers`, 28 px crops of 7 px patches (16 patches)."""
-    return dict(model_type=model_type, hidden_size=24, intermediate_size=48, num_hidden_layers=num_layers,
-                num_attention_heads=4, patch_size=7, image_size=28, **overrides)
+    return dict(
+        model_type=model_type,
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        patch_size=7,
+        image_size=28,
+        **overrides,
+    )
 
 
 def tiny_text(model_type: str, num_layers: int = 8, vocab_size: int = 128, **overrides: Any) -> dict[str, Any]:
     """A language model small enough for a unit test: 32 x `num_layers`."""
-    return dict(model_type=model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024,
-                tie_word_embeddings=False, **overrides)
+    return dict(
+        model_type=model_type,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        **overrides,
+    )

@@ -10,30 +10,61 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 from .base import FamilyAdapter, GroupedFeatures, fold_layers, project_crops, tiny_text, tiny_vision, unfold_groups
 
 # openai/clip-vit-large-patch14-336, the vision tower of every published LLaVA-1.5 / NeXT checkpoint.
-CLIP_L_336 = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                  num_attention_heads=16, patch_size=14, image_size=336, projection_dim=768)
+CLIP_L_336 = dict(
+    model_type="clip_vision_model",
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    patch_size=14,
+    image_size=336,
+    projection_dim=768,
+)
 # lmsys/vicuna-7b-v1.5 with the 64 tokens llava-hf adds to the vocabulary.
-VICUNA_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096,
-                 rms_norm_eps=1e-5, tie_word_embeddings=False)
+VICUNA_7B = dict(
+    model_type="llama",
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32064,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
 
 
 def llava_1_5_7b_config(**overrides) -> LlavaConfig:
     """The shape of llava-hf/llava-1.5-7b-hf: CLIP 1024 x 24 layers, Vicuna (Llama) 4096 x 32 layers."""
-    kwargs = dict(text_config=VICUNA_7B, vision_config=CLIP_L_336, image_token_index=32000, pad_token_id=32001,
-                  vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
-                  image_seq_length=576, tie_word_embeddings=False)
+    kwargs = dict(
+        text_config=VICUNA_7B,
+        vision_config=CLIP_L_336,
+        image_token_index=32000,
+        pad_token_id=32001,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=576,
+        tie_word_embeddings=False,
+    )
     kwargs.update(overrides)
     return LlavaConfig(**kwargs)
 
 
-def tiny_config(num_text_layers: int = 8, num_vision_layers: int = 6, vocab_size: int = 128, **overrides) -> LlavaConfig:
+def tiny_config(
+    num_text_layers: int = 8, num_vision_layers: int = 6, vocab_size: int = 128, **overrides
+) -> LlavaConfig:
     """A LLaVA-1.5 small enough for a unit test: Llama 32 x `num_text_layers`, CLIP 24 x `num_vision_layers`,
     28 px images of 7 px patches (16 tokens after the CLS is dropped)."""
-    kwargs = dict(text_config=tiny_text("llama", num_text_layers, vocab_size),
-                  vision_config=tiny_vision("clip_vision_model", num_vision_layers, projection_dim=16),
-                  image_token_index=vocab_size - 1, vision_feature_layer=-2, vision_feature_select_strategy="default",
-                  image_seq_length=16)
+    kwargs = dict(
+        text_config=tiny_text("llama", num_text_layers, vocab_size),
+        vision_config=tiny_vision("clip_vision_model", num_vision_layers, projection_dim=16),
+        image_token_index=vocab_size - 1,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=16,
+    )
     kwargs.update(overrides)
     return LlavaConfig(**kwargs)
 

@@ -28,23 +28,40 @@ from .llava_next import NEXT_PINPOINTS, TINY_PINPOINTS, next_image_features
 
 def llava_next_video_7b_config(**overrides) -> LlavaNextVideoConfig:
     """The shape of llava-hf/LLaVA-NeXT-Video-7B-hf: CLIP 1024 x 24 layers, Vicuna (Llama) 4096 x 32 layers."""
-    kwargs = dict(text_config=VICUNA_7B, vision_config=CLIP_L_336, image_token_index=32001, video_token_index=32000,
-                  pad_token_id=32002, vision_feature_layer=-2, vision_feature_select_strategy="default",
-                  image_grid_pinpoints=NEXT_PINPOINTS, spatial_pool_mode="average", spatial_pool_stride=2,
-                  projector_hidden_act="gelu", tie_word_embeddings=False)
+    kwargs = dict(
+        text_config=VICUNA_7B,
+        vision_config=CLIP_L_336,
+        image_token_index=32001,
+        video_token_index=32000,
+        pad_token_id=32002,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        spatial_pool_mode="average",
+        spatial_pool_stride=2,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
     kwargs.update(overrides)
     return LlavaNextVideoConfig(**kwargs)
 
 
-def tiny_config(num_text_layers: int = 8, num_vision_layers: int = 6, vocab_size: int = 128,
-                **overrides) -> LlavaNextVideoConfig:
+def tiny_config(
+    num_text_layers: int = 8, num_vision_layers: int = 6, vocab_size: int = 128, **overrides
+) -> LlavaNextVideoConfig:
     """A LLaVA-NeXT-Video small enough for a unit test: Llama 32 x `num_text_layers`, CLIP 24 x `num_vision_layers`,
     28 px crops of 7 px patches (4 x 4, pooled to 2 x 2 per frame)."""
-    kwargs = dict(text_config=tiny_text("llama", num_text_layers, vocab_size),
-                  vision_config=tiny_vision("clip_vision_model", num_vision_layers, projection_dim=16),
-                  image_token_index=vocab_size - 1, video_token_index=vocab_size - 2, vision_feature_layer=-2,
-                  vision_feature_select_strategy="default", image_grid_pinpoints=TINY_PINPOINTS,
-                  spatial_pool_mode="average", spatial_pool_stride=2)
+    kwargs = dict(
+        text_config=tiny_text("llama", num_text_layers, vocab_size),
+        vision_config=tiny_vision("clip_vision_model", num_vision_layers, projection_dim=16),
+        image_token_index=vocab_size - 1,
+        video_token_index=vocab_size - 2,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=TINY_PINPOINTS,
+        spatial_pool_mode="average",
+        spatial_pool_stride=2,
+    )
     kwargs.update(overrides)
     return LlavaNextVideoConfig(**kwargs)
 
@@ -69,8 +86,9 @@ class LlavaNextVideoAdapter(FamilyAdapter):
         batch, frames = call["pixel_values_videos"].shape[:2]
         # The resampler runs on each layer before the projector, as the model runs it on its feature layer (a conv
         # resampler mixes channels, so layers are not folded here).
-        stacked = project_crops(inner, hidden, call["vision_feature_select_strategy"],
-                                before_projector=inner.vision_resampler)
+        stacked = project_crops(
+            inner, hidden, call["vision_feature_select_strategy"], before_projector=inner.vision_resampler
+        )
         videos = fold_layers(stacked).reshape(batch, frames * stacked.shape[1], -1)
         return unfold_groups(list(videos), len(hidden))
 

@@ -3,7 +3,8 @@ image newlines, several images per sample (base crop only), video frames pooled 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import (
@@ -29,8 +30,16 @@ from .base import (
 
 # The published checkpoints' pinpoints: 384 .. 2304 in steps of 384, both sides.
 ONEVISION_PINPOINTS = [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)]
-SIGLIP_SO400M = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
-                     num_attention_heads=16, patch_size=14, image_size=384, vision_use_head=False)
+SIGLIP_SO400M = dict(
+    model_type="siglip_vision_model",
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=26,
+    num_attention_heads=16,
+    patch_size=14,
+    image_size=384,
+    vision_use_head=False,
+)
 TINY_IMAGE_SIZE = 28  # 4 x 4 patches of 7 px: 16 tokens per crop
 TINY_PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56], [28, 84], [84, 28], [112, 112]]
 
@@ -49,8 +58,14 @@ def crops_per_image(config, image_sizes: torch.Tensor, batch_num_images: Sequenc
 
 
 def _config(text: dict, vision: dict, **overrides: Any) -> LlavaOnevisionConfig:
-    kwargs = dict(text_config=text, vision_config=vision, vision_feature_layer=-1, vision_feature_select_strategy="full",
-                  vision_aspect_ratio="anyres_max_9", image_grid_pinpoints=ONEVISION_PINPOINTS)
+    kwargs = dict(
+        text_config=text,
+        vision_config=vision,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=ONEVISION_PINPOINTS,
+    )
     kwargs.update(overrides)
     return LlavaOnevisionConfig(**kwargs)
 
@@ -58,32 +73,64 @@ def _config(text: dict, vision: dict, **overrides: Any) -> LlavaOnevisionConfig:
 def onevision_0_5b_config(**overrides) -> LlavaOnevisionConfig:
     """The shape of llava-onevision-qwen2-0.5b-si/ov: SigLIP 1152 x 26 layers, Qwen2 896 x 24 layers."""
     text = dict(
-        model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
-        tie_word_embeddings=True, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
+        model_type="qwen2",
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
     )
-    return _config(text, SIGLIP_SO400M, **{"image_token_index": 151646, "video_token_index": 151647,
-                                           "tie_word_embeddings": True, **overrides})
+    return _config(
+        text,
+        SIGLIP_SO400M,
+        **{"image_token_index": 151646, "video_token_index": 151647, "tie_word_embeddings": True, **overrides},
+    )
 
 
 def onevision_7b_config(**overrides) -> LlavaOnevisionConfig:
     """The shape of llava-onevision-qwen2-7b-ov: SigLIP 1152 x 26 layers, Qwen2 3584 x 28 layers."""
     text = dict(
-        model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, vocab_size=152128, max_position_embeddings=32768, rope_theta=1000000.0,
-        tie_word_embeddings=False, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
+        model_type="qwen2",
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152128,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
     )
     return _config(text, SIGLIP_SO400M, **{"image_token_index": 151646, "video_token_index": 151647, **overrides})
 
 
-def tiny_config(num_text_layers: int = 8, num_vision_layers: int = 6, vocab_size: int = 128,
-                **overrides) -> LlavaOnevisionConfig:
+def tiny_config(
+    num_text_layers: int = 8, num_vision_layers: int = 6, vocab_size: int = 128, **overrides
+) -> LlavaOnevisionConfig:
     """A LLaVA-OneVision small enough for a unit test: Qwen2 32 x `num_text_layers`, SigLIP 24 x
     `num_vision_layers`, 28 px crops of 7 px patches, pinpoints up to 4 x 4 crops (so anyres_max_9 downsamples)."""
     text = tiny_text("qwen2", num_text_layers, vocab_size)
     vision = tiny_vision("siglip_vision_model", num_vision_layers, vision_use_head=False)
-    return _config(text, vision, **{"image_token_index": vocab_size - 1, "video_token_index": vocab_size - 2,
-                                    "image_grid_pinpoints": TINY_PINPOINTS, **overrides})
+    return _config(
+        text,
+        vision,
+        **{
+            "image_token_index": vocab_size - 1,
+            "video_token_index": vocab_size - 2,
+            "image_grid_pinpoints": TINY_PINPOINTS,
+            **overrides,
+        },
+    )
 
 
 class LlavaOnevisionAdapter(FamilyAdapter):
@@ -109,8 +156,10 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         stacked = project_crops(inner, hidden, call["vision_feature_select_strategy"], managed_crops(num_crops, manage))
         folded = fold_layers(stacked)
         packed, _ = inner.pack_image_features(
-            list(torch.split(folded, num_crops, dim=0)), call["image_sizes"],
-            image_newline=folded.new_zeros(folded.shape[-1]), vision_aspect_ratio=call["vision_aspect_ratio"],
+            list(torch.split(folded, num_crops, dim=0)),
+            call["image_sizes"],
+            image_newline=folded.new_zeros(folded.shape[-1]),
+            vision_aspect_ratio=call["vision_aspect_ratio"],
         )
         return unfold_groups(packed, len(hidden))
 
@@ -119,7 +168,9 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         # Bilinear pooling is linear per channel, so pooling the folded layers pools each layer as the model does.
         pooled = inner.apply_pooling(fold_layers(project_crops(inner, hidden, call["vision_feature_select_strategy"])))
         videos = pooled.reshape(batch, frames * pooled.shape[1], pooled.shape[-1])
-        videos = torch.cat([videos, videos.new_zeros(batch, 1, videos.shape[-1])], dim=1)  # the newline after each video
+        videos = torch.cat(
+            [videos, videos.new_zeros(batch, 1, videos.shape[-1])], dim=1
+        )  # the newline after each video
         return unfold_groups(list(videos), len(hidden))
 
     def tiny_config(self, **overrides) -> LlavaOnevisionConfig:

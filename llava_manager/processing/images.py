@@ -156,8 +156,9 @@ def _model_layout(processor, config, family: str | None = None):
         image_grid_pinpoints=processor.image_processor.image_grid_pinpoints,
         vision_aspect_ratio=getattr(processor, "vision_aspect_ratio", "anyres_max_9"),
         vision_feature_select_strategy=getattr(processor, "vision_feature_select_strategy", None),
-        vision_config=SimpleNamespace(image_size=crop, patch_size=patch,
-                                      model_type="clip_vision_model" if cls_tokens else None),
+        vision_config=SimpleNamespace(
+            image_size=crop, patch_size=patch, model_type="clip_vision_model" if cls_tokens else None
+        ),
     )
 
 
@@ -174,12 +175,17 @@ def model_feature_count(config, height: int, width: int, multi_image: bool = Fal
 
     vision = config.vision_config
     side = vision.image_size // vision.patch_size
-    crops = 1 if multi_image else image_size_to_num_patches(
-        (height, width), config.image_grid_pinpoints, vision.image_size)
+    crops = (
+        1 if multi_image else image_size_to_num_patches((height, width), config.image_grid_pinpoints, vision.image_size)
+    )
     layout = SimpleNamespace(config=config)
     _, lengths = LlavaOnevisionModel.pack_image_features(
-        layout, [torch.zeros(crops, side * side, 1)], torch.tensor([[height, width]]),
-        image_newline=torch.zeros(1), vision_aspect_ratio=getattr(config, "vision_aspect_ratio", "anyres_max_9"))
+        layout,
+        [torch.zeros(crops, side * side, 1)],
+        torch.tensor([[height, width]]),
+        image_newline=torch.zeros(1),
+        vision_aspect_ratio=getattr(config, "vision_aspect_ratio", "anyres_max_9"),
+    )
     return int(lengths[0])
 
 
@@ -194,13 +200,18 @@ def _next_feature_count(config, height: int, width: int) -> int:
     tokens = side * side + cls_tokens - (config.vision_feature_select_strategy == "default")
     crops = image_size_to_num_patches((height, width), config.image_grid_pinpoints, vision.image_size)
     _, lengths = LlavaNextModel.pack_image_features(
-        SimpleNamespace(config=config), [torch.zeros(crops, tokens, 1)], torch.tensor([[height, width]]),
-        config.vision_feature_select_strategy, image_newline=torch.zeros(1))
+        SimpleNamespace(config=config),
+        [torch.zeros(crops, tokens, 1)],
+        torch.tensor([[height, width]]),
+        config.vision_feature_select_strategy,
+        image_newline=torch.zeros(1),
+    )
     return int(lengths[0])
 
 
-def processor_token_count(processor, height: int, width: int, multi_image: bool = False,
-                          family: str | None = None) -> int:
+def processor_token_count(
+    processor, height: int, width: int, multi_image: bool = False, family: str | None = None
+) -> int:
     """Image tokens the processor writes for one `height` x `width` image, by the processor's own counting, as
     `replace_image_token` does: for OneVision before the "default" strategy's one-token drop, for NeXT after it."""
     family = family or _family(processor, None)
@@ -243,6 +254,8 @@ def unsupported_reason(processor, image: Image.Image, config=None, multi_image: 
         return f"the model cannot lay out a {width}x{height} image: {error!r}"
     if tokens != features:
         ratio = max(width, height) / min(width, height)
-        return (f"the processor writes {tokens} image tokens for a {width}x{height} image (aspect ratio {ratio:.1f}:1) "
-                f"but the model packs {features} features")
+        return (
+            f"the processor writes {tokens} image tokens for a {width}x{height} image (aspect ratio {ratio:.1f}:1) "
+            f"but the model packs {features} features"
+        )
     return None

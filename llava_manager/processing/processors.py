@@ -30,8 +30,9 @@ def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
     """`processor_class` without a video processor, for machines without torchvision; images only."""
     if "video_processor" not in processor_class.get_attributes():
         return processor_class
-    image_processor_class = next(a.image_processor_class for a in FAMILIES.values()
-                                 if a.processor_class is processor_class)
+    image_processor_class = next(
+        a.image_processor_class for a in FAMILIES.values() if a.processor_class is processor_class
+    )
 
     class ImageOnly(processor_class):
         def check_argument_for_proper_class(self, argument_name, argument):
@@ -55,9 +56,11 @@ def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
             accepted = [n for n in accepted if n not in ("self", "args", "kwargs")]
             settings = {k: v for k, v in processor_dict.items() if k in accepted}
             settings.update({k: kwargs.pop(k) for k in list(kwargs) if k in accepted})
-            parts = {"image_processor": image_processor_class.from_pretrained(path, **hub, **kwargs),
-                     "tokenizer": AutoTokenizer.from_pretrained(path, **hub, **kwargs),
-                     "video_processor": None}
+            parts = {
+                "image_processor": image_processor_class.from_pretrained(path, **hub, **kwargs),
+                "tokenizer": AutoTokenizer.from_pretrained(path, **hub, **kwargs),
+                "video_processor": None,
+            }
             return cls(**{name: parts[name] for name in cls.get_attributes()}, **settings)
 
         def save_pretrained(self, save_directory, **kwargs):
@@ -90,8 +93,10 @@ def family_of_processor(processor) -> str:
     for cls in type(processor).__mro__:
         if cls in classes:
             return classes[cls]
-    raise TypeError(f"{type(processor).__name__} is not the processor of a supported LLaVA family "
-                    f"({', '.join(a.processor_class.__name__ for a in FAMILIES.values())}).")
+    raise TypeError(
+        f"{type(processor).__name__} is not the processor of a supported LLaVA family "
+        f"({', '.join(a.processor_class.__name__ for a in FAMILIES.values())})."
+    )
 
 
 def load_processor(path: str | Path, **kwargs) -> ProcessorMixin:

@@ -21,8 +21,9 @@ from .templates import IMAGE_PLACEHOLDER, QWEN
 PROMPT_FORMATS = ("qwen_1_5", "chat_template")
 
 
-def chat_prompt(processor, text: str, num_images: int, prompt_format: str = "qwen_1_5",
-                chat_template: str | None = None) -> str:
+def chat_prompt(
+    processor, text: str, num_images: int, prompt_format: str = "qwen_1_5", chat_template: str | None = None
+) -> str:
     """The prompt for one user turn of `text` with `num_images` images, ending where the answer starts.
 
     `processor` is the model's processor (or just its tokenizer); `chat_template` overrides its own template in the
@@ -34,8 +35,10 @@ def chat_prompt(processor, text: str, num_images: int, prompt_format: str = "qwe
         raise ValueError(f"prompt_format {prompt_format!r}: use one of {PROMPT_FORMATS}.")
     if prompt_format == "qwen_1_5":
         if chat_template is not None:
-            raise ValueError("A chat template was given with prompt_format='qwen_1_5', which does not use one; "
-                             "use prompt_format='chat_template' to prompt with it.")
+            raise ValueError(
+                "A chat template was given with prompt_format='qwen_1_5', which does not use one; "
+                "use prompt_format='chat_template' to prompt with it."
+            )
         if num_images and image_token not in text:
             text = " ".join([image_token] * num_images) + "\n" + text
         return QWEN.system.format(QWEN.default_system) + QWEN.user.format(text) + QWEN.assistant
@@ -45,8 +48,10 @@ def chat_prompt(processor, text: str, num_images: int, prompt_format: str = "qwe
 
 def _from_template(tokenizer, text: str, num_images: int, template: str | None, image_token: str) -> str:
     if not template:
-        raise ValueError("prompt_format='chat_template', but the tokenizer has no chat template and none was given; "
-                         "use prompt_format='qwen_1_5' (the training format) or pass a chat_template.")
+        raise ValueError(
+            "prompt_format='chat_template', but the tokenizer has no chat template and none was given; "
+            "use prompt_format='qwen_1_5' (the training format) or pass a chat_template."
+        )
     pieces = text.split(image_token)
     placed = len(pieces) - 1
     if placed not in (0, num_images):
@@ -61,8 +66,12 @@ def _from_template(tokenizer, text: str, num_images: int, template: str | None, 
     rendered = []
     for content in (parts, plain):
         try:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
-                                                   tokenize=False, add_generation_prompt=True)
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}],
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
         except (TypeError, TemplateError) as error:  # e.g. a plain-string template concatenating a list of parts
             rendered.append(f"{type(error).__name__}: {error}")
             continue

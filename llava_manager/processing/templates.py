@@ -44,8 +44,16 @@ QWEN = Template(
     special_tokens=("<|im_start|>", "<|im_end|>"),
 )
 # LLaVA's `conv_llava_plain`, used for Stage-1 alignment: the image, then the caption.
-PLAIN = Template(name="plain", system="", default_system="", user="{}", assistant="", end_of_turn="\n",
-                 after_turn="", keep_user_text=False)
+PLAIN = Template(
+    name="plain",
+    system="",
+    default_system="",
+    user="{}",
+    assistant="",
+    end_of_turn="\n",
+    after_turn="",
+    keep_user_text=False,
+)
 # LLaVA's `conv_vicuna_v1` ("v1" / "vicuna_v1", SeparatorStyle.TWO, sep " ", sep2 "</s>"), what LLaVA-1.5 was
 # fine-tuned with (`scripts/v1_5/finetune.sh`: `--version v1`; haotian-liu/LLaVA `llava/conversation.py`, the same
 # in LLaVA-VL/LLaVA-NeXT). `get_prompt`: system + " " + "USER: " + question + " " + "ASSISTANT: " + answer + "</s>"
@@ -55,7 +63,7 @@ VICUNA_V1 = Template(
     name="vicuna_v1",
     system="{} ",
     default_system="A chat between a curious user and an artificial intelligence assistant. "
-                   "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
     user="USER: {} ",
     assistant="ASSISTANT: ",
     end_of_turn="</s>",
@@ -96,6 +104,8 @@ def template_for_config(config) -> str:
     model_type = getattr(text_config, "model_type", None)
     if model_type not in LLM_TEMPLATES:
         known = ", ".join(f"{llm} -> {name}" for llm, name in LLM_TEMPLATES.items())
-        raise ValueError(f"no default conversation template for a {model_type!r} LLM (known: {known}); "
-                         f"choose one with --template: one of {', '.join(TEMPLATES)}.")
+        raise ValueError(
+            f"no default conversation template for a {model_type!r} LLM (known: {known}); "
+            f"choose one with --template: one of {', '.join(TEMPLATES)}."
+        )
     return LLM_TEMPLATES[model_type]

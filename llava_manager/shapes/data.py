@@ -49,8 +49,9 @@ def _jitter(rng: random.Random, rgb: tuple[int, int, int], amount: int) -> tuple
     return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
 
 
-def draw_shape(shape: str, colour: str, place: str, background: str, size: tuple[int, int],
-               rng: random.Random | None = None) -> Image.Image:
+def draw_shape(
+    shape: str, colour: str, place: str, background: str, size: tuple[int, int], rng: random.Random | None = None
+) -> Image.Image:
     """A `colour` `shape` at `place` on a plain `background`, `size` = (height, width) px; the shape's width is half
     the shorter side. With `rng`, the colours vary a little (+-COLOUR_JITTER per channel, the background
     +-BACKGROUND_JITTER) and so do the shape's size and position (+- a quarter of its radius), so that no two
@@ -82,8 +83,12 @@ def draw_shape(shape: str, colour: str, place: str, background: str, size: tuple
 
 def random_shape(rng: random.Random) -> tuple[Image.Image, dict[str, str]]:
     """One random image of the training distribution and what it shows (shape, colour, place, background)."""
-    facts = {"shape": rng.choice(SHAPES), "colour": rng.choice(list(COLOURS)), "place": rng.choice(PLACES),
-             "background": rng.choice(list(BACKGROUNDS))}
+    facts = {
+        "shape": rng.choice(SHAPES),
+        "colour": rng.choice(list(COLOURS)),
+        "place": rng.choice(PLACES),
+        "background": rng.choice(list(BACKGROUNDS)),
+    }
     size = rng.choice(SIZES)
     return draw_shape(facts["shape"], facts["colour"], facts["place"], facts["background"], size, rng), facts
 
@@ -93,7 +98,11 @@ def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int =
     and `captions.json` (image-caption pairs). Deterministic for a given seed; a folder already written with the same
     size and seed is reused as it is."""
     folder = Path(folder)
-    paths = {"image_folder": folder / "images", "instruct": folder / "instruct.json", "captions": folder / "captions.json"}
+    paths = {
+        "image_folder": folder / "images",
+        "instruct": folder / "instruct.json",
+        "captions": folder / "captions.json",
+    }
     made_with = {"num_samples": num_samples, "seed": seed, "generator": GENERATOR_VERSION}
     stamp = folder / "made_with.json"
     if stamp.exists() and json.loads(stamp.read_text()) == made_with and all(p.exists() for p in paths.values()):
@@ -104,8 +113,12 @@ def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int =
     for i in range(num_samples):
         if i % 16 == 15:  # a text-only sample now and then
             question, answer = rng.choice(TEXT_ONLY)
-            instruct.append({"id": f"text-{i}", "conversations": [
-                {"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+            instruct.append(
+                {
+                    "id": f"text-{i}",
+                    "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+                }
+            )
             continue
         image, facts = random_shape(rng)
         shape, colour, place, background = facts["shape"], facts["colour"], facts["place"], facts["background"]
@@ -119,8 +132,13 @@ def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int =
             turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": answers[key]}]
         instruct.append({"id": f"shape-{i}", "image": name, "conversations": turns})
         caption = f"A {colour} {shape} on {background} background ."
-        captions.append({"id": f"caption-{i}", "image": name, "conversations": [
-            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption}]})
+        captions.append(
+            {
+                "id": f"caption-{i}",
+                "image": name,
+                "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption}],
+            }
+        )
     paths["instruct"].write_text(json.dumps(instruct, indent=1))
     paths["captions"].write_text(json.dumps(captions, indent=1))
     stamp.write_text(json.dumps(made_with))
@@ -136,12 +154,17 @@ def tiny_tokenizer():
     vocab = {token: i for i, token in enumerate(specials[:4] + ["\n"] + vocabulary())}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     # Words split on spaces; newlines and punctuation are tokens of their own, as in the Qwen tokenizer.
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
-        pre_tokenizers.Split(Regex(r"[\n.,?!]"), behavior="isolated"),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
+            pre_tokenizers.Split(Regex(r"[\n.,?!]"), behavior="isolated"),
+        ]
+    )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
@@ -173,15 +196,26 @@ def tiny_processor(vision_feature_select_strategy: str | None = None, *, family:
     if family == "llava_onevision":
         image_processor = adapter.image_processor_class(size=crop, image_grid_pinpoints=config.image_grid_pinpoints)
         patches = (vision.image_size // vision.patch_size) ** 2
-        return build_processor(image_processor, tokenizer, family=family, num_image_tokens=patches,
-                               vision_feature_select_strategy=strategy, vision_aspect_ratio="anyres_max_9")
+        return build_processor(
+            image_processor,
+            tokenizer,
+            family=family,
+            num_image_tokens=patches,
+            vision_feature_select_strategy=strategy,
+            vision_aspect_ratio="anyres_max_9",
+        )
     kwargs = dict(size={"shortest_edge": vision.image_size}, crop_size=crop)
     if adapter.has_grids:
         kwargs["image_grid_pinpoints"] = config.image_grid_pinpoints
     cls_tokens = 1 if vision.model_type == "clip_vision_model" else 0
-    return build_processor(adapter.image_processor_class(**kwargs), tokenizer, family=family,
-                           patch_size=vision.patch_size, vision_feature_select_strategy=strategy,
-                           num_additional_image_tokens=cls_tokens)
+    return build_processor(
+        adapter.image_processor_class(**kwargs),
+        tokenizer,
+        family=family,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=cls_tokens,
+    )
 
 
 def tiny_model_config(processor, family: str | None = None, **overrides):
@@ -192,8 +226,11 @@ def tiny_model_config(processor, family: str | None = None, **overrides):
 
     adapter = get_family(family or family_of_processor(processor))
     tokenizer = processor.tokenizer
-    kwargs = dict(vocab_size=len(tokenizer), image_token_index=processor.image_token_id,
-                  vision_feature_select_strategy=processor.vision_feature_select_strategy)
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        image_token_index=processor.image_token_id,
+        vision_feature_select_strategy=processor.vision_feature_select_strategy,
+    )
     if adapter.has_video:
         kwargs["video_token_index"] = processor.video_token_id
     kwargs.update(overrides)

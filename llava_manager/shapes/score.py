@@ -47,8 +47,15 @@ def heldout_docs(samples: int = DEFAULT_SAMPLES, seed: int = HELDOUT_SEED) -> li
     for _ in range(samples):
         image, facts = random_shape(rng)
         colour = facts["colour"]
-        docs.append({"image": image, "question": QUESTION, "answer": colour, "choices": list(CHOICES),
-                     "label": CHOICES.index(colour)})
+        docs.append(
+            {
+                "image": image,
+                "question": QUESTION,
+                "answer": colour,
+                "choices": list(CHOICES),
+                "label": CHOICES.index(colour),
+            }
+        )
     return docs
 
 
@@ -71,12 +78,17 @@ def generate_answers(model, processor, docs: list[dict], batch_size: int = 16) -
     answers = []
     try:
         for start in range(0, len(docs), batch_size):
-            batch = docs[start:start + batch_size]
+            batch = docs[start : start + batch_size]
             prompts = [chat_prompt(tokenizer, d["question"], 1) for d in batch]
             inputs = _inputs(processor, prompts, [d["image"] for d in batch], model.device, model.dtype)
-            tokens = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, use_cache=True,
-                                    pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            tokens = model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=MAX_NEW_TOKENS,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            texts = tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             answers += [t.split(STOP)[0] for t in texts]
     finally:
         tokenizer.padding_side = side
@@ -98,17 +110,22 @@ def choice_nlls(model, processor, doc: dict) -> list[float]:
     attention_mask = torch.zeros_like(input_ids)
     for row, target in enumerate(targets):
         input_ids[row, :n] = context["input_ids"][0]
-        input_ids[row, n:n + len(target)] = torch.tensor(target, device=model.device)
-        attention_mask[row, :n + len(target)] = 1
+        input_ids[row, n : n + len(target)] = torch.tensor(target, device=model.device)
+        attention_mask[row, : n + len(target)] = 1
     # The image inputs, whatever the family's processor gives (pixel_values, and image_sizes for the anyres
     # families), repeated for each choice.
-    images = {key: value.expand(k, *value.shape[1:]) for key, value in context.items()
-              if key not in ("input_ids", "attention_mask", "token_type_ids")}
+    images = {
+        key: value.expand(k, *value.shape[1:])
+        for key, value in context.items()
+        if key not in ("input_ids", "attention_mask", "token_type_ids")
+    }
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **images}
     logprobs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
     nlls = []
     for row, target in enumerate(targets):
-        picked = logprobs[row, n - 1:n - 1 + len(target)].gather(-1, torch.tensor(target, device=model.device)[:, None])
+        picked = logprobs[row, n - 1 : n - 1 + len(target)].gather(
+            -1, torch.tensor(target, device=model.device)[:, None]
+        )
         nlls.append(float(-picked.mean()))
     return nlls
 
@@ -127,8 +144,13 @@ def score(model, processor, docs: list[dict], batch_size: int = 16) -> dict:
     predicted = {}
     for a in answers:
         predicted[normalise(a)] = predicted.get(normalise(a), 0) + 1
-    return {"samples": len(docs), "exact_match": sum(exact) / len(docs), "mc_accuracy": sum(correct) / len(docs),
-            "chance": 1 / len(CHOICES), "answers": dict(sorted(predicted.items(), key=lambda kv: -kv[1]))}
+    return {
+        "samples": len(docs),
+        "exact_match": sum(exact) / len(docs),
+        "mc_accuracy": sum(correct) / len(docs),
+        "chance": 1 / len(CHOICES),
+        "answers": dict(sorted(predicted.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def score_export(path: str | Path, samples: int = DEFAULT_SAMPLES, seed: int = HELDOUT_SEED) -> dict:
@@ -143,15 +165,17 @@ def score_export(path: str | Path, samples: int = DEFAULT_SAMPLES, seed: int = H
 
 def describe(result: dict) -> str:
     """The scores as a few lines for a terminal."""
-    return "\n".join([
-        f"held-out shapes score: {result['samples']} colour questions about images the model never saw "
-        f"(chance {result['chance']:.2f})",
-        f"  exact match      {result['exact_match']:.3f}   greedy answer == the colour (lmms-eval shapes_gen)",
-        f"  multiple choice  {result['mc_accuracy']:.3f}   lowest mean NLL of the {len(CHOICES)} colours "
-        "(lmms-eval shapes_mc)",
-        f"  answers given    {', '.join(f'{k!r} x{n}' for k, n in list(result['answers'].items())[:6])}"
-        + (", ..." if len(result["answers"]) > 6 else ""),
-    ])
+    return "\n".join(
+        [
+            f"held-out shapes score: {result['samples']} colour questions about images the model never saw "
+            f"(chance {result['chance']:.2f})",
+            f"  exact match      {result['exact_match']:.3f}   greedy answer == the colour (lmms-eval shapes_gen)",
+            f"  multiple choice  {result['mc_accuracy']:.3f}   lowest mean NLL of the {len(CHOICES)} colours "
+            "(lmms-eval shapes_mc)",
+            f"  answers given    {', '.join(f'{k!r} x{n}' for k, n in list(result['answers'].items())[:6])}"
+            + (", ..." if len(result["answers"]) > 6 else ""),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

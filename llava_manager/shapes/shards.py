@@ -24,33 +24,48 @@ SUBSET = "shapes(synthetic,llava_format)"  # a subset folder named like the rele
 ROW_GROUP = 8  # rows per parquet row group: several pieces per shard for the streaming tests
 WRITER_VERSION = 1
 BAD_ROWS = ("bad-bytes", "bad-truncated", "bad-turns", "bad-empty")  # ids
-BAD_REASONS = {"bad-bytes": "corrupt image", "bad-truncated": "corrupt image", "bad-turns": "malformed",
-               "bad-empty": "malformed"}
+BAD_REASONS = {
+    "bad-bytes": "corrupt image",
+    "bad-truncated": "corrupt image",
+    "bad-turns": "malformed",
+    "bad-empty": "malformed",
+}
 
 
 def _features():
     from datasets import Features, Image, Value
 
-    return Features({"id": Value("string"), "image": Image(),
-                     "conversations": [{"from": Value("string"), "value": Value("string")}],
-                     "data_source": Value("string")})
+    return Features(
+        {
+            "id": Value("string"),
+            "image": Image(),
+            "conversations": [{"from": Value("string"), "value": Value("string")}],
+            "data_source": Value("string"),
+        }
+    )
 
 
 def _bad_rows(image_bytes: bytes) -> list[dict]:
     question = [{"from": "human", "value": "<image>\nWhat colour is the shape ?"}, {"from": "gpt", "value": "red ."}]
     return [
-        {"id": "bad-bytes", "image": {"bytes": b"this is not an image", "path": "bad-bytes.png"},
-         "conversations": question},
-        {"id": "bad-truncated", "image": {"bytes": image_bytes[: len(image_bytes) // 2], "path": "bad-truncated.png"},
-         "conversations": question},
-        {"id": "bad-turns", "image": {"bytes": image_bytes, "path": "bad-turns.png"},
-         "conversations": question[1:]},
+        {
+            "id": "bad-bytes",
+            "image": {"bytes": b"this is not an image", "path": "bad-bytes.png"},
+            "conversations": question,
+        },
+        {
+            "id": "bad-truncated",
+            "image": {"bytes": image_bytes[: len(image_bytes) // 2], "path": "bad-truncated.png"},
+            "conversations": question,
+        },
+        {"id": "bad-turns", "image": {"bytes": image_bytes, "path": "bad-turns.png"}, "conversations": question[1:]},
         {"id": "bad-empty", "image": None, "conversations": []},
     ]
 
 
-def write_synthetic_shards(folder: str | Path, n: int = 64, shards: int = 2, seed: int = 0,
-                           bad_rows: bool = True) -> dict:
+def write_synthetic_shards(
+    folder: str | Path, n: int = 64, shards: int = 2, seed: int = 0, bad_rows: bool = True
+) -> dict:
     """Write `n` shapes samples (+ the 4 `BAD_ROWS` unless `bad_rows=False`) under `folder` as `shards` parquet files
     in the release's layout, and as LLaVA JSON + image folder. Returns {"folder", "subset" (the subset folder),
     "files" (the shards, in order), "json", "image_folder", "rows" (all rows: id, image {bytes, path} or None,
@@ -61,16 +76,28 @@ def write_synthetic_shards(folder: str | Path, n: int = 64, shards: int = 2, see
     folder = Path(folder)
     subset = folder / SUBSET
     files = [subset / f"train-{k:05d}-of-{shards:05d}.parquet" for k in range(shards)]
-    paths = {"folder": folder, "subset": subset, "files": files, "json": folder / "llava" / "onevision.json",
-             "image_folder": folder / "llava" / "images"}
+    paths = {
+        "folder": folder,
+        "subset": subset,
+        "files": files,
+        "json": folder / "llava" / "onevision.json",
+        "image_folder": folder / "llava" / "images",
+    }
     source = write_shapes_dataset(folder / "llava", n, seed)
     records = json.loads(source["instruct"].read_text())
     rows = []
     for record in records:
         image = record.get("image")
-        rows.append({"id": record["id"], "conversations": record["conversations"], "data_source": SUBSET,
-                     "image": None if image is None else
-                     {"bytes": (source["image_folder"] / image).read_bytes(), "path": image}})
+        rows.append(
+            {
+                "id": record["id"],
+                "conversations": record["conversations"],
+                "data_source": SUBSET,
+                "image": None
+                if image is None
+                else {"bytes": (source["image_folder"] / image).read_bytes(), "path": image},
+            }
+        )
     if bad_rows:
         sample = next(r["image"]["bytes"] for r in rows if r["image"] is not None)
         for k, bad in enumerate(_bad_rows(sample)):  # spread: 2nd row, then a quarter further each
@@ -79,8 +106,12 @@ def write_synthetic_shards(folder: str | Path, n: int = 64, shards: int = 2, see
 
     made_with = {"n": n, "shards": shards, "seed": seed, "bad_rows": bad_rows, "writer": WRITER_VERSION}
     stamp = folder / "shards_made_with.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == made_with and all(f.exists() for f in files) \
-            and paths["json"].exists():
+    if (
+        stamp.exists()
+        and json.loads(stamp.read_text()) == made_with
+        and all(f.exists() for f in files)
+        and paths["json"].exists()
+    ):
         return paths
     if shards < 1 or shards > len(rows):
         raise ValueError(f"shards={shards}: use 1 to {len(rows)} for {len(rows)} rows.")
@@ -89,7 +120,7 @@ def write_synthetic_shards(folder: str | Path, n: int = 64, shards: int = 2, see
         old.unlink()
     bounds = [round(k * len(rows) / shards) for k in range(shards + 1)]
     for k, path in enumerate(files):
-        part = rows[bounds[k]:bounds[k + 1]]
+        part = rows[bounds[k] : bounds[k + 1]]
         columns = {name: [row[name] for row in part] for name in ("id", "image", "conversations", "data_source")}
         Dataset.from_dict(columns, features=_features()).to_parquet(str(path), batch_size=ROW_GROUP)
 

@@ -42,12 +42,22 @@ SYNTHETIC_SPLITS = {"pretrain": None, "vqav2": "val_questions", "snli_ve": "dev"
 def budget(args) -> list:
     from .analysis.budget import format_table, tower_budget
 
-    what = "parameters only (meta device)" if args.params_only else (
-        f"one forward, batch 1, {args.image_size} x {args.image_size} image, text length {args.text_length}, "
-        f"random weights, {args.device}")
+    what = (
+        "parameters only (meta device)"
+        if args.params_only
+        else (
+            f"one forward, batch 1, {args.image_size} x {args.image_size} image, text length {args.text_length}, "
+            f"random weights, {args.device}"
+        )
+    )
     print(f"ManagerTower budget (Table VI), BASE configuration; {what}")
-    rows = tower_budget(image_size=args.image_size, text_length=args.text_length, device=args.device,
-                        flops=not args.params_only, progress=args.progress)
+    rows = tower_budget(
+        image_size=args.image_size,
+        text_length=args.text_length,
+        device=args.device,
+        flops=not args.params_only,
+        progress=args.progress,
+    )
     print(format_table(rows))
     if args.json:
         path = Path(args.json)
@@ -105,8 +115,10 @@ def load_processor(path: str | Path, config):
         processor = tiny_tower_processor(size if size % 32 == 0 else IMAGE_SIZE)
     vocab = config.text_config.vocab_size
     if len(processor.tokenizer) > vocab:
-        raise ValueError(f"the processor's tokenizer has {len(processor.tokenizer)} tokens, more than the model's "
-                         f"vocabulary ({vocab}); save the model's processor into {path}")
+        raise ValueError(
+            f"the processor's tokenizer has {len(processor.tokenizer)} tokens, more than the model's "
+            f"vocabulary ({vocab}); save the model's processor into {path}"
+        )
     return processor
 
 
@@ -168,8 +180,8 @@ def task_collator(task: str, processor):
 def weights(args) -> dict[str, Path]:
     from torch.utils.data import DataLoader
 
-    from .data import TowerDataset
     from .analysis.figures import aggregation_weights, plot_aggregation_weights, write_weights_json
+    from .data import TowerDataset
 
     model, net = load_tower(args.checkpoint, args.device)
     processor = load_processor(args.checkpoint, net.config)
@@ -184,15 +196,23 @@ def weights(args) -> dict[str, Path]:
             records = records[: args.max_samples]
         if not records:
             raise SystemExit(f"no usable {args.task} sample in {data}")
-        loader = DataLoader(TowerDataset(records), batch_size=args.batch_size, shuffle=False,
-                            collate_fn=task_collator(args.task, processor))
+        loader = DataLoader(
+            TowerDataset(records),
+            batch_size=args.batch_size,
+            shuffle=False,
+            collate_fn=task_collator(args.task, processor),
+        )
         result = aggregation_weights(model, loader, progress=args.progress)
     out = Path(args.out)
-    paths = {"png": plot_aggregation_weights(result, out, layout=args.layout),
-             "json": write_weights_json(result, args.json or out.with_suffix(".json"))}
+    paths = {
+        "png": plot_aggregation_weights(result, out, layout=args.layout),
+        "json": write_weights_json(result, args.json or out.with_suffix(".json")),
+    }
     for key, layers in (("text", result["text_layers"]), ("image", result["image_layers"])):
-        print(f"{key} managers (rows: cross-modal layers 1..{len(result['cross_layers'])}; "
-              f"columns: unimodal layers {layers[0]}..{layers[-1]}):")
+        print(
+            f"{key} managers (rows: cross-modal layers 1..{len(result['cross_layers'])}; "
+            f"columns: unimodal layers {layers[0]}..{layers[-1]}):"
+        )
         for layer, row in zip(result["cross_layers"], result[key]):
             print(f"  {layer}: " + " ".join(f"{v:.4f}" for v in row))
     for kind, path in paths.items():
@@ -204,15 +224,22 @@ def weights(args) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(prog="python -m llava_manager.tower", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m llava_manager.tower", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     b = commands.add_parser("budget", help="Table VI: parameters and FLOPs at the BASE configuration")
     b.add_argument("--image-size", type=int, default=384)
     b.add_argument("--text-length", type=int, default=50)
-    b.add_argument("--params-only", "--meta-only", "--fast", dest="params_only", action="store_true",
-                   help="count parameters only, on the meta device")
+    b.add_argument(
+        "--params-only",
+        "--meta-only",
+        "--fast",
+        dest="params_only",
+        action="store_true",
+        help="count parameters only, on the meta device",
+    )
     b.add_argument("--device", default="cpu", help="where the models run for the FLOP count")
     b.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     b.add_argument("--progress", action="store_true", help="a progress bar over the four models")
@@ -227,8 +254,12 @@ def main(argv: list[str] | None = None):
     w.add_argument("--json", default=None, help="the numbers (default: --out with .json)")
     w.add_argument("--max-samples", type=int, default=None)
     w.add_argument("--batch-size", type=int, default=8)
-    w.add_argument("--layout", choices=("paper", "overlay"), default="paper",
-                   help="paper: 2 x C panels as the paper's figure; overlay: two panels, a line per layer")
+    w.add_argument(
+        "--layout",
+        choices=("paper", "overlay"),
+        default="paper",
+        help="paper: 2 x C panels as the paper's figure; overlay: two panels, a line per layer",
+    )
     w.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     w.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -72,31 +72,41 @@ class ManagerTowerConfig(BridgeTowerConfig):
 
     def validate_managers(self):
         if self.manager_type not in MANAGER_TYPES:
-            raise ValueError(f"ManagerTowerConfig.manager_type must be one of {MANAGER_TYPES}, "
-                             f"got {self.manager_type!r}.")
+            raise ValueError(
+                f"ManagerTowerConfig.manager_type must be one of {MANAGER_TYPES}, got {self.manager_type!r}."
+            )
         if self.manager_weight not in WEIGHT_SHAPES:
-            raise ValueError(f"ManagerTowerConfig.manager_weight must be one of {WEIGHT_SHAPES}, "
-                             f"got {self.manager_weight!r}.")
+            raise ValueError(
+                f"ManagerTowerConfig.manager_weight must be one of {WEIGHT_SHAPES}, got {self.manager_weight!r}."
+            )
         if self.aaum_query not in AAUM_QUERIES:
             raise ValueError(f"ManagerTowerConfig.aaum_query must be one of {AAUM_QUERIES}, got {self.aaum_query!r}.")
         if self.manager_temperature <= 0:
             raise ValueError(f"ManagerTowerConfig.manager_temperature must be > 0, got {self.manager_temperature}.")
         if self.manager_noise_std is not None and self.manager_noise_std < 0:
-            raise ValueError(f"ManagerTowerConfig.manager_noise_std must be >= 0 or None (1/N), "
-                             f"got {self.manager_noise_std}.")
+            raise ValueError(
+                f"ManagerTowerConfig.manager_noise_std must be >= 0 or None (1/N), got {self.manager_noise_std}."
+            )
         if self.head_hidden_scale < 1:
             raise ValueError(f"ManagerTowerConfig.head_hidden_scale must be >= 1, got {self.head_hidden_scale}.")
         if self.num_token_types < 2:
-            raise ValueError(f"ManagerTowerConfig.num_token_types must be >= 2 (text, image), "
-                             f"got {self.num_token_types}.")
-        depth = min(self.text_config.num_hidden_layers, self.vision_config.num_hidden_layers
-                    - int(self.vision_config.remove_last_layer))
+            raise ValueError(
+                f"ManagerTowerConfig.num_token_types must be >= 2 (text, image), got {self.num_token_types}."
+            )
+        depth = min(
+            self.text_config.num_hidden_layers,
+            self.vision_config.num_hidden_layers - int(self.vision_config.remove_last_layer),
+        )
         if self.manager_type != "bridge" and not 1 <= self.num_managed_layers <= depth:
-            raise ValueError(f"ManagerTowerConfig.num_managed_layers must be in 1..{depth} (the unimodal layers of "
-                             f"the shallower tower), got {self.num_managed_layers}.")
+            raise ValueError(
+                f"ManagerTowerConfig.num_managed_layers must be in 1..{depth} (the unimodal layers of "
+                f"the shallower tower), got {self.num_managed_layers}."
+            )
         if self.num_hidden_layers > depth:
-            raise ValueError(f"ManagerTowerConfig.num_hidden_layers (cross-modal layers) must be <= {depth}, the "
-                             f"unimodal layers of the shallower tower; got {self.num_hidden_layers}.")
+            raise ValueError(
+                f"ManagerTowerConfig.num_hidden_layers (cross-modal layers) must be <= {depth}, the "
+                f"unimodal layers of the shallower tower; got {self.num_hidden_layers}."
+            )
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):

@@ -28,8 +28,17 @@ class _Aggregator(nn.Module):
     """What all managers share: a LayerNorm per aggregated representation, a learnable softmax temperature, and
     the noisy softmax over the unimodal layers."""
 
-    def __init__(self, hidden_size: int, num_layers: int, num_previous: int, *, weight: str, temperature: float,
-                 noise_std: float, eps: float):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        num_previous: int,
+        *,
+        weight: str,
+        temperature: float,
+        noise_std: float,
+        eps: float,
+    ):
         super().__init__()
         self.hidden_size, self.num_layers, self.num_previous = hidden_size, num_layers, num_previous
         self.weight_width = hidden_size if weight == "vector" else 1
@@ -46,7 +55,9 @@ class _Aggregator(nn.Module):
         """softmax over the layer axis of (logits + noise) / temperature; in training the noise is drawn per sample,
         token and channel (B x N x L x D), as the official code does."""
         if self.training and self.noise_std > 0:
-            logits = logits.expand(shape) + torch.randn(shape, dtype=logits.dtype, device=logits.device) * self.noise_std
+            logits = (
+                logits.expand(shape) + torch.randn(shape, dtype=logits.dtype, device=logits.device) * self.noise_std
+            )
         return torch.softmax(logits / temperature, dim=1)
 
     def reset_parameters(self) -> None:
@@ -63,13 +74,25 @@ class SAUM(_Aggregator):
     cross-modal layer on (`num_previous=1`), w_C in its last row, initialised to 1 and never softmaxed.
     """
 
-    def __init__(self, hidden_size: int, num_layers: int, num_previous: int = 0, *, weight: str = "vector",
-                 temperature: float = 1.0, noise_std: float = 0.0, eps: float = 1e-5):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        num_previous: int = 0,
+        *,
+        weight: str = "vector",
+        temperature: float = 1.0,
+        noise_std: float = 0.0,
+        eps: float = 1e-5,
+    ):
         if num_previous not in (0, 1):
-            raise ValueError(f"SAUM takes the previous cross-modal output or nothing: num_previous must be 0 or 1, "
-                             f"got {num_previous}.")
-        super().__init__(hidden_size, num_layers, num_previous, weight=weight, temperature=temperature,
-                         noise_std=noise_std, eps=eps)
+            raise ValueError(
+                f"SAUM takes the previous cross-modal output or nothing: num_previous must be 0 or 1, "
+                f"got {num_previous}."
+            )
+        super().__init__(
+            hidden_size, num_layers, num_previous, weight=weight, temperature=temperature, noise_std=noise_std, eps=eps
+        )
         self.layer_scores = nn.Parameter(torch.empty(1, num_layers + num_previous, 1, self.weight_width))
         self.reset_parameters()
 
@@ -77,9 +100,11 @@ class SAUM(_Aggregator):
         super().reset_parameters()
         with torch.no_grad():
             self.layer_scores[:, : self.num_layers].fill_(1.0 / self.num_layers)
-            self.layer_scores[:, self.num_layers:].fill_(1.0)
+            self.layer_scores[:, self.num_layers :].fill_(1.0)
 
-    def forward(self, unimodal: torch.Tensor, previous: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, unimodal: torch.Tensor, previous: torch.Tensor | None = None, **_
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if (previous is None) != (self.num_previous == 0):
             raise ValueError(f"this SAUM was built for {self.num_previous} previous cross-modal output(s)")
         normed = self.normed(unimodal)
@@ -115,11 +140,21 @@ class AAUM(_Aggregator):
     `mask_fused_query` masks the other modality's padding in CA (the published code does not).
     """
 
-    def __init__(self, hidden_size: int, num_layers: int, *, weight: str = "vector", temperature: float = 1.0,
-                 noise_std: float = 0.0, eps: float = 1e-5, query: str = "fused_concat",
-                 mask_fused_query: bool = False):
-        super().__init__(hidden_size, num_layers, 1, weight=weight, temperature=temperature, noise_std=noise_std,
-                         eps=eps)
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        *,
+        weight: str = "vector",
+        temperature: float = 1.0,
+        noise_std: float = 0.0,
+        eps: float = 1e-5,
+        query: str = "fused_concat",
+        mask_fused_query: bool = False,
+    ):
+        super().__init__(
+            hidden_size, num_layers, 1, weight=weight, temperature=temperature, noise_std=noise_std, eps=eps
+        )
         self.query, self.mask_fused_query = query, mask_fused_query
         self.layer_scores_cross = nn.Parameter(torch.empty(1, 1, 1, self.weight_width))
         self.linear_controller = nn.Linear(hidden_size * (2 if query == "fused_concat" else 1), num_layers)
@@ -133,8 +168,9 @@ class AAUM(_Aggregator):
         with torch.no_grad():
             self.layer_scores_cross.fill_(1.0)
 
-    def controller_query(self, own: torch.Tensor, other: torch.Tensor | None,
-                         other_mask: torch.Tensor | None) -> torch.Tensor:
+    def controller_query(
+        self, own: torch.Tensor, other: torch.Tensor | None, other_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         if self.query == "own":
             return own
         if other is None:
@@ -143,8 +179,13 @@ class AAUM(_Aggregator):
         fused = self.fusion_attention(own, other, other_mask if self.mask_fused_query else None)
         return torch.cat([fused, own], dim=-1) if self.query == "fused_concat" else fused
 
-    def forward(self, unimodal: torch.Tensor, previous: torch.Tensor, other: torch.Tensor | None = None,
-                other_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        unimodal: torch.Tensor,
+        previous: torch.Tensor,
+        other: torch.Tensor | None = None,
+        other_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         normed = self.normed(unimodal)
         own = self.LayerNorm[self.num_layers](previous)
         logits = self.linear_controller(self.controller_query(own, other, other_mask))  # B x L x N
@@ -158,10 +199,20 @@ class SAM(_Aggregator):
     and of the `num_previous` previous cross-modal outputs, each part with its own weights (initialised uniform:
     1/N and 1/(l-1), Sec. III-A) and its own learnable temperature."""
 
-    def __init__(self, hidden_size: int, num_layers: int, num_previous: int = 0, *, weight: str = "vector",
-                 temperature: float = 1.0, noise_std: float = 0.0, eps: float = 1e-5):
-        super().__init__(hidden_size, num_layers, num_previous, weight=weight, temperature=temperature,
-                         noise_std=noise_std, eps=eps)
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        num_previous: int = 0,
+        *,
+        weight: str = "vector",
+        temperature: float = 1.0,
+        noise_std: float = 0.0,
+        eps: float = 1e-5,
+    ):
+        super().__init__(
+            hidden_size, num_layers, num_previous, weight=weight, temperature=temperature, noise_std=noise_std, eps=eps
+        )
         self.layer_scores = nn.Parameter(torch.empty(1, num_layers, 1, self.weight_width))
         if num_previous:
             self.layer_scores_cross = nn.Parameter(torch.empty(1, num_previous, 1, self.weight_width))
@@ -176,7 +227,9 @@ class SAM(_Aggregator):
                 self.layer_scores_cross.fill_(1.0 / self.num_previous)
                 self.softmax_temperature_cross.fill_(self.initial_temperature)
 
-    def forward(self, unimodal: torch.Tensor, previous: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, unimodal: torch.Tensor, previous: torch.Tensor | None = None, **_
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`previous`: B x (l-1) x L x D, the outputs of all earlier cross-modal layers (None in the first)."""
         got = 0 if previous is None else previous.shape[1]
         if got != self.num_previous:

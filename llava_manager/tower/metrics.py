@@ -30,8 +30,9 @@ def vqa_score(logits_or_pred: torch.Tensor, target_scores: torch.Tensor, percent
     return score * 100 if percent else score
 
 
-def accuracy(logits_or_pred: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
-             percent: bool = False) -> float:
+def accuracy(
+    logits_or_pred: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, percent: bool = False
+) -> float:
     """Fraction of predictions equal to `labels`, positions labelled `ignore_index` left out (`Accuracy`).
     `logits_or_pred`: logits with one more dimension than `labels`, or predicted indices."""
     labels = torch.as_tensor(labels).long()
@@ -43,8 +44,9 @@ def accuracy(logits_or_pred: torch.Tensor, labels: torch.Tensor, ignore_index: i
     return value * 100 if percent else value
 
 
-def retrieval_recall(sim: torch.Tensor, text_to_image: list[int] | torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
-                     percent: bool = False) -> dict[str, float]:
+def retrieval_recall(
+    sim: torch.Tensor, text_to_image: list[int] | torch.Tensor, ks: tuple[int, ...] = (1, 5, 10), percent: bool = False
+) -> dict[str, float]:
     """Recall@k of both retrieval directions from `sim` [n_images, n_texts] (higher = more similar), text j being a
     caption of image `text_to_image[j]`, as `compute_irtr_recall`:
 

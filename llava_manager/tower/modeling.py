@@ -90,12 +90,15 @@ class TowerStates:
     attention_mask: torch.Tensor
     image_states: list
 
-    def pairs(self, text_index: torch.Tensor, image_index: torch.Tensor) -> "TowerStates":
+    def pairs(self, text_index: torch.Tensor, image_index: torch.Tensor) -> TowerStates:
         """Pair k = text `text_index[k]` with image `image_index[k]` (indices into this batch)."""
         if len(text_index) != len(image_index):
             raise ValueError(f"pairs: {len(text_index)} text indices for {len(image_index)} image indices.")
-        return TowerStates([s[text_index] for s in self.text_states], self.attention_mask[text_index],
-                           [s[:, image_index] for s in self.image_states])
+        return TowerStates(
+            [s[text_index] for s in self.text_states],
+            self.attention_mask[text_index],
+            [s[:, image_index] for s in self.image_states],
+        )
 
 
 class ManagerTowerPreTrainedModel(BridgeTowerPreTrainedModel):
@@ -129,8 +132,16 @@ def build_managers(config: ManagerTowerConfig) -> nn.ModuleList:
         elif config.manager_type == "saum" or layer == 0:
             managers.append(SAUM(d, n, min(layer, 1), noise_std=saum_noise, **common))
         else:
-            managers.append(AAUM(d, n, noise_std=config.noise_std, query=config.aaum_query,
-                                 mask_fused_query=config.mask_fused_query, **common))
+            managers.append(
+                AAUM(
+                    d,
+                    n,
+                    noise_std=config.noise_std,
+                    query=config.aaum_query,
+                    mask_fused_query=config.mask_fused_query,
+                    **common,
+                )
+            )
     return nn.ModuleList(managers)
 
 
@@ -143,9 +154,11 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
             self.cross_modal_image_transform = nn.Linear(vision_config.hidden_size, config.hidden_size)
         else:
             self.cross_modal_text_transform = nn.ModuleList(
-                [nn.Linear(text_config.hidden_size, config.hidden_size) for _ in range(config.num_hidden_layers)])
+                [nn.Linear(text_config.hidden_size, config.hidden_size) for _ in range(config.num_hidden_layers)]
+            )
             self.cross_modal_image_transform = nn.ModuleList(
-                [nn.Linear(vision_config.hidden_size, config.hidden_size) for _ in range(config.num_hidden_layers)])
+                [nn.Linear(vision_config.hidden_size, config.hidden_size) for _ in range(config.num_hidden_layers)]
+            )
         self.token_type_embeddings = nn.Embedding(config.num_token_types, config.hidden_size)
         self.vision_model = BridgeTowerVisionModel(vision_config)
         self.text_model = BridgeTowerTextModel(text_config)
@@ -154,9 +167,11 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
             cross_config = copy.deepcopy(text_config)
             cross_config.layer_norm_eps = config.cross_layer_norm_eps
         self.cross_modal_image_layers = nn.ModuleList(
-            [BridgeTowerBertCrossLayer(cross_config) for _ in range(config.num_hidden_layers)])
+            [BridgeTowerBertCrossLayer(cross_config) for _ in range(config.num_hidden_layers)]
+        )
         self.cross_modal_text_layers = nn.ModuleList(
-            [BridgeTowerBertCrossLayer(cross_config) for _ in range(config.num_hidden_layers)])
+            [BridgeTowerBertCrossLayer(cross_config) for _ in range(config.num_hidden_layers)]
+        )
         self.cross_modal_image_pooler = BridgeTowerPooler(config)
         self.cross_modal_text_pooler = BridgeTowerPooler(config)
         if config.manager_type == "bridge":
@@ -171,13 +186,17 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         else:
             if config.layer_embeddings:
                 self.layer_embeddings_text = nn.Embedding(text_config.num_hidden_layers, config.hidden_size)
-                self.layer_embeddings_image = nn.Embedding(len(self.vision_model.visual.transformer.resblocks),
-                                                           config.hidden_size)
+                self.layer_embeddings_image = nn.Embedding(
+                    len(self.vision_model.visual.transformer.resblocks), config.hidden_size
+                )
             self.cross_modal_text_managers = build_managers(config)
             self.cross_modal_image_managers = build_managers(config)
-            self._manager_linears = {id(m) for managers in (self.cross_modal_text_managers,
-                                                            self.cross_modal_image_managers)
-                                     for m in managers.modules() if isinstance(m, nn.Linear)}
+            self._manager_linears = {
+                id(m)
+                for managers in (self.cross_modal_text_managers, self.cross_modal_image_managers)
+                for m in managers.modules()
+                if isinstance(m, nn.Linear)
+            }
         self.post_init()
 
     def get_input_embeddings(self):
@@ -190,8 +209,9 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
     def _text_mask(self, input_ids, attention_mask, text_embeds):
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
-        extended = create_bidirectional_mask(config=self.config, inputs_embeds=text_embeds[:, 0:1, :],
-                                             attention_mask=attention_mask)
+        extended = create_bidirectional_mask(
+            config=self.config, inputs_embeds=text_embeds[:, 0:1, :], attention_mask=attention_mask
+        )
         return attention_mask, extended
 
     def text_layers(self, input_ids, attention_mask=None):
@@ -209,8 +229,9 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         if image_embeds is None:
             if pixel_values is None:
                 raise ValueError("ManagerTowerModel needs pixel_values (or image_embeds).")
-            embeds = visual.forward_pre(pixel_values.type(self.vision_model.dtype),
-                                        interpolate_pos_encoding=interpolate_pos_encoding)
+            embeds = visual.forward_pre(
+                pixel_values.type(self.vision_model.dtype), interpolate_pos_encoding=interpolate_pos_encoding
+            )
         else:
             embeds = image_embeds.permute(1, 0, 2)
         states = [embeds]
@@ -246,8 +267,10 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
 
     def _type_embedding(self, index: int, like: torch.Tensor) -> torch.Tensor:
         if not 0 <= index < self.config.num_token_types:
-            raise ValueError(f"image_token_type_idx must be in 1..{self.config.num_token_types - 1} "
-                             f"(config.num_token_types = {self.config.num_token_types}), got {index}.")
+            raise ValueError(
+                f"image_token_type_idx must be in 1..{self.config.num_token_types - 1} "
+                f"(config.num_token_types = {self.config.num_token_types}), got {index}."
+            )
         ids = torch.full((1,), index, dtype=torch.long, device=like.device)
         return self.token_type_embeddings(ids).expand_as(like)
 
@@ -277,8 +300,9 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         towers = self.unimodal(input_ids, attention_mask, pixel_values, image_embeds, interpolate_pos_encoding)
         return self.fuse(towers, image_token_type_idx, output_aggregation_weights, return_dict)
 
-    def unimodal(self, input_ids, attention_mask=None, pixel_values=None, image_embeds=None,
-                 interpolate_pos_encoding=False) -> "TowerStates":
+    def unimodal(
+        self, input_ids, attention_mask=None, pixel_values=None, image_embeds=None, interpolate_pos_encoding=False
+    ) -> TowerStates:
         """Both unimodal towers, every layer (`TowerStates`): what `fuse` needs, to be kept and paired again
         (`TowerStates.pairs`) without running the towers twice, as the official ITM negatives and retrieval
         re-ranking do."""
@@ -288,8 +312,13 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         image_states = self.image_layers(pixel_values, image_embeds, interpolate_pos_encoding)
         return TowerStates(text_states, attention_mask, image_states)
 
-    def fuse(self, towers: "TowerStates", image_token_type_idx: int | None = None,
-             output_aggregation_weights: bool | None = None, return_dict: bool | None = None):
+    def fuse(
+        self,
+        towers: TowerStates,
+        image_token_type_idx: int | None = None,
+        output_aggregation_weights: bool | None = None,
+        return_dict: bool | None = None,
+    ):
         """The cross-modal part of `forward` on unimodal states from `unimodal` (pair b: text b with image b)."""
         image_type = image_token_type_idx or 1
         text_states, attention_mask, image_states = towers.text_states, towers.attention_mask, towers.image_states
@@ -298,11 +327,13 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
         if self.config.manager_type == "bridge":
             cross, attentions, weights = self._bridge(text_states, image_states, text_mask, image_type, post)
         else:
-            cross, attentions, weights = self._managed(text_states, image_states, attention_mask, text_mask,
-                                                       image_type, bool(output_aggregation_weights), post)
+            cross, attentions, weights = self._managed(
+                text_states, image_states, attention_mask, text_mask, image_type, bool(output_aggregation_weights), post
+            )
         text_features, image_features = cross[-1]
-        pooled = torch.cat([self.cross_modal_text_pooler(text_features),
-                            self.cross_modal_image_pooler(image_features)], dim=-1)
+        pooled = torch.cat(
+            [self.cross_modal_text_pooler(text_features), self.cross_modal_image_pooler(image_features)], dim=-1
+        )
         output = ManagerTowerModelOutput(
             text_features=text_features,
             image_features=image_features,
@@ -365,8 +396,10 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel):
 
     def _managed(self, text_states, image_states, attention_mask, text_mask, image_type, want_weights, post=None):
         if not isinstance(self.cross_modal_text_transform, nn.Linear):
-            raise ValueError("managers aggregate layers through one shared projection per modality: "
-                             "share_cross_modal_transformer_layers must be True with managers.")
+            raise ValueError(
+                "managers aggregate layers through one shared projection per modality: "
+                "share_cross_modal_transformer_layers must be True with managers."
+            )
         text_uni, image_uni = self.managed_unimodal(text_states, image_states, image_type, post)
         kind = self.config.manager_type
         cross, attentions, weights = [], [], []

@@ -68,11 +68,15 @@ def strategy_indices(size: int, strategy: str, seed: int = 0) -> range | list[in
         return None
     kind, _, amount = strategy.partition(":")
     if kind not in ("first", "end", "random") or not amount:
-        raise ValueError(f"sampling_strategy {strategy!r}: use 'all', 'first:N%', 'end:N%' or 'random:N%' (or a count).")
+        raise ValueError(
+            f"sampling_strategy {strategy!r}: use 'all', 'first:N%', 'end:N%' or 'random:N%' (or a count)."
+        )
     try:
         count = int(size * float(amount[:-1]) / 100) if amount.endswith("%") else int(amount)
     except ValueError:
-        raise ValueError(f"sampling_strategy {strategy!r}: the amount must be a percentage like 10% or a count.") from None
+        raise ValueError(
+            f"sampling_strategy {strategy!r}: the amount must be a percentage like 10% or a count."
+        ) from None
     count = max(0, min(count, size))
     if kind == "first":
         return range(count)
@@ -109,8 +113,9 @@ def load_records(data_path: str | Path, seed: int = 0):
         return read_records(data_path)
     parts = []
     for entry in shards.mixture_entries(data_path):
-        records = (read_records(entry.path) if entry.kind == "json"
-                   else shards.shard_records(entry.files, source=entry.name))
+        records = (
+            read_records(entry.path) if entry.kind == "json" else shards.shard_records(entry.files, source=entry.name)
+        )
         chosen = sample_records(records, entry.strategy, seed)
         logger.info("data mixture: %d samples from %s (%s)", len(chosen), entry.name, entry.strategy)
         parts.append(chosen)
@@ -149,8 +154,10 @@ def image_files(record: dict) -> list:
         return []
     files = image if isinstance(image, list) else [image]
     if not all(_is_image_ref(f) for f in files):
-        raise SampleError("malformed", f"'image' must be a file name, an image {{'bytes', 'path'}} or a list of "
-                                       f"them, got {reprlib.repr(image)}")
+        raise SampleError(
+            "malformed",
+            f"'image' must be a file name, an image {{'bytes', 'path'}} or a list of them, got {reprlib.repr(image)}",
+        )
     return files
 
 
@@ -163,7 +170,9 @@ def check_turns(record: dict, num_images: int) -> list[tuple[str, str]]:
     turns = []
     for turn in conversations:
         if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
-            raise SampleError("malformed", f"a turn must be {{'from': one of {sorted(ROLES)}, 'value': str}}, got {turn!r}")
+            raise SampleError(
+                "malformed", f"a turn must be {{'from': one of {sorted(ROLES)}, 'value': str}}, got {turn!r}"
+            )
         turns.append((ROLES[turn["from"]], turn["value"]))
     body = turns[1:] if turns[0][0] == "system" else turns
     expected = ["user", "assistant"] * (len(body) // 2)
@@ -178,7 +187,9 @@ def check_turns(record: dict, num_images: int) -> list[tuple[str, str]]:
     return turns
 
 
-def tokenize(turns: list[tuple[str, str]], template: Template, tokenizer, image_tokens: list[str]) -> tuple[list[int], list[int]]:
+def tokenize(
+    turns: list[tuple[str, str]], template: Template, tokenizer, image_tokens: list[str]
+) -> tuple[list[int], list[int]]:
     """Token ids and labels of a checked conversation. `image_tokens[k]` replaces the k-th `<image>` (the processor's
     own expansion, so the count matches the model's packing). BOS goes first, once, when the template or the
     tokenizer asks for it (`Template.bos`); a `whole_text` template is tokenised in one piece, a token labelled when
@@ -199,15 +210,21 @@ def tokenize(turns: list[tuple[str, str]], template: Template, tokenizer, image_
                 text = IMAGE_PLACEHOLDER * text.count(IMAGE_PLACEHOLDER)
             pieces.append((template.user.format(expand(text)), False))
         elif role == "assistant":
-            pieces += [(template.assistant, False), (text, True), (template.end_of_turn, True),
-                       (template.after_turn, False)]
+            pieces += [
+                (template.assistant, False),
+                (text, True),
+                (template.end_of_turn, True),
+                (template.after_turn, False),
+            ]
     pieces = [(text, labelled) for text, labelled in pieces if text]
 
     input_ids, labels = [], []
     if template.bos or (getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None):
         if tokenizer.bos_token_id is None:
-            raise ValueError(f"template {template.name!r} starts with a BOS token, but the tokenizer has none; "
-                             f"choose the template of this model's LLM with --template.")
+            raise ValueError(
+                f"template {template.name!r} starts with a BOS token, but the tokenizer has none; "
+                f"choose the template of this model's LLM with --template."
+            )
         input_ids.append(tokenizer.bos_token_id)
         labels.append(IGNORE_INDEX)
     if not template.whole_text:
@@ -234,9 +251,11 @@ def check_template(template: Template, tokenizer) -> None:
     vocab = tokenizer.get_vocab()
     missing = [token for token in template.special_tokens if token not in vocab]
     if missing:
-        raise ValueError(f"template {template.name!r} writes {missing}, which the tokenizer does not have as tokens: "
-                         f"it is another LLM's format. Choose this model's with --template: one of "
-                         f"{sorted(TEMPLATES)}.")
+        raise ValueError(
+            f"template {template.name!r} writes {missing}, which the tokenizer does not have as tokens: "
+            f"it is another LLM's format. Choose this model's with --template: one of "
+            f"{sorted(TEMPLATES)}."
+        )
 
 
 class SupervisedDataset(Dataset):
@@ -248,9 +267,16 @@ class SupervisedDataset(Dataset):
     against the layout the processor implies) is skipped as "unsupported image" with the reason.
     """
 
-    def __init__(self, records: list[dict], processor, image_folder: str | Path | None = None,
-                 template: str = "qwen_1_5", max_length: int = 16384, strict: bool = False,
-                 model_config=None) -> None:
+    def __init__(
+        self,
+        records: list[dict],
+        processor,
+        image_folder: str | Path | None = None,
+        template: str = "qwen_1_5",
+        max_length: int = 16384,
+        strict: bool = False,
+        model_config=None,
+    ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template {template!r}: use one of {sorted(TEMPLATES)}.")
         if not records:
@@ -276,7 +302,9 @@ class SupervisedDataset(Dataset):
             except SampleError as error:
                 name = self.records[i].get("id", "?") if isinstance(self.records[i], dict) else "?"
                 if self.strict:
-                    raise ValueError(f"sample {i} (id {name!r}): {error}. Run without --strict_data to skip such samples.") from error
+                    raise ValueError(
+                        f"sample {i} (id {name!r}): {error}. Run without --strict_data to skip such samples."
+                    ) from error
                 skipped.append({"index": i, "id": str(name), "reason": error.reason, "detail": str(error)})
                 continue
             sample["skipped"] = skipped
@@ -374,8 +402,9 @@ class Collator:
         pixels = [s["pixel_values"] for s in with_images]
         if pixels[0].dim() == 5:  # anyres: pad every image to the batch's largest crop count
             crops = max(pv.shape[1] for pv in pixels)
-            pixels = [torch.cat([pv, pv.new_zeros((pv.shape[0], crops - pv.shape[1], *pv.shape[2:]))], dim=1)
-                      for pv in pixels]
+            pixels = [
+                torch.cat([pv, pv.new_zeros((pv.shape[0], crops - pv.shape[1], *pv.shape[2:]))], dim=1) for pv in pixels
+            ]
         batch["pixel_values"] = torch.cat(pixels)
         if "image_sizes" in with_images[0]:
             batch["image_sizes"] = torch.cat([s["image_sizes"] for s in with_images])

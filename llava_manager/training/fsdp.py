@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -114,8 +114,10 @@ def _enable_on_cpu(trainer) -> bool:
         return False
     plugin = _plugin_from_args(trainer)
     if plugin.fsdp_version != 2:
-        raise ValueError("FSDP on a machine without a GPU runs FSDP2 only (fsdp_version: 2, the recipes' configs); "
-                         "FSDP1 is deprecated in transformers.")
+        raise ValueError(
+            "FSDP on a machine without a GPU runs FSDP2 only (fsdp_version: 2, the recipes' configs); "
+            "FSDP1 is deprecated in transformers."
+        )
     if trainer.accelerator.mixed_precision != "no":
         plugin.set_mixed_precision(trainer.accelerator.mixed_precision)
     # What `AcceleratorState.__init__` does for GPUs; PartialState too, since a later `AcceleratorState()` copies
@@ -127,8 +129,11 @@ def _enable_on_cpu(trainer) -> bool:
     trainer.is_fsdp_enabled = True
     if trainer.args.save_only_model and "SHARDED_STATE_DICT" in str(plugin.state_dict_type):
         raise ValueError("save_only_model option is not compatible with FSDP state dict type 'SHARDED_STATE_DICT'")
-    logger.info("FSDP2 on CPU with the %s backend (%d processes)", torch.distributed.get_backend(),
-                trainer.accelerator.num_processes)
+    logger.info(
+        "FSDP2 on CPU with the %s backend (%d processes)",
+        torch.distributed.get_backend(),
+        trainer.accelerator.num_processes,
+    )
     return True
 
 
@@ -146,9 +151,13 @@ def setup(trainer) -> None:
     transformer_based = policy is not None and getattr(policy, "__name__", "") == "transformer_auto_wrap_policy"
     if transformer_based and plugin.transformer_cls_names_to_wrap is None:
         plugin.transformer_cls_names_to_wrap = wrap_classes(trainer.model)
-    logger.info("FSDP%d: units %s, state dict %s, reshard after forward %s", plugin.fsdp_version,
-                plugin.transformer_cls_names_to_wrap if transformer_based else policy,
-                str(plugin.state_dict_type).rsplit(".", 1)[-1], plugin.reshard_after_forward)
+    logger.info(
+        "FSDP%d: units %s, state dict %s, reshard after forward %s",
+        plugin.fsdp_version,
+        plugin.transformer_cls_names_to_wrap if transformer_based else policy,
+        str(plugin.state_dict_type).rsplit(".", 1)[-1],
+        plugin.reshard_after_forward,
+    )
 
 
 @contextlib.contextmanager

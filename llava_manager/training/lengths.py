@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..processing.templates import IMAGE_PLACEHOLDER
 
@@ -94,8 +93,10 @@ def image_token_estimate(processor) -> tuple[int, int]:
         count = processor.replace_image_token(inputs, 0).count(processor.image_token)
         return count, count
     side = max(max(p) for p in processor.image_processor.image_grid_pinpoints)
-    return (processor_token_count(processor, side, side, family=family),
-            processor_token_count(processor, side, side, multi_image=True, family=family))
+    return (
+        processor_token_count(processor, side, side, family=family),
+        processor_token_count(processor, side, side, multi_image=True, family=family),
+    )
 
 
 def calibrate(records: Sequence, template, tokenizer, image_tokens: tuple[int, int]) -> LengthEstimate:
@@ -138,13 +139,20 @@ def dataset_lengths(dataset, image_tokens: int | None = None) -> list[int]:
     if own is not None:
         return [int(x) for x in own]
     if not all(hasattr(dataset, a) for a in ("records", "processor", "template")):
-        raise TypeError(f"{type(dataset).__name__} has no `modality_lengths` (one signed int a sample: + with "
-                        f"images, - text-only) and is not a SupervisedDataset whose records could be measured.")
+        raise TypeError(
+            f"{type(dataset).__name__} has no `modality_lengths` (one signed int a sample: + with "
+            f"images, - text-only) and is not a SupervisedDataset whose records could be measured."
+        )
     tokens = image_token_estimate(dataset.processor) if image_tokens is None else (image_tokens, image_tokens)
     estimate = calibrate(dataset.records, dataset.template, dataset.processor.tokenizer, tokens)
-    logger.info("length estimate: %.1f + %.2f a turn + %.3f a word, %d tokens an image (%d each of several)",
-                estimate.fixed, estimate.per_turn, estimate.per_word, estimate.image_tokens,
-                estimate.multi_image_tokens)
+    logger.info(
+        "length estimate: %.1f + %.2f a turn + %.3f a word, %d tokens an image (%d each of several)",
+        estimate.fixed,
+        estimate.per_turn,
+        estimate.per_word,
+        estimate.image_tokens,
+        estimate.multi_image_tokens,
+    )
     # A lazy record view (parquet shards) may offer its rows without the image data, read faster (by column):
     # records with "conversations" and as many "image" entries as images.
     light = getattr(dataset.records, "without_image_bytes", None)

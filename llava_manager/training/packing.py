@@ -51,8 +51,9 @@ tokens, int; rows x width - num_tokens) and `sample_lengths` (a LongTensor of ea
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import DataCollatorWithFlattening
@@ -74,9 +75,11 @@ def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
     room: list[int] = []
     for index, length in enumerate(lengths):
         if length > budget:
-            raise ValueError(f"a sample of {length} tokens (image tokens included) is longer than the packing budget "
-                             f"--max_packed_tokens {budget}: it cannot be packed. Raise --max_packed_tokens, or keep "
-                             f"--max_length at most the budget so that such samples are skipped as over-length.")
+            raise ValueError(
+                f"a sample of {length} tokens (image tokens included) is longer than the packing budget "
+                f"--max_packed_tokens {budget}: it cannot be packed. Raise --max_packed_tokens, or keep "
+                f"--max_length at most the budget so that such samples are skipped as over-length."
+            )
         row = next((r for r, free in enumerate(room) if free >= length), None)
         if row is None:
             rows.append([])
@@ -107,8 +110,9 @@ class PackingCollator(Collator):
         super().__post_init__()
         if self.max_packed_tokens < 1:
             raise ValueError(f"--max_packed_tokens {self.max_packed_tokens}: a positive number of tokens.")
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX,
-                                                  return_flash_attn_kwargs=True)
+        self.flatten = DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=IGNORE_INDEX, return_flash_attn_kwargs=True
+        )
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         lengths = [len(s["input_ids"]) for s in samples]
@@ -128,15 +132,24 @@ class PackingCollator(Collator):
             offsets.append(flat["cu_seq_lens_q"][1:] + r * width)
             max_length = max(max_length, flat["max_length_q"])
         cu_seq_lens = torch.cat(offsets)
-        batch: dict[str, Any] = dict(input_ids=torch.cat(input_ids), labels=torch.cat(labels),
-                                     position_ids=torch.cat(position_ids), use_cache=False,
-                                     cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens,
-                                     max_length_q=max_length, max_length_k=max_length)
+        batch: dict[str, Any] = dict(
+            input_ids=torch.cat(input_ids),
+            labels=torch.cat(labels),
+            position_ids=torch.cat(position_ids),
+            use_cache=False,
+            cu_seq_lens_q=cu_seq_lens,
+            cu_seq_lens_k=cu_seq_lens,
+            max_length_q=max_length,
+            max_length_k=max_length,
+        )
         order = [i for row in rows for i in row]
         batch.update(self.batch_images([samples[i] for i in order]))
         num_tokens = sum(lengths)
-        batch.update(num_tokens=num_tokens, num_padding=len(rows) * width - num_tokens,
-                     sample_lengths=torch.tensor([lengths[i] for i in order], dtype=torch.long))
+        batch.update(
+            num_tokens=num_tokens,
+            num_padding=len(rows) * width - num_tokens,
+            sample_lengths=torch.tensor([lengths[i] for i in order], dtype=torch.long),
+        )
         batch["skipped"] = [record for s in samples for record in s.get("skipped", ())]
         return batch
 
@@ -155,13 +168,22 @@ def build_collator(data_args, model, processor, training_args=None) -> Collator:
     if budget < 1:
         raise ValueError(f"--max_packed_tokens {budget}: a positive number of tokens.")
     if training_args is not None and training_args.n_gpu > 1:
-        raise ValueError(f"--padding_free with {training_args.n_gpu} GPUs in one process: torch's DataParallel would "
-                         f"split a packed batch's rows from their sample boundaries (cu_seq_lens). Launch one process "
-                         f"per GPU (torchrun, accelerate launch, deepspeed), or make one GPU visible.")
+        raise ValueError(
+            f"--padding_free with {training_args.n_gpu} GPUs in one process: torch's DataParallel would "
+            f"split a packed batch's rows from their sample boundaries (cu_seq_lens). Launch one process "
+            f"per GPU (torchrun, accelerate launch, deepspeed), or make one GPU visible."
+        )
     if data_args.max_length > budget:
-        logger.info("padding-free: --max_length %d lowered to the packing budget --max_packed_tokens %d (longer "
-                    "samples are skipped as over-length)", data_args.max_length, budget)
+        logger.info(
+            "padding-free: --max_length %d lowered to the packing budget --max_packed_tokens %d (longer "
+            "samples are skipped as over-length)",
+            data_args.max_length,
+            budget,
+        )
         data_args.max_length = budget
-    logger.info("padding-free: samples packed into rows of at most %d tokens (%s attention)", budget,
-                model.config.get_text_config()._attn_implementation)
+    logger.info(
+        "padding-free: samples packed into rows of at most %d tokens (%s attention)",
+        budget,
+        model.config.get_text_config()._attn_implementation,
+    )
     return PackingCollator(pad, family, max_packed_tokens=budget)

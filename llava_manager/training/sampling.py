@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -78,13 +78,21 @@ def _check_lengths(lengths) -> np.ndarray:
     if lengths.ndim != 1 or not len(lengths):
         raise ValueError("lengths: a non-empty list of signed ints (+ with images, - text-only).")
     if (lengths == 0).any():
-        raise ValueError(f"lengths: sample {int(np.flatnonzero(lengths == 0)[0])} has length 0; a length's sign "
-                         f"tells its modality (+ with images, - text-only), so none may be 0.")
+        raise ValueError(
+            f"lengths: sample {int(np.flatnonzero(lengths == 0)[0])} has length 0; a length's sign "
+            f"tells its modality (+ with images, - text-only), so none may be 0."
+        )
     return lengths
 
 
-def modality_grouped_indices(lengths: Sequence[int], batch_size: int, world_size: int = 1, seed: int = 0,
-                             epoch: int = 0, mega_batch_mult: int | None = None) -> list[int]:
+def modality_grouped_indices(
+    lengths: Sequence[int],
+    batch_size: int,
+    world_size: int = 1,
+    seed: int = 0,
+    epoch: int = 0,
+    mega_batch_mult: int | None = None,
+) -> list[int]:
     """The epoch's order in units of `world_size * batch_size` consecutive indices, each of one modality (sign of
     `lengths`), of similar lengths, spread over the ranks; units shuffled, the one with the longest sample first.
     One process: every index once, each modality's leftover (fewer than a unit) last, image samples then text-only
@@ -105,10 +113,10 @@ def modality_grouped_indices(lengths: Sequence[int], batch_size: int, world_size
         whole = len(order) // unit * unit
         mega = unit * (mega_batch_mult or max(1, min(len(order) // (unit * 4), 50)))
         for start in range(0, whole, mega):
-            chunk = order[start:min(start + mega, whole)]
+            chunk = order[start : min(start + mega, whole)]
             chunk = chunk[np.argsort(-sizes[chunk], kind="stable")]
             for u in range(0, len(chunk), unit):
-                block = chunk[u:u + unit]  # longest first: rank r's batch takes every world_size-th
+                block = chunk[u : u + unit]  # longest first: rank r's batch takes every world_size-th
                 units.append(np.concatenate([block[r::world_size] for r in range(world_size)]))
         rest = order[whole:]
         leftovers.append(rest[np.argsort(-sizes[rest], kind="stable")])
@@ -123,8 +131,14 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     """`modality_grouped_indices` for the epoch set by `set_epoch` (the Trainer calls it; see the module docstring
     for the batching by the Trainer and accelerate)."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, world_size: int = 1, seed: int = 0,
-                 mega_batch_mult: int | None = None):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        world_size: int = 1,
+        seed: int = 0,
+        mega_batch_mult: int | None = None,
+    ):
         self.lengths = _check_lengths(lengths)
         self.batch_size, self.world_size, self.seed = batch_size, world_size, seed
         self.mega_batch_mult = mega_batch_mult
@@ -141,8 +155,11 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         return sum(-(-int(n) // unit) * unit for n in ((self.lengths > 0).sum(), (self.lengths < 0).sum()))
 
     def __iter__(self) -> Iterator[int]:
-        return iter(modality_grouped_indices(self.lengths, self.batch_size, self.world_size, self.seed, self.epoch,
-                                             self.mega_batch_mult))
+        return iter(
+            modality_grouped_indices(
+                self.lengths, self.batch_size, self.world_size, self.seed, self.epoch, self.mega_batch_mult
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -156,8 +173,14 @@ def batch_cost(sizes: Sequence[int], mode: str = "padded") -> int:
     return len(sizes) * max(sizes) if mode == "padded" else int(sum(sizes))
 
 
-def token_budget_batches(lengths: Sequence[int], budget: int, mode: str = "padded", group_by_modality: bool = False,
-                         seed: int = 0, max_batch_size: int | None = None) -> list[list[int]]:
+def token_budget_batches(
+    lengths: Sequence[int],
+    budget: int,
+    mode: str = "padded",
+    group_by_modality: bool = False,
+    seed: int = 0,
+    max_batch_size: int | None = None,
+) -> list[list[int]]:
     """Batches of indices whose `batch_cost` stays within `budget`, every index once: within each group (each
     modality with `group_by_modality`, else all) the samples sorted longest first (equal lengths in a seeded order)
     and cut greedily; a sample alone over the budget is a batch of its own. At most `max_batch_size` samples a batch
@@ -168,7 +191,9 @@ def token_budget_batches(lengths: Sequence[int], budget: int, mode: str = "padde
     lengths = _check_lengths(lengths)
     sizes = np.abs(lengths)
     ties = _rng(seed, 0, stream=2).permutation(len(lengths))
-    groups = (np.flatnonzero(lengths > 0), np.flatnonzero(lengths < 0)) if group_by_modality else (np.arange(len(lengths)),)
+    groups = (
+        (np.flatnonzero(lengths > 0), np.flatnonzero(lengths < 0)) if group_by_modality else (np.arange(len(lengths)),)
+    )
     batches = []
     for group in groups:
         order = group[np.lexsort((ties[group], -sizes[group]))]
@@ -193,8 +218,17 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 
     batch_size = None  # read by accelerate's BatchSamplerShard: batches of varying size
 
-    def __init__(self, lengths: Sequence[int], budget: int, mode: str = "padded", group_by_modality: bool = False,
-                 seed: int = 0, drop_last: bool = False, max_batch_size: int | None = None, world_size: int = 1):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        budget: int,
+        mode: str = "padded",
+        group_by_modality: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        max_batch_size: int | None = None,
+        world_size: int = 1,
+    ):
         if world_size < 1:
             raise ValueError(f"world_size ({world_size}) must be at least 1.")
         self.lengths = _check_lengths(lengths)
@@ -203,16 +237,20 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.batches = token_budget_batches(self.lengths, budget, mode, group_by_modality, seed, max_batch_size)
         over = [b for b in self.batches if len(b) == 1 and abs(int(self.lengths[b[0]])) > budget]  # only alone
         if over:
-            logger.warning("%d samples are alone over the token budget %d (estimated, %s); each gets a batch of its "
-                           "own", len(over), budget, mode)
+            logger.warning(
+                "%d samples are alone over the token budget %d (estimated, %s); each gets a batch of its own",
+                len(over),
+                budget,
+                mode,
+            )
         signed = self.lengths.tolist()
         has_images = [any(signed[i] > 0 for i in b) for b in self.batches]
         self.rounds = []  # lists of indices into self.batches: one a rank
         for images in (True, False):
             kind = [k for k, flag in enumerate(has_images) if flag == images]
             if world_size > 1 and len(kind) % world_size:
-                kind += (kind * world_size)[:world_size - len(kind) % world_size]
-            self.rounds += [kind[r:r + world_size] for r in range(0, len(kind), world_size)]
+                kind += (kind * world_size)[: world_size - len(kind) % world_size]
+            self.rounds += [kind[r : r + world_size] for r in range(0, len(kind), world_size)]
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -255,18 +293,24 @@ class SamplingOptions:
         return self.group_by_modality_length or self.token_budget is not None
 
     @classmethod
-    def from_args(cls, data_args, training_args=None) -> "SamplingOptions":
+    def from_args(cls, data_args, training_args=None) -> SamplingOptions:
         """From the parsed arguments; `--token_budget_mode` defaults to `packed` with `--padding_free`, else
         `padded`."""
         mode = getattr(data_args, "token_budget_mode", None)
         if mode is None:
             packing = any(getattr(a, "padding_free", False) for a in (data_args, training_args) if a is not None)
             mode = "packed" if packing else "padded"
-        options = cls(bool(getattr(data_args, "group_by_modality_length", False)),
-                      getattr(data_args, "token_budget", None), mode, getattr(data_args, "image_token_estimate", None))
+        options = cls(
+            bool(getattr(data_args, "group_by_modality_length", False)),
+            getattr(data_args, "token_budget", None),
+            mode,
+            getattr(data_args, "image_token_estimate", None),
+        )
         if options.active and getattr(data_args, "streaming", False):
-            raise ValueError("--group_by_modality_length and --token_budget order a data set of known length; "
-                             "--streaming reads an endless stream in its own order: drop one or the other.")
+            raise ValueError(
+                "--group_by_modality_length and --token_budget order a data set of known length; "
+                "--streaming reads an endless stream in its own order: drop one or the other."
+            )
         return options
 
 

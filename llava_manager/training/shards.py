@@ -59,10 +59,9 @@ from __future__ import annotations
 import glob
 import logging
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +93,10 @@ def resolve_data_files(spec, base: str | Path | None = None) -> list[Path]:
         if not path.is_absolute() and base is not None:
             path = Path(base) / path
         if path.is_dir():
-            found = sorted((p for p in path.rglob("*") if p.suffix in SHARD_SUFFIXES and p.is_file()),
-                           key=lambda p: p.relative_to(path).as_posix())
+            found = sorted(
+                (p for p in path.rglob("*") if p.suffix in SHARD_SUFFIXES and p.is_file()),
+                key=lambda p: p.relative_to(path).as_posix(),
+            )
             where = f"folder {path}"
         elif path.exists():
             found, where = [path], str(path)
@@ -132,14 +133,18 @@ def mixture_entries(yaml_path: str | Path) -> list[MixtureEntry]:
     spec = yaml.safe_load(yaml_path.read_text()) or {}
     entries = spec.get("datasets") if isinstance(spec, dict) else None
     if not entries:
-        raise ValueError(f"{yaml_path}: a data mixture needs a non-empty 'datasets:' list of "
-                         f"{{json_path or data_files, sampling_strategy}}.")
+        raise ValueError(
+            f"{yaml_path}: a data mixture needs a non-empty 'datasets:' list of "
+            f"{{json_path or data_files, sampling_strategy}}."
+        )
     out = []
     for entry in entries:
         keys = [k for k in ("json_path", "data_files") if isinstance(entry, dict) and k in entry]
         if len(keys) != 1:
-            raise ValueError(f"{yaml_path}: every entry of 'datasets' needs one json_path (LLaVA JSON) or data_files "
-                             f"(parquet / arrow shards); got {entry}.")
+            raise ValueError(
+                f"{yaml_path}: every entry of 'datasets' needs one json_path (LLaVA JSON) or data_files "
+                f"(parquet / arrow shards); got {entry}."
+            )
         strategy = str(entry.get("sampling_strategy", "all"))
         if keys[0] == "json_path":
             path = Path(entry["json_path"])
@@ -178,8 +183,9 @@ def arrow_records(table, first: int, source: str) -> Iterator[dict]:
     for rows without an `id`."""
     columns = {name: table.column(name) for name in table.column_names}
     for k in range(table.num_rows):
-        record = {name: (_image_cell(column[k]) if name == "image" else column[k].as_py())
-                  for name, column in columns.items()}
+        record = {
+            name: (_image_cell(column[k]) if name == "image" else column[k].as_py()) for name, column in columns.items()
+        }
         if record.get("image") is None:
             record.pop("image", None)
         if record.get("id") is None:
@@ -224,9 +230,9 @@ class ShardRecords(Sequence):
         for k in range(len(self.rows)):
             yield self[k]
 
-    def select(self, indices: Sequence[int]) -> "ShardRecords":
+    def select(self, indices: Sequence[int]) -> ShardRecords:
         if isinstance(indices, range) and isinstance(self.rows, range):
-            return ShardRecords(self.table, self.source, self.rows[indices.start:indices.stop:indices.step])
+            return ShardRecords(self.table, self.source, self.rows[indices.start : indices.stop : indices.step])
         return ShardRecords(self.table, self.source, [self.rows[i] for i in indices])
 
     def without_image_bytes(self, block: int = 8192) -> Iterator[dict]:
@@ -239,8 +245,9 @@ class ShardRecords(Sequence):
         columns = [c for c in ("conversations", "image") if c in self.table.column_names]
 
         def light(part) -> Iterator[dict]:
-            conversations = (part.column("conversations").to_pylist() if "conversations" in columns
-                             else [None] * len(part))
+            conversations = (
+                part.column("conversations").to_pylist() if "conversations" in columns else [None] * len(part)
+            )
             if "image" not in columns:
                 counts = [0] * len(part)
             elif pa.types.is_list(part.column("image").type) or pa.types.is_large_list(part.column("image").type):
@@ -252,7 +259,7 @@ class ShardRecords(Sequence):
 
         rows = self.rows
         for k in range(0, len(rows), block):
-            chunk = rows[k:k + block]
+            chunk = rows[k : k + block]
             lo, hi = min(chunk), max(chunk) + 1
             if hi - lo == len(chunk) and (isinstance(chunk, range) or list(chunk) == list(range(lo, hi))):
                 yield from light(table[lo:hi].select(columns))  # a contiguous block: one zero-copy slice
@@ -287,7 +294,7 @@ class MixedRecords(Sequence):
         for part in self.parts:
             yield from part
 
-    def select(self, indices: Sequence[int]) -> "MixedRecords":
+    def select(self, indices: Sequence[int]) -> MixedRecords:
         return MixedRecords([_Picked(self, list(indices))])
 
     def without_image_bytes(self) -> Iterator[dict]:

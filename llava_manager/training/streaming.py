@@ -44,9 +44,10 @@ from __future__ import annotations
 import logging
 import random
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -130,7 +131,7 @@ def _pieces(entry: int, counts: list[int], start: int, keep: range | list[int] |
             local = range(max(lo, keep.start) - lo, max(lo, min(hi, keep.stop)) - lo)
         else:
             flags = bytearray(rows)
-            for i in ordered[bisect_left(ordered, lo):bisect_left(ordered, hi)]:
+            for i in ordered[bisect_left(ordered, lo) : bisect_left(ordered, hi)]:
                 flags[i - lo] = 1
             local = bytes(flags)
         piece = Piece(entry, shard, start + lo, rows, local)
@@ -155,16 +156,29 @@ def stream_sources(data_path: str | Path, seed: int = 0) -> list[StreamEntry]:
         if spec.kind == "json":
             records = sample_records(read_records(spec.path), spec.strategy, seed)
             counts = [min(JSON_PIECE, len(records) - k) for k in range(0, len(records), JSON_PIECE)]
-            entry = StreamEntry(spec.name, spec.strategy, len(records), start, records=records,
-                                pieces=_pieces(e, counts, start, None))
+            entry = StreamEntry(
+                spec.name, spec.strategy, len(records), start, records=records, pieces=_pieces(e, counts, start, None)
+            )
         else:
             stream, counts = _shard_stream(spec.files)
             total = sum(counts)
-            entry = StreamEntry(spec.name, spec.strategy, total, start, stream=stream,
-                                pieces=_pieces(e, counts, start, strategy_indices(total, spec.strategy, seed)))
+            entry = StreamEntry(
+                spec.name,
+                spec.strategy,
+                total,
+                start,
+                stream=stream,
+                pieces=_pieces(e, counts, start, strategy_indices(total, spec.strategy, seed)),
+            )
         kept = sum(p.kept() for p in entry.pieces)
-        logger.info("data stream: %d of %d rows from %s (%s), %d pieces", kept, entry.rows, spec.name, spec.strategy,
-                    len(entry.pieces))
+        logger.info(
+            "data stream: %d of %d rows from %s (%s), %d pieces",
+            kept,
+            entry.rows,
+            spec.name,
+            spec.strategy,
+            len(entry.pieces),
+        )
         entries.append(entry)
         start += entry.rows
     return entries
@@ -200,10 +214,21 @@ class StreamingSupervisedDataset(IterableDataset):
     build = SupervisedDataset.build  # the same checks, tokens, labels and images as the map-style data set
     load_image = SupervisedDataset.load_image
 
-    def __init__(self, entries: list[StreamEntry], processor, image_folder: str | Path | None = None,
-                 template: str = "qwen_1_5", max_length: int = 16384, strict: bool = False, model_config=None,
-                 seed: int = 0, shuffle_buffer: int = 1000, world_size: int = 1, rank: int = 0,
-                 batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        entries: list[StreamEntry],
+        processor,
+        image_folder: str | Path | None = None,
+        template: str = "qwen_1_5",
+        max_length: int = 16384,
+        strict: bool = False,
+        model_config=None,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        world_size: int = 1,
+        rank: int = 0,
+        batch_size: int = 1,
+    ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template {template!r}: use one of {sorted(TEMPLATES)}.")
         self.entries = entries
@@ -238,7 +263,7 @@ class StreamingSupervisedDataset(IterableDataset):
         entry = self.entries[piece.entry]
         if entry.records is not None:
             first = piece.shard * JSON_PIECE
-            for k, record in enumerate(entry.records[first:first + piece.rows]):
+            for k, record in enumerate(entry.records[first : first + piece.rows]):
                 if piece.keeps(k):
                     yield piece.start + k, record
             return
@@ -267,8 +292,10 @@ class StreamingSupervisedDataset(IterableDataset):
     def reader_samples(self, reader: int, readers: int) -> Iterator[dict]:
         """Endless built samples of a reader, pass after pass."""
         if self.rows < readers:
-            raise ValueError(f"{self.rows} rows for {readers} readers (world size x data loader workers): use fewer "
-                             f"workers or more data.")
+            raise ValueError(
+                f"{self.rows} rows for {readers} readers (world size x data loader workers): use fewer "
+                f"workers or more data."
+            )
         skipped: list[dict] = []
         epoch = 0
         while True:
@@ -280,16 +307,19 @@ class StreamingSupervisedDataset(IterableDataset):
                 except SampleError as error:
                     name = record.get("id", "?") if isinstance(record, dict) else "?"
                     if self.strict:
-                        raise ValueError(f"sample {index} (id {name!r}): {error}. Run without --strict_data to skip "
-                                         f"such samples.") from error
+                        raise ValueError(
+                            f"sample {index} (id {name!r}): {error}. Run without --strict_data to skip such samples."
+                        ) from error
                     skipped.append({"index": index, "id": str(name), "reason": error.reason, "detail": str(error)})
                     continue
                 usable = True
                 sample["skipped"], skipped = skipped, []
                 yield sample
             if not usable:
-                raise RuntimeError(f"no usable sample in a whole pass of data reader {reader} of {readers}; the first "
-                                   f"problems: {skipped[:3]}")
+                raise RuntimeError(
+                    f"no usable sample in a whole pass of data reader {reader} of {readers}; the first "
+                    f"problems: {skipped[:3]}"
+                )
             epoch += 1
             logger.info("data reader %d of %d: pass %d", reader, readers, epoch)
 
@@ -310,8 +340,9 @@ class StreamingSupervisedDataset(IterableDataset):
             yield from after
 
 
-def streaming_dataset(data_path, image_folder, data_args, training_args, processor,
-                      model_config=None) -> StreamingSupervisedDataset:
+def streaming_dataset(
+    data_path, image_folder, data_args, training_args, processor, model_config=None
+) -> StreamingSupervisedDataset:
     """The recipes' streamed data set (`--streaming`), with the Trainer settings it needs (see the module doc)."""
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("--streaming reads an endless stream: give the length of the run with --max_steps.")
@@ -320,16 +351,32 @@ def streaming_dataset(data_path, image_folder, data_args, training_args, process
             raise ValueError(f"--{flag} orders a data set with a length; a stream has none: drop it or --streaming.")
     config = training_args.accelerator_config
     if getattr(config, "split_batches", False) or getattr(config, "dispatch_batches", None):
-        raise ValueError("--streaming: each process reads its own batches; drop split_batches / dispatch_batches "
-                         "from --accelerator_config.")
+        raise ValueError(
+            "--streaming: each process reads its own batches; drop split_batches / dispatch_batches "
+            "from --accelerator_config."
+        )
     config.dispatch_batches = False
     seed = training_args.data_seed or training_args.seed  # as train.build_dataset seeds load_records
     entries = stream_sources(data_path, seed)
     dataset = StreamingSupervisedDataset(
-        entries, processor, image_folder, data_args.template, data_args.max_length, data_args.strict_data,
-        model_config=model_config, seed=seed, shuffle_buffer=getattr(data_args, "shuffle_buffer", 1000),
-        world_size=training_args.world_size, rank=training_args.process_index,
-        batch_size=training_args.per_device_train_batch_size)
-    logger.info("streaming %d rows in %d pieces (shuffle buffer %d, world size %d)", dataset.rows, len(dataset.pieces),
-                dataset.shuffle_buffer, dataset.world_size)
+        entries,
+        processor,
+        image_folder,
+        data_args.template,
+        data_args.max_length,
+        data_args.strict_data,
+        model_config=model_config,
+        seed=seed,
+        shuffle_buffer=getattr(data_args, "shuffle_buffer", 1000),
+        world_size=training_args.world_size,
+        rank=training_args.process_index,
+        batch_size=training_args.per_device_train_batch_size,
+    )
+    logger.info(
+        "streaming %d rows in %d pieces (shuffle buffer %d, world size %d)",
+        dataset.rows,
+        len(dataset.pieces),
+        dataset.shuffle_buffer,
+        dataset.world_size,
+    )
     return dataset

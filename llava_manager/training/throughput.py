@@ -45,9 +45,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import TrainerCallback
@@ -122,8 +122,9 @@ def count_batch(inputs: dict, image_token_id: int | None = None, patches_per_fra
     videos = inputs.get("pixel_values_videos")
     if videos is not None and patches_per_frame:
         vision = vision + videos.numel() // (videos.shape[-1] * videos.shape[-2] * videos.shape[-3]) * patches_per_frame
-    return torch.stack([tokens.new_tensor(len(lengths)), tokens, computed - tokens, (lengths * lengths).sum(),
-                        vision.to(torch.int64)])
+    return torch.stack(
+        [tokens.new_tensor(len(lengths)), tokens, computed - tokens, (lengths * lengths).sum(), vision.to(torch.int64)]
+    )
 
 
 def _numel(p: torch.nn.Parameter) -> int:
@@ -139,9 +140,11 @@ def model_parameters(model) -> dict:
         return module_parameters(model)
     inner = model.model
     newline = getattr(inner, "image_newline", None)
-    parts = {"vision_tower": list(inner.vision_tower.parameters()),
-             "projector": list(inner.multi_modal_projector.parameters()) + ([newline] if newline is not None else []),
-             "managers": []}
+    parts = {
+        "vision_tower": list(inner.vision_tower.parameters()),
+        "projector": list(inner.multi_modal_projector.parameters()) + ([newline] if newline is not None else []),
+        "managers": [],
+    }
     seen = {id(p) for ps in parts.values() for p in ps}
     parts["llm"] = [p for p in model.parameters() if id(p) not in seen]
     return parts
@@ -157,7 +160,7 @@ class ModelFlops:
     vision_attention: float  # (4 or 12) x layers x d x P, per vision token
 
     @classmethod
-    def of(cls, model) -> "ModelFlops":
+    def of(cls, model) -> ModelFlops:
         parts = model_parameters(model)
         config = model.config
         text = config.get_text_config()
@@ -176,21 +179,33 @@ class ModelFlops:
             sizes[part] = total
             upstream = backward
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        llm_attention = ((2 + 4 * (coefficient["llm"] > 2)) * text.num_hidden_layers * text.num_attention_heads
-                         * head_dim)
+        llm_attention = (
+            (2 + 4 * (coefficient["llm"] > 2)) * text.num_hidden_layers * text.num_attention_heads * head_dim
+        )
         vision_config = getattr(config, "vision_config", None)
         vision_attention = 0.0
         if vision_config is not None:
             patches = (vision_config.image_size // vision_config.patch_size) ** 2
-            vision_attention = ((4 + 8 * (coefficient["vision_tower"] > 2)) * vision_config.num_hidden_layers
-                                * vision_config.hidden_size * patches)
+            vision_attention = (
+                (4 + 8 * (coefficient["vision_tower"] > 2))
+                * vision_config.num_hidden_layers
+                * vision_config.hidden_size
+                * patches
+            )
         vision = sum(coefficient[p] * sizes[p] for p in ("vision_tower", "projector", "managers"))
-        return cls(llm=coefficient["llm"] * sizes["llm"], vision=vision, llm_attention=llm_attention,
-                   vision_attention=vision_attention)
+        return cls(
+            llm=coefficient["llm"] * sizes["llm"],
+            vision=vision,
+            llm_attention=llm_attention,
+            vision_attention=vision_attention,
+        )
 
     def __call__(self, counts: dict[str, float]) -> float:
-        return (self.llm * counts["tokens"] + self.llm_attention * counts["sum_squared_lengths"]
-                + (self.vision + self.vision_attention) * counts["vision_tokens"])
+        return (
+            self.llm * counts["tokens"]
+            + self.llm_attention * counts["sum_squared_lengths"]
+            + (self.vision + self.vision_attention) * counts["vision_tokens"]
+        )
 
 
 def _media_ids(model) -> tuple[int | None, int]:
@@ -208,8 +223,13 @@ class ThroughputCallback(TrainerCallback):
     micro-batch; the counts stay on the device until a log, where they are summed over processes (all processes log
     at the same steps, so the all-reduce is collective-safe)."""
 
-    def __init__(self, peak_tflops: float | None = None, device_name: str | None = None,
-                 table: list[tuple[str, float]] = GPU_PEAK_TFLOPS, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        peak_tflops: float | None = None,
+        device_name: str | None = None,
+        table: list[tuple[str, float]] = GPU_PEAK_TFLOPS,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.peak_tflops_arg, self.device_name_arg, self.table, self.clock = peak_tflops, device_name, table, clock
         self.intervals: list[dict] = []  # per log: the summed counts, seconds, and the logged values
         self.summary: dict | None = None
@@ -240,14 +260,16 @@ class ThroughputCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.world_size = max(args.world_size, 1)
         self.device = args.device
-        self.device_name = self.device_name_arg or (torch.cuda.get_device_name(args.device)
-                                                    if args.device.type == "cuda" else args.device.type)
+        self.device_name = self.device_name_arg or (
+            torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else args.device.type
+        )
         self.peak_tflops = self.peak_tflops_arg
         if self.peak_tflops is None and args.device.type == "cuda":
             self.peak_tflops = peak_tflops_for(self.device_name, self.table)
             if self.peak_tflops is None:
-                logger.warning("no mfu in the logs: the peak of %r is not in the table; give --peak_tflops",
-                               self.device_name)
+                logger.warning(
+                    "no mfu in the logs: the peak of %r is not in the table; give --peak_tflops", self.device_name
+                )
         if model is not None:
             self._image_token_id, self._patches_per_frame = _media_ids(model)
             try:
@@ -277,8 +299,9 @@ class ThroughputCallback(TrainerCallback):
     def _reduce(self, vectors: list[torch.Tensor | None]) -> list[dict[str, float]]:
         """Each local counts vector summed over processes (zeros for None), as dicts."""
         device = next((v.device for v in vectors if v is not None), self.device)  # NCCL: on the GPU
-        stacked = torch.stack([torch.zeros(len(COUNTS), dtype=torch.int64, device=device) if v is None
-                               else v.to(device) for v in vectors])
+        stacked = torch.stack(
+            [torch.zeros(len(COUNTS), dtype=torch.int64, device=device) if v is None else v.to(device) for v in vectors]
+        )
         if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(stacked)
         return [dict(zip(COUNTS, row)) for row in stacked.tolist()]
@@ -287,9 +310,11 @@ class ThroughputCallback(TrainerCallback):
         """The log values of `counts` (summed over processes) trained in `seconds`."""
         computed = counts["tokens"] + counts["padding"]
         seconds = max(seconds, 1e-9)
-        out = {"tokens_per_second": round(counts["tokens"] / seconds, 3),
-               "samples_per_second": round(counts["samples"] / seconds, 3),
-               "padding_fraction": round(counts["padding"] / computed, 6) if computed else 0.0}
+        out = {
+            "tokens_per_second": round(counts["tokens"] / seconds, 3),
+            "samples_per_second": round(counts["samples"] / seconds, 3),
+            "padding_fraction": round(counts["padding"] / computed, 6) if computed else 0.0,
+        }
         if self.flops is not None and self.peak_tflops:
             mfu = self.flops(counts) / seconds / (self.peak_tflops * 1e12 * self.world_size)
             out["mfu"] = float(f"{mfu:.6g}")
@@ -325,13 +350,20 @@ class ThroughputCallback(TrainerCallback):
             steps -= 1
         values = self.rates(total, seconds)
         self.summary = {
-            "stage": self.stage, **values,
+            "stage": self.stage,
+            **values,
             "samples_per_second_per_device": round(values["samples_per_second"] / self.world_size, 3),
             "tokens_per_second_per_device": round(values["tokens_per_second"] / self.world_size, 3),
-            "mfu": values.get("mfu"), "peak_tflops": self.peak_tflops,
-            "world_size": self.world_size, "device": self.device_name,
-            "samples": total["samples"], "tokens": total["tokens"], "padding_tokens": total["padding"],
-            "seconds": round(seconds, 3), "steps": steps, "first_step_left_out": left_out,
+            "mfu": values.get("mfu"),
+            "peak_tflops": self.peak_tflops,
+            "world_size": self.world_size,
+            "device": self.device_name,
+            "samples": total["samples"],
+            "tokens": total["tokens"],
+            "padding_tokens": total["padding"],
+            "seconds": round(seconds, 3),
+            "steps": steps,
+            "first_step_left_out": left_out,
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "output_dir": str(args.output_dir),

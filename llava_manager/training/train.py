@@ -12,19 +12,18 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, set_seed
 
-from ..shapes import score as shapes_score
-
-from . import fsdp, train_args
-from .data import SupervisedDataset, load_records
-from .packing import build_collator
-from .sampling import SamplingOptions
 from ..core.patch import apply_manager, has_manager, manager_config
 from ..core.persistence import from_pretrained
 from ..families import family_of_config, get_family
 from ..processing.processors import load_processor
 from ..processing.templates import template_for_config
+from ..shapes import score as shapes_score
 from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
+from . import fsdp, train_args
+from .data import SupervisedDataset, load_records
 from .liger import apply_liger
+from .packing import build_collator
+from .sampling import SamplingOptions
 from .trainer import ManagerTrainer, set_trainable
 
 logger = logging.getLogger(__name__)
@@ -35,9 +34,11 @@ def checkpoint_family(model_args) -> str:
     config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     family = family_of_config(config).name
     if model_args.family is not None and model_args.family != family:
-        raise ValueError(f"--family {model_args.family} disagrees with {model_args.model_name_or_path}, a "
-                         f"{family} model (its config's model_type); the family of a model comes from its config, "
-                         f"so drop --family (it picks the embedded default's family when no model is given).")
+        raise ValueError(
+            f"--family {model_args.family} disagrees with {model_args.model_name_or_path}, a "
+            f"{family} model (its config's model_type); the family of a model comes from its config, "
+            f"so drop --family (it picks the embedded default's family when no model is given)."
+        )
     return family
 
 
@@ -49,8 +50,11 @@ def choose_template(model_args, data_args) -> str:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
         family_of_config(config)  # not a LLaVA family: that error first
         data_args.template = template_for_config(config)
-        logger.info("conversation template: %s (from %s's LLM; --template chooses another)",
-                    data_args.template, model_args.model_name_or_path)
+        logger.info(
+            "conversation template: %s (from %s's LLM; --template chooses another)",
+            data_args.template,
+            model_args.model_name_or_path,
+        )
     return data_args.template
 
 
@@ -74,11 +78,16 @@ def build_model(model_args, manager_args, training_args):
         model = from_pretrained(model_args.model_name_or_path, dtype=dtype, **kwargs)
     if has_manager(model):
         saved = manager_config(model).to_dict()
-        clashes = {k: (v, saved[k]) for k, v in manager_args.config().to_dict().items()
-                   if k in manager_args.given() and saved[k] != v}
+        clashes = {
+            k: (v, saved[k])
+            for k, v in manager_args.config().to_dict().items()
+            if k in manager_args.given() and saved[k] != v
+        }
         if clashes:
-            raise ValueError(f"{model_args.model_name_or_path} already has managers; the flags disagree with them "
-                             f"(flag, saved): {clashes}. Drop those flags or start from a plain model.")
+            raise ValueError(
+                f"{model_args.model_name_or_path} already has managers; the flags disagree with them "
+                f"(flag, saved): {clashes}. Drop those flags or start from a plain model."
+            )
     else:
         apply_manager(model, manager_args.config())
     set_trainable(model, model_args.modules())
@@ -90,8 +99,11 @@ def build_model(model_args, manager_args, training_args):
 def build_dataset(data_args, training_args, processor, model_config=None):
     if data_args.data_path is None:
         with training_args.main_process_first(desc="synthetic data"):
-            paths = write_shapes_dataset(Path(training_args.output_dir) / "shapes_data", data_args.synthetic_samples,
-                                         seed=training_args.data_seed or training_args.seed)
+            paths = write_shapes_dataset(
+                Path(training_args.output_dir) / "shapes_data",
+                data_args.synthetic_samples,
+                seed=training_args.data_seed or training_args.seed,
+            )
         data_path = paths["captions" if data_args.template == "plain" else "instruct"]
         image_folder = paths["image_folder"]
     else:
@@ -101,14 +113,23 @@ def build_dataset(data_args, training_args, processor, model_config=None):
 
         return streaming_dataset(data_path, image_folder, data_args, training_args, processor, model_config)
     records = load_records(data_path, seed=training_args.data_seed or training_args.seed)
-    return SupervisedDataset(records, processor, image_folder, data_args.template, data_args.max_length,
-                             data_args.strict_data, model_config=model_config)
+    return SupervisedDataset(
+        records,
+        processor,
+        image_folder,
+        data_args.template,
+        data_args.max_length,
+        data_args.strict_data,
+        model_config=model_config,
+    )
 
 
 def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
     model_args, manager_args, data_args, training_args = train_args.parse(stage, argv)
-    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     choose_template(model_args, data_args)  # before the weights load: an LLM without a default fails at once
     sampling = SamplingOptions.from_args(data_args, training_args)  # checked before the weights load too
     model, processor = build_model(model_args, manager_args, training_args)
@@ -116,10 +137,14 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
     collator = build_collator(data_args, model, processor, training_args)
     dataset = build_dataset(data_args, training_args, processor, model.config)
     trainer = ManagerTrainer(
-        model=model, args=training_args, train_dataset=dataset,
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
         data_collator=collator,
         processing_class=processor.tokenizer,
-        vision_tower_lr=model_args.vision_tower_lr, manager_lr=model_args.manager_lr, peak_tflops=model_args.peak_tflops,
+        vision_tower_lr=model_args.vision_tower_lr,
+        manager_lr=model_args.manager_lr,
+        peak_tflops=model_args.peak_tflops,
     )
     trainer.sampling = sampling  # --group_by_modality_length, --token_budget (sampling.py)
     trainer.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
@@ -133,8 +158,12 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
         (Path(training_args.output_dir) / "data_skipped.json").write_text(json.dumps(skips, indent=1))
-        logger.warning("data: %d samples skipped %s%s", skips["skipped"], skips["by_reason"],
-                       "" if not skips["skipped"] else f"; see {training_args.output_dir}/data_skipped.json")
+        logger.warning(
+            "data: %d samples skipped %s%s",
+            skips["skipped"],
+            skips["by_reason"],
+            "" if not skips["skipped"] else f"; see {training_args.output_dir}/data_skipped.json",
+        )
         logger.info("exported model: %s (load it with llava_manager.from_pretrained)", training_args.output_dir)
         if model_args.model_name_or_path is None and data_args.data_path is None:
             score_heldout(training_args, data_args)
@@ -149,8 +178,12 @@ def score_heldout(training_args, data_args) -> dict | None:
     if data_args.template == "plain":
         return None
     if training_args.max_steps > 0:
-        logger.info("held-out score skipped: --max_steps %d cuts the run short; score the export with "
-                       "`python -m llava_manager.shapes.score %s`", training_args.max_steps, out)
+        logger.info(
+            "held-out score skipped: --max_steps %d cuts the run short; score the export with "
+            "`python -m llava_manager.shapes.score %s`",
+            training_args.max_steps,
+            out,
+        )
         return None
     result = shapes_score.score_export(out)
     (out / "shapes_score.json").write_text(json.dumps(result, indent=1))

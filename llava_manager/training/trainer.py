@@ -12,8 +12,8 @@ from transformers import Trainer, TrainerCallback
 
 from ..core.checkpoint import StrictCheckpointLoading
 from ..core.patch import get_managers
-from .throughput import ThroughputCallback
 from . import fsdp, packing
+from .throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,14 @@ def set_trainable(model: nn.Module, modules: set[str]) -> None:
             p.requires_grad_(name == "managers" or name in modules)
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float, decay_names: set[str],
-                     vision_tower_lr: float | None = None, manager_lr: float | None = None) -> list[dict]:
+def parameter_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    decay_names: set[str],
+    vision_tower_lr: float | None = None,
+    manager_lr: float | None = None,
+) -> list[dict]:
     """Optimizer groups by module and decay. Managers get no weight decay: it would pull them back to zero."""
     names = {id(p): n for n, p in model.named_parameters()}
     lrs = {"vision_tower": vision_tower_lr or lr, "projector": lr, "llm": lr, "managers": manager_lr or lr}
@@ -53,8 +59,11 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, decay_nam
         decays = [part != "managers" and names[id(p)] in decay_names for p in params]
         decay = [p for p, d in zip(params, decays) if d]
         no_decay = [p for p, d in zip(params, decays) if not d]
-        groups += [{"params": ps, "lr": lrs[part], "weight_decay": wd}
-                   for ps, wd in ((decay, weight_decay), (no_decay, 0.0)) if ps]
+        groups += [
+            {"params": ps, "lr": lrs[part], "weight_decay": wd}
+            for ps, wd in ((decay, weight_decay), (no_decay, 0.0))
+            if ps
+        ]
     return groups
 
 
@@ -80,8 +89,10 @@ class ManagerNormCallback(TrainerCallback):
         managers = get_managers(model)
         with gathered([m.weight for m in managers]):
             # full_tensor: FSDP2 shards them (DTensors; the norm of a shard would be logged otherwise)
-            norms = {f"manager_norm/layer_{m.layer_idx}":
-                     round(float(fsdp.full_tensor(m.weight.detach()).float().norm()), 6) for m in managers}
+            norms = {
+                f"manager_norm/layer_{m.layer_idx}": round(float(fsdp.full_tensor(m.weight.detach()).float().norm()), 6)
+                for m in managers
+            }
         logs.update(norms)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(norms)  # the trainer recorded the logs before calling back
@@ -118,8 +129,11 @@ class SkipReport:
 
     def summary(self) -> dict:
         reasons = Counter(r["reason"] for r in self.records)
-        return {"skipped": len(self.records), "by_reason": dict(reasons),
-                "samples": sorted({(r["index"], r["id"], r["reason"]) for r in self.records})}
+        return {
+            "skipped": len(self.records),
+            "by_reason": dict(reasons),
+            "samples": sorted({(r["index"], r["id"], r["reason"]) for r in self.records}),
+        }
 
 
 class ManagerTrainer(StrictCheckpointLoading, Trainer):
@@ -133,8 +147,14 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
     no key of a LLaVA checkpoint and only warn. Any missing or unexpected key is an error here.
     """
 
-    def __init__(self, *args, vision_tower_lr: float | None = None, manager_lr: float | None = None,
-                 peak_tflops: float | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        vision_tower_lr: float | None = None,
+        manager_lr: float | None = None,
+        peak_tflops: float | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.vision_tower_lr, self.manager_lr = vision_tower_lr, manager_lr
         self.skips = SkipReport()
@@ -145,9 +165,11 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
         self.add_callback(ZeroStaleGradientsCallback())
         ds_config = getattr(self.args, "hf_deepspeed_config", None)
         if ds_config is not None and "optimizer" in ds_config.config and (vision_tower_lr or manager_lr):
-            raise ValueError("The DeepSpeed config has an 'optimizer' section, so DeepSpeed builds the optimizer and "
-                             "the per-module learning rates (--vision_tower_lr, --manager_lr) would be lost. Remove "
-                             "that section (the recipes' configs have none) or drop those flags.")
+            raise ValueError(
+                "The DeepSpeed config has an 'optimizer' section, so DeepSpeed builds the optimizer and "
+                "the per-module learning rates (--vision_tower_lr, --manager_lr) would be lost. Remove "
+                "that section (the recipes' configs have none) or drop those flags."
+            )
 
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
@@ -162,8 +184,9 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
         if self.optimizer is None:
             model = self.model if model is None else model
             decay = set(self.get_decay_parameter_names(model))
-            groups = parameter_groups(model, self.args.learning_rate, self.args.weight_decay, decay,
-                                      self.vision_tower_lr, self.manager_lr)
+            groups = parameter_groups(
+                model, self.args.learning_rate, self.args.weight_decay, decay, self.vision_tower_lr, self.manager_lr
+            )
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             ds_config = getattr(self.args, "hf_deepspeed_config", None)
             if ds_config is not None and ds_config.is_offload():
@@ -213,20 +236,28 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
         cached = getattr(self, "_sampling_cache", None)
         if cached is None or cached[0] is not dataset:
             if not hasattr(dataset, "__len__") or isinstance(dataset, torch.utils.data.IterableDataset):
-                raise ValueError("--group_by_modality_length and --token_budget order a data set with a length; "
-                                 f"{type(dataset).__name__} is streamed (an IterableDataset): drop those flags.")
+                raise ValueError(
+                    "--group_by_modality_length and --token_budget order a data set with a length; "
+                    f"{type(dataset).__name__} is streamed (an IterableDataset): drop those flags."
+                )
             if self.args.train_sampling_strategy != "random":
-                raise ValueError(f"--train_sampling_strategy {self.args.train_sampling_strategy} and "
-                                 "--group_by_modality_length / --token_budget both choose the data order: keep one.")
-            cached = self._sampling_cache = (dataset, lengths.dataset_lengths(dataset, self.sampling.image_token_estimate))
+                raise ValueError(
+                    f"--train_sampling_strategy {self.args.train_sampling_strategy} and "
+                    "--group_by_modality_length / --token_budget both choose the data order: keep one."
+                )
+            cached = self._sampling_cache = (
+                dataset,
+                lengths.dataset_lengths(dataset, self.sampling.image_token_estimate),
+            )
         return cached[1]
 
     def _follow_epochs(self, sampler) -> None:
         """Have `sampling.SamplerEpochCallback` set `sampler`'s epoch at each epoch's start."""
         from . import sampling
 
-        callback = next((c for c in self.callback_handler.callbacks if isinstance(c, sampling.SamplerEpochCallback)),
-                        None)
+        callback = next(
+            (c for c in self.callback_handler.callbacks if isinstance(c, sampling.SamplerEpochCallback)), None
+        )
         if callback is None:
             callback = sampling.SamplerEpochCallback()
             self.add_callback(callback)
@@ -242,8 +273,12 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
         if options is None or not options.group_by_modality_length or options.token_budget is not None:
             return super()._get_train_sampler(train_dataset)
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        sampler = sampling.ModalityLengthGroupedSampler(self._sampling_lengths(dataset), self._train_batch_size,
-                                                        self.accelerator.num_processes, sampling.sampling_seed(self.args))
+        sampler = sampling.ModalityLengthGroupedSampler(
+            self._sampling_lengths(dataset),
+            self._train_batch_size,
+            self.accelerator.num_processes,
+            sampling.sampling_seed(self.args),
+        )
         self._follow_epochs(sampler)
         return sampler
 
@@ -264,19 +299,33 @@ class ManagerTrainer(StrictCheckpointLoading, Trainer):
             raise ValueError("Trainer: training requires a train_dataset.")
         dataset = self.train_dataset
         batches = sampling.TokenBudgetBatchSampler(
-            self._sampling_lengths(dataset), options.token_budget, options.token_budget_mode,
-            options.group_by_modality_length, sampling.sampling_seed(self.args), self.args.dataloader_drop_last,
-            world_size=self.accelerator.num_processes)
+            self._sampling_lengths(dataset),
+            options.token_budget,
+            options.token_budget_mode,
+            options.group_by_modality_length,
+            sampling.sampling_seed(self.args),
+            self.args.dataloader_drop_last,
+            world_size=self.accelerator.num_processes,
+        )
         self._follow_epochs(batches)
         args = self.args
         loader = DataLoader(
-            dataset, batch_sampler=batches,
+            dataset,
+            batch_sampler=batches,
             collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="training"),
-            num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
             persistent_workers=args.dataloader_persistent_workers,
             multiprocessing_context=args.dataloader_multiprocessing_context,
-            prefetch_factor=args.dataloader_prefetch_factor, in_order=args.dataloader_in_order,
-            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index))
-        logger.info("token budget: %d batches an epoch for %d samples (%s, at most %d estimated tokens a batch)",
-                    len(batches), len(dataset), options.token_budget_mode, options.token_budget)
+            prefetch_factor=args.dataloader_prefetch_factor,
+            in_order=args.dataloader_in_order,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        )
+        logger.info(
+            "token budget: %d batches an epoch for %d samples (%s, at most %d estimated tokens a batch)",
+            len(batches),
+            len(dataset),
+            options.token_budget_mode,
+            options.token_budget,
+        )
         return self.accelerator.prepare(loader)

@@ -9,7 +9,8 @@ configuration (`ManagerTowerConfig(manager_type=..., vision_config=dict(image_si
 
 Parameters: every parameter of `ManagerTowerModel` (the backbone; no task head, as Table VI), counted exactly on the
 meta device. The official count (LooperXX/ManagerTower, src/modules/mt_module.py and heads.py shapes) of the same
-backbone has 40,448 more parameters in BT*, unused leftovers of CLIP's text model (positional embedding 77 x 512, `ln_final`), and the ITC
+backbone has 40,448 more parameters in BT*, unused leftovers of CLIP's text model (positional embedding 77 x 512,
+`ln_final`), and the ITC
 temperature (1), which transformers' BridgeTower does not have; and every official manager has an unused
 `softmax_temperature_cross` (1 each, 12 in all), which this model does not create. "official" adds those back:
 BT* 326,540,544 + 40,449 = 326,580,993 (Table VI 326.58M); SAUM +188,952 - 12; AAUM (fused) +12,062,292 - 12.
@@ -176,8 +177,12 @@ def count_macs(fn, *args, **kwargs) -> dict:
     by_op = {op: flops for op, flops in counter.get_flop_counts()["Global"].items()}
     layer_norm = sum(flops for op, flops in by_op.items() if op in LAYER_NORM_OPS)
     total = counter.get_total_flops()
-    return {"macs": (total - layer_norm) // 2, "layer_norm_macs": layer_norm // 2,
-            "by_op": {str(op): flops // 2 for op, flops in by_op.items()}, "output": output}
+    return {
+        "macs": (total - layer_norm) // 2,
+        "layer_norm_macs": layer_norm // 2,
+        "by_op": {str(op): flops // 2 for op, flops in by_op.items()},
+        "output": output,
+    }
 
 
 def image_tokens(config: ManagerTowerConfig, image_size: int | None = None) -> int:
@@ -186,7 +191,8 @@ def image_tokens(config: ManagerTowerConfig, image_size: int | None = None) -> i
 
 
 def fused_query_macs(config: ManagerTowerConfig, text_length: int, image_length: int | None = None) -> int:
-    """Analytic matmul multiply-adds that AAUM adds over SAUM in one forward at batch 1 (from the official heads.py / bert_model.py shapes): in each
+    """Analytic matmul multiply-adds that AAUM adds over SAUM in one forward at batch 1 (from the official heads.py /
+    bert_model.py shapes): in each
     cross-modal layer after the first, per modality (own length L, the other's L'), the fused query's q projection
     L D^2, k projection L' D^2, QK^T and AV 2 L L' D, and the controller L (2D or D) N; "own" has the controller
     L D N only. 0 for the other manager types."""
@@ -204,21 +210,27 @@ def fused_query_macs(config: ManagerTowerConfig, text_length: int, image_length:
     return total * (config.num_hidden_layers - 1)
 
 
-def random_inputs(config: ManagerTowerConfig, image_size: int, text_length: int, device="cpu",
-                  seed: int = 0) -> dict[str, torch.Tensor]:
+def random_inputs(
+    config: ManagerTowerConfig, image_size: int, text_length: int, device="cpu", seed: int = 0
+) -> dict[str, torch.Tensor]:
     """One sample: `text_length` random token ids (no padding) and one random image_size^2 image."""
     text = config.text_config
     if text_length + (text.pad_token_id or 0) + 1 > text.max_position_embeddings:  # RoBERTa's position offset
-        raise ValueError(f"text_length {text_length} does not fit the text model's {text.max_position_embeddings} "
-                         f"positions")
+        raise ValueError(
+            f"text_length {text_length} does not fit the text model's {text.max_position_embeddings} positions"
+        )
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, text.vocab_size, (1, text_length), generator=g)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-            "pixel_values": torch.randn(1, 3, image_size, image_size, generator=g).to(device)}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "pixel_values": torch.randn(1, 3, image_size, image_size, generator=g).to(device),
+    }
 
 
-def forward_macs(config: ManagerTowerConfig, image_size: int = 384, text_length: int = 50, device="cpu",
-                 seed: int = 0) -> dict:
+def forward_macs(
+    config: ManagerTowerConfig, image_size: int = 384, text_length: int = 50, device="cpu", seed: int = 0
+) -> dict:
     """`count_macs` of one forward of `ManagerTowerModel(config)` (random weights, eval, no grad) on
     `random_inputs`; also "parameters", counted on the built model."""
     torch.manual_seed(seed)
@@ -227,16 +239,24 @@ def forward_macs(config: ManagerTowerConfig, image_size: int = 384, text_length:
     model.eval()
     inputs = random_inputs(config, image_size, text_length, device, seed)
     with torch.no_grad():
-        counts = count_macs(lambda: model(**inputs))
+        counts = count_macs(lambda: model(**inputs))  # noqa: F821 (model is deleted after the count)
     counts.pop("output")
     counts["parameters"] = sum(p.numel() for p in model.parameters())
     del model
     return counts
 
 
-def tower_budget(config_overrides: dict | None = None, image_size: int = 384, text_length: int = 50,
-                 device: str = "cpu", *, flops: bool = True, variants=None, seed: int = 0,
-                 progress: bool = False) -> list[TowerBudgetRow]:
+def tower_budget(
+    config_overrides: dict | None = None,
+    image_size: int = 384,
+    text_length: int = 50,
+    device: str = "cpu",
+    *,
+    flops: bool = True,
+    variants=None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[TowerBudgetRow]:
     """Table VI: one `TowerBudgetRow` per variant (default all of `VARIANTS`: bridge, saum, aaum_own, aaum), each
     model built from `budget_config(name, config_overrides, image_size)`. `flops=False` counts parameters only (on the
     meta device: fast, no memory). With FLOPs each model is built once with random weights on `device`, run once
@@ -252,9 +272,14 @@ def tower_budget(config_overrides: dict | None = None, image_size: int = 384, te
     for name in iterator:
         config = budget_config(name, config_overrides, image_size)
         parameters = count_parameters(config)
-        row = TowerBudgetRow(name=name, label=VARIANTS[name][0], parameters=parameters,
-                             official_parameters=official_parameters(config, parameters),
-                             paper_parameters_m=PAPER[name][0], paper_gflops=PAPER[name][1])
+        row = TowerBudgetRow(
+            name=name,
+            label=VARIANTS[name][0],
+            parameters=parameters,
+            official_parameters=official_parameters(config, parameters),
+            paper_parameters_m=PAPER[name][0],
+            paper_gflops=PAPER[name][1],
+        )
         if flops:
             counts = forward_macs(config, image_size, text_length, device, seed)
             if counts["parameters"] != parameters:  # the meta count and the built model must agree
@@ -281,8 +306,11 @@ def _aligned(header: list[str], body: list[list[str]], right: set[int]) -> str:
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def line(cells):
-        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *(line(r) for r in body)])
@@ -301,8 +329,13 @@ def format_table(rows: list[TowerBudgetRow], footnote: bool = True) -> str:
     body = []
     for r in rows:
         delta = "" if base is None or r is base else f"{r.parameters - base.parameters:+,}"
-        cells = [r.label, f"{r.parameters:,}", delta, f"{r.official_parameters / 1e6:.2f}M",
-                 f"{r.paper_parameters_m:.2f}M"]
+        cells = [
+            r.label,
+            f"{r.parameters:,}",
+            delta,
+            f"{r.official_parameters / 1e6:.2f}M",
+            f"{r.paper_parameters_m:.2f}M",
+        ]
         if with_flops:
             if r.macs is None:
                 cells += ["", "", ""]
@@ -318,9 +351,11 @@ def format_table(rows: list[TowerBudgetRow], footnote: bool = True) -> str:
     saum = next((r for r in rows if r.name == "saum" and r.macs is not None), None)
     for r in rows:
         if saum is not None and r.analytic_fused_query_macs is not None:
-            notes.append(f"{r.label} - SAUM: {(r.macs - saum.macs) / scale:.4f} {unit} matmul MACs counted, "
-                         f"{r.analytic_fused_query_macs / scale:.4f} {unit} by the official arithmetic "
-                         f"(fused_query_macs).")
+            notes.append(
+                f"{r.label} - SAUM: {(r.macs - saum.macs) / scale:.4f} {unit} matmul MACs counted, "
+                f"{r.analytic_fused_query_macs / scale:.4f} {unit} by the official arithmetic "
+                f"(fused_query_macs)."
+            )
     return text + "\n\n" + "\n".join(notes)
 
 

@@ -15,8 +15,8 @@ the previous cross-modal output (w_C, outside the softmax) is not part of them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -29,8 +29,10 @@ def pyplot():
     try:
         import matplotlib
     except ImportError as error:
-        raise ImportError("The tower figures are drawn with matplotlib, which is not installed: "
-                          "pip install 'llava-manager[analysis]' (or pip install matplotlib).") from error
+        raise ImportError(
+            "The tower figures are drawn with matplotlib, which is not installed: "
+            "pip install 'llava-manager[analysis]' (or pip install matplotlib)."
+        ) from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -69,14 +71,21 @@ def _forward_passes(batch: dict, config) -> list[dict]:
     common = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
     passes = [{**common, "pixel_values": batch["pixel_values"], "pixel_mask": batch.get("pixel_mask")}]
     if "pixel_values_2" in batch:
-        passes.append({**common, "pixel_values": batch["pixel_values_2"], "pixel_mask": batch.get("pixel_mask_2"),
-                       "image_token_type_idx": 2 if config.num_token_types > 2 else 1})
+        passes.append(
+            {
+                **common,
+                "pixel_values": batch["pixel_values_2"],
+                "pixel_mask": batch.get("pixel_mask_2"),
+                "image_token_type_idx": 2 if config.num_token_types > 2 else 1,
+            }
+        )
     return passes
 
 
 @torch.no_grad()
-def aggregation_weights(model, batches: Iterable[dict], *, progress: bool = True, max_batches: int | None = None,
-                        device=None) -> dict:
+def aggregation_weights(
+    model, batches: Iterable[dict], *, progress: bool = True, max_batches: int | None = None, device=None
+) -> dict:
     """Fig. 7's numbers: run `model` (a `ManagerTowerModel` or a task model holding one in `managertower`) in eval
     mode on every batch (dicts with `input_ids`, `attention_mask`, `pixel_values`, as the tower collators make them;
     `pixel_values_2` is run as a second pass) and average the managers' softmax weights (module doc).
@@ -107,14 +116,16 @@ def aggregation_weights(model, batches: Iterable[dict], *, progress: bool = True
             if max_batches is not None and index >= max_batches:
                 break
             for inputs in _forward_passes(batch, config):
-                inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()
-                          if v is not None}
+                inputs = {
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items() if v is not None
+                }
                 output = net(**inputs, output_aggregation_weights=True, return_dict=True)
                 size = inputs["input_ids"].shape[0]
                 mask = inputs.get("attention_mask")
                 for key, pick, token_mask in (("text", 0, mask), ("image", 1, None)):
-                    layer_means = torch.stack([_per_sample(pair[pick], size, token_mask).sum(dim=0)
-                                               for pair in output.aggregation_weights]).cpu()  # C x N
+                    layer_means = torch.stack(
+                        [_per_sample(pair[pick], size, token_mask).sum(dim=0) for pair in output.aggregation_weights]
+                    ).cpu()  # C x N
                     sums[key] = layer_means if sums[key] is None else sums[key] + layer_means
                 samples += size
     finally:
@@ -122,10 +133,16 @@ def aggregation_weights(model, batches: Iterable[dict], *, progress: bool = True
     if samples == 0:
         raise ValueError("aggregation_weights got no batch")
     text_layers, image_layers = managed_layers(net)
-    return {"text": (sums["text"] / samples).numpy(), "image": (sums["image"] / samples).numpy(),
-            "text_layers": text_layers, "image_layers": image_layers,
-            "cross_layers": list(range(1, config.num_hidden_layers + 1)), "samples": samples,
-            "manager_type": config.manager_type, "aaum_query": config.aaum_query}
+    return {
+        "text": (sums["text"] / samples).numpy(),
+        "image": (sums["image"] / samples).numpy(),
+        "text_layers": text_layers,
+        "image_layers": image_layers,
+        "cross_layers": list(range(1, config.num_hidden_layers + 1)),
+        "samples": samples,
+        "manager_type": config.manager_type,
+        "aaum_query": config.aaum_query,
+    }
 
 
 def weights_to_json(weights: dict) -> dict:
@@ -140,8 +157,9 @@ def write_weights_json(weights: dict, path: str | Path) -> Path:
     return path
 
 
-def plot_aggregation_weights(weights: dict, path: str | Path, *, layout: str = "paper",
-                             title: str | None = None) -> Path:
+def plot_aggregation_weights(
+    weights: dict, path: str | Path, *, layout: str = "paper", title: str | None = None
+) -> Path:
     """Write Fig. 7 as a PNG at `path`. `layout="paper"`: as the paper, two rows of panels (textual managers on top,
     visual below), one panel per cross-modal layer, x = the managed unimodal layer's index, y = its average weight;
     `"overlay"`: two panels (textual, visual), one line per cross-modal layer. `weights`: `aggregation_weights`'
@@ -151,10 +169,16 @@ def plot_aggregation_weights(weights: dict, path: str | Path, *, layout: str = "
     plt = pyplot()
     text, image = np.asarray(weights["text"]), np.asarray(weights["image"])
     cross = weights.get("cross_layers") or list(range(1, text.shape[0] + 1))
-    rows = (("text", text, weights.get("text_layers") or list(range(1, text.shape[1] + 1)), "Textual weights",
-             "tab:blue"),
-            ("image", image, weights.get("image_layers") or list(range(1, image.shape[1] + 1)), "Visual weights",
-             "tab:purple"))
+    rows = (
+        ("text", text, weights.get("text_layers") or list(range(1, text.shape[1] + 1)), "Textual weights", "tab:blue"),
+        (
+            "image",
+            image,
+            weights.get("image_layers") or list(range(1, image.shape[1] + 1)),
+            "Visual weights",
+            "tab:purple",
+        ),
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if layout == "paper":
@@ -184,8 +208,11 @@ def plot_aggregation_weights(weights: dict, path: str | Path, *, layout: str = "
             ax.legend(fontsize=8)
     what = weights.get("manager_type", "")
     what = f"{what} ({weights['aaum_query']} query)" if what == "aaum" and weights.get("aaum_query") else what
-    fig.suptitle(title or f"Aggregation weights of the managers per cross-modal layer (legend), {what}, "
-                          f"mean over {weights.get('samples', '?')} samples")
+    fig.suptitle(
+        title
+        or f"Aggregation weights of the managers per cross-modal layer (legend), {what}, "
+        f"mean over {weights.get('samples', '?')} samples"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

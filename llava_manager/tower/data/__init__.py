@@ -50,7 +50,7 @@ from .collators import (
 from .dataset import MAX_TEXT_LENGTH, TowerDataset, encode_images, encode_texts
 from .flickr30k import caption_pairs, read_flickr30k_karpathy, retrieval_set
 from .nlvr2 import nlvr2_image_paths, read_nlvr2
-from .records import CHECKS, ReadResult, _Rows, _json_lines, image_problem
+from .records import CHECKS, ReadResult, _json_lines, _Rows, image_problem
 from .snli_ve import SNLI_VE_LABELS, read_snli_ve
 from .vqav2 import (
     ARTICLES,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .records import ReadResult, _Rows, _json_lines
+from .records import ReadResult, _json_lines, _Rows
 
 
 def _caption_of(row: Any) -> tuple[str | None, str | None]:
@@ -24,8 +24,7 @@ def _caption_of(row: Any) -> tuple[str | None, str | None]:
     return row.get("image"), (turns[0] if turns else None)
 
 
-def read_image_captions(annotations: str | Path, image_folder: str | Path,
-                        check_images: str = "open") -> ReadResult:
+def read_image_captions(annotations: str | Path, image_folder: str | Path, check_images: str = "open") -> ReadResult:
     """Image-caption pairs for pre-training (MLM + ITM) from a JSON list (or JSON lines) of {"image": path relative
     to `image_folder`, "caption": str}; LLaVA-style {"image", "conversations"} rows and [image, caption] pairs are
     read too (see `_caption_of`). Records: {"id", "image" (absolute path), "caption"}."""
@@ -42,6 +41,7 @@ def read_image_captions(annotations: str | Path, image_folder: str | Path,
             continue
         image_path = Path(image_folder) / image
         if out.images_ok(i, row_id, [image_path]):
-            out.records.append({"id": str(row_id), "image": str(image_path),
-                                "caption": caption.replace("<image>", "").strip()})
+            out.records.append(
+                {"id": str(row_id), "image": str(image_path), "caption": caption.replace("<image>", "").strip()}
+            )
     return out.result()

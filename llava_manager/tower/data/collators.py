@@ -87,8 +87,12 @@ class PretrainCollator(_TowerCollator):
         from transformers import DataCollatorForLanguageModeling
 
         self.masker = DataCollatorForLanguageModeling(
-            tokenizer=self.processor.tokenizer, mlm=True, mlm_probability=self.mlm_probability, seed=self.seed,
-            return_tensors="pt")
+            tokenizer=self.processor.tokenizer,
+            mlm=True,
+            mlm_probability=self.mlm_probability,
+            seed=self.seed,
+            return_tensors="pt",
+        )
 
     def generator(self) -> torch.Generator | None:
         if self.masker.seed is not None and self.masker.generator is None:
@@ -97,10 +101,10 @@ class PretrainCollator(_TowerCollator):
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         generator = self.generator()
-        batch = encode_texts(self.processor, self.texts(items), self.max_length, self.padding,
-                             special_tokens_mask=True)
+        batch = encode_texts(self.processor, self.texts(items), self.max_length, self.padding, special_tokens_mask=True)
         batch["mlm_input_ids"], batch["mlm_labels"] = self.masker.torch_mask_tokens(
-            batch["input_ids"].clone(), special_tokens_mask=batch.pop("special_tokens_mask"))
+            batch["input_ids"].clone(), special_tokens_mask=batch.pop("special_tokens_mask")
+        )
         images = [item["images"][0] for item in items]
         batch.update(encode_images(self.processor, images))
         if self.itm:

@@ -52,14 +52,25 @@ class TowerDataset(Dataset):
         raise RuntimeError(f"no usable sample in the whole data set; the first problems: {self.skipped[:3]}")
 
 
-def encode_texts(processor, texts: list[str], max_length: int = MAX_TEXT_LENGTH, padding: str | bool = "longest",
-                 special_tokens_mask: bool = False) -> dict[str, torch.Tensor]:
+def encode_texts(
+    processor,
+    texts: list[str],
+    max_length: int = MAX_TEXT_LENGTH,
+    padding: str | bool = "longest",
+    special_tokens_mask: bool = False,
+) -> dict[str, torch.Tensor]:
     """`input_ids`, `attention_mask` (and `special_tokens_mask` on request) of `texts` by the processor's tokenizer:
     `<s> text </s>`, truncated to `max_length` tokens, padded to the longest (or `padding="max_length"`, as
     ManagerTower's datasets do)."""
     tokenizer = getattr(processor, "tokenizer", processor)
-    encoded = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length,
-                        return_special_tokens_mask=special_tokens_mask, return_tensors="pt")
+    encoded = tokenizer(
+        list(texts),
+        padding=padding,
+        truncation=True,
+        max_length=max_length,
+        return_special_tokens_mask=special_tokens_mask,
+        return_tensors="pt",
+    )
     return dict(encoded)
 
 

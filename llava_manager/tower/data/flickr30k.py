@@ -9,9 +9,12 @@ from pathlib import Path
 from .records import ReadResult, _Rows
 
 
-def read_flickr30k_karpathy(dataset_json: str | Path, image_folder: str | Path,
-                            splits: tuple[str, ...] | list[str] | str = ("train",),
-                            check_images: str = "open") -> ReadResult:
+def read_flickr30k_karpathy(
+    dataset_json: str | Path,
+    image_folder: str | Path,
+    splits: tuple[str, ...] | list[str] | str = ("train",),
+    check_images: str = "open",
+) -> ReadResult:
     """Flickr30K images of the Karpathy split from `dataset_flickr30k.json` ({"images": [{"filename", "imgid",
     "split" (train / val / test; "restval" in the COCO file), "sentences": [{"raw", "tokens", ...}] x5}]}; ViLT /
     ManagerTower write_f30k_karpathy.py read `karpathy/dataset_flickr30k.json`, the images from
@@ -26,8 +29,15 @@ def read_flickr30k_karpathy(dataset_json: str | Path, image_folder: str | Path,
             continue
         image = Path(image_folder) / entry["filename"]
         if out.images_ok(i, entry["filename"], [image]):
-            out.records.append({"image": str(image), "filename": entry["filename"], "imgid": entry.get("imgid", i),
-                                "split": entry["split"], "captions": [s["raw"] for s in entry["sentences"]]})
+            out.records.append(
+                {
+                    "image": str(image),
+                    "filename": entry["filename"],
+                    "imgid": entry.get("imgid", i),
+                    "split": entry["split"],
+                    "captions": [s["raw"] for s in entry["sentences"]],
+                }
+            )
     return out.result()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .records import ReadResult, _Rows, _json_lines
+from .records import ReadResult, _json_lines, _Rows
 
 
 def nlvr2_image_paths(root: str | Path, row: dict) -> tuple[Path, Path]:
@@ -37,6 +37,12 @@ def read_nlvr2(json_lines: str | Path, root: str | Path, check_images: str = "op
             out.skip(i, row_id, "malformed row", f"no {error} field")
             continue
         if out.images_ok(i, row_id, list(images)):
-            out.records.append({"identifier": row["identifier"], "images": [str(p) for p in images],
-                                "sentence": row["sentence"], "label": int(str(row["label"]) == "True")})
+            out.records.append(
+                {
+                    "identifier": row["identifier"],
+                    "images": [str(p) for p in images],
+                    "sentence": row["sentence"],
+                    "label": int(str(row["label"]) == "True"),
+                }
+            )
     return out.result()

@@ -30,7 +30,10 @@ def load_tower_processor(path: str | Path) -> BridgeTowerProcessor:
     """`BridgeTowerProcessor` of a checkpoint folder (published BridgeTower layout or a `save_pretrained` one)."""
     path = Path(path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{path} has no tokenizer files (one of {TOKENIZER_FILES}); a tower checkpoint needs "
-                                f"RoBERTa's tokenizer next to its weights")
-    return BridgeTowerProcessor(image_processor=image_processor_class().from_pretrained(path),
-                                tokenizer=RobertaTokenizer.from_pretrained(path))
+        raise FileNotFoundError(
+            f"{path} has no tokenizer files (one of {TOKENIZER_FILES}); a tower checkpoint needs "
+            f"RoBERTa's tokenizer next to its weights"
+        )
+    return BridgeTowerProcessor(
+        image_processor=image_processor_class().from_pretrained(path), tokenizer=RobertaTokenizer.from_pretrained(path)
+    )

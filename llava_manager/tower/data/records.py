@@ -78,8 +78,13 @@ class _Rows:
     def result(self) -> ReadResult:
         if self.skipped:
             reasons = Counter(s["reason"] for s in self.skipped)
-            logger.warning("%s: skipped %d of %d rows (%s)", self.source, len(self.skipped),
-                           len(self.skipped) + len(self.records), dict(reasons))
+            logger.warning(
+                "%s: skipped %d of %d rows (%s)",
+                self.source,
+                len(self.skipped),
+                len(self.skipped) + len(self.records),
+                dict(reasons),
+            )
         return ReadResult(self.records, self.skipped)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .records import ReadResult, _Rows, _json_lines
+from .records import ReadResult, _json_lines, _Rows
 
 # ManagerTower src/utils/write_snli.py (METER's): label2id = {'contradiction': 0, 'neutral': 1, 'entailment': 2}.
 SNLI_VE_LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
@@ -27,7 +27,15 @@ def read_snli_ve(jsonl: str | Path, image_folder: str | Path, check_images: str 
             continue
         image = Path(image_folder) / f"{row['Flickr30K_ID']}.jpg"
         if out.images_ok(i, row_id, [image]):
-            out.records.append({"id": str(row_id), "image": str(image), "flickr30k_id": str(row["Flickr30K_ID"]),
-                                "premise": row.get("sentence1"), "hypothesis": row["sentence2"].strip(),
-                                "label": SNLI_VE_LABELS[row["gold_label"]], "gold_label": row["gold_label"]})
+            out.records.append(
+                {
+                    "id": str(row_id),
+                    "image": str(image),
+                    "flickr30k_id": str(row["Flickr30K_ID"]),
+                    "premise": row.get("sentence1"),
+                    "hypothesis": row["sentence2"].strip(),
+                    "label": SNLI_VE_LABELS[row["gold_label"]],
+                    "gold_label": row["gold_label"],
+                }
+            )
     return out.result()

@@ -85,7 +85,7 @@ def _byte_level_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, s
         for end in range(2, len(word) + 1):
             if word[:end] not in vocab:
                 vocab[word[:end]] = len(vocab)
-                merges.append((word[:end - 1], word[end - 1]))
+                merges.append((word[: end - 1], word[end - 1]))
 
     for word in words:
         chain("Ġ" + word)
@@ -124,7 +124,8 @@ def tiny_tower_processor(image_size: int = IMAGE_SIZE):
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (BridgeTower's size_divisor), got {image_size}")
     image_processor = _image_processor_class()(
-        size={"shortest_edge": image_size}, crop_size={"shortest_edge": image_size})
+        size={"shortest_edge": image_size}, crop_size={"shortest_edge": image_size}
+    )
     return BridgeTowerProcessor(image_processor=image_processor, tokenizer=tiny_tower_tokenizer())
 
 
@@ -157,8 +158,11 @@ def draw(facts: dict[str, str], rng: random.Random, size: int = IMAGE_SIZE) -> I
 
 
 def random_facts(rng: random.Random) -> dict[str, str]:
-    return {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES),
-            "background": rng.choice(list(BACKGROUNDS))}
+    return {
+        "colour": rng.choice(list(COLOURS)),
+        "shape": rng.choice(SHAPES),
+        "background": rng.choice(list(BACKGROUNDS)),
+    }
 
 
 def _save(image: Image.Image, path: Path) -> None:
@@ -215,9 +219,11 @@ def _write_vqav2(folder: Path, n: int, rng: random.Random) -> dict[str, Path]:
     n_train, n_eval = _split_sizes(n)
     paths: dict[str, Path] = {"root": folder}
     image_id = 9
-    for key, subtype, images_in, count in (("train", "train2014", "train2014", n_train),
-                                          ("val", "val2014", "val2014", n_eval),
-                                          ("test_dev", "test-dev2015", "test2015", n_eval)):
+    for key, subtype, images_in, count in (
+        ("train", "train2014", "train2014", n_train),
+        ("val", "val2014", "val2014", n_eval),
+        ("test_dev", "test-dev2015", "test2015", n_eval),
+    ):
         questions, annotations = [], []
         for _ in range(count):
             image_id += rng.randint(1, 5)
@@ -228,14 +234,24 @@ def _write_vqav2(folder: Path, n: int, rng: random.Random) -> dict[str, Path]:
                 qid = image_id * 1000 + k  # the official question_id convention
                 questions.append({"image_id": image_id, "question": question, "question_id": qid})
                 answers = _vqa_answers(rng, truth, kind)
-                annotations.append({
-                    "question_type": " ".join(question.lower().split()[:3]), "answer_type": kind,
-                    "multiple_choice_answer": Counter(answers).most_common(1)[0][0],
-                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
-                                for j, a in enumerate(answers)],
-                    "image_id": image_id, "question_id": qid})
-        common = {"info": {"description": "synthetic stand-in"}, "license": {}, "data_type": "mscoco",
-                  "data_subtype": subtype}
+                annotations.append(
+                    {
+                        "question_type": " ".join(question.lower().split()[:3]),
+                        "answer_type": kind,
+                        "multiple_choice_answer": Counter(answers).most_common(1)[0][0],
+                        "answers": [
+                            {"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(answers)
+                        ],
+                        "image_id": image_id,
+                        "question_id": qid,
+                    }
+                )
+        common = {
+            "info": {"description": "synthetic stand-in"},
+            "license": {},
+            "data_type": "mscoco",
+            "data_subtype": subtype,
+        }
         paths[f"{key}_questions"] = folder / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
         paths[f"{key}_questions"].write_text(json.dumps({**common, "task_type": "Open-Ended", "questions": questions}))
         if key != "test_dev":  # test questions are published without annotations
@@ -247,10 +263,17 @@ def _write_vqav2(folder: Path, n: int, rng: random.Random) -> dict[str, Path]:
 def _snli_row(rng: random.Random, flickr_id: str, facts: dict[str, str], k: int) -> dict:
     label = ("entailment", "neutral", "contradiction")[k % 3]
     hypothesis = rng.choice(SNLI_HYPOTHESES[label]).format(
-        **facts, other_colour=_other(rng, COLOURS, facts["colour"]), other_shape=_other(rng, SHAPES, facts["shape"]))
-    return {"Flickr30K_ID": flickr_id, "annotator_labels": [label], "captionID": f"{flickr_id}.jpg#{k % 5}",
-            "gold_label": label, "pairID": f"{flickr_id}.jpg#{k % 5}r1{label[0]}",
-            "sentence1": CAPTIONS[k % 5].format(**facts), "sentence2": hypothesis}
+        **facts, other_colour=_other(rng, COLOURS, facts["colour"]), other_shape=_other(rng, SHAPES, facts["shape"])
+    )
+    return {
+        "Flickr30K_ID": flickr_id,
+        "annotator_labels": [label],
+        "captionID": f"{flickr_id}.jpg#{k % 5}",
+        "gold_label": label,
+        "pairID": f"{flickr_id}.jpg#{k % 5}r1{label[0]}",
+        "sentence1": CAPTIONS[k % 5].format(**facts),
+        "sentence2": hypothesis,
+    }
 
 
 def _write_snli_ve(folder: Path, n: int, rng: random.Random) -> dict[str, Path]:
@@ -299,10 +322,17 @@ def _write_nlvr2(folder: Path, n: int, rng: random.Random) -> dict[str, Path]:
             _save(draw(right, rng), where / f"{stem}-img1.png")
             for sentence_id in range(2):
                 sentence, truth = _nlvr2_sentence(rng, left, right)
-                row = {"validation": {"0": str(truth)}, "sentence": sentence,
-                       "left_url": f"https://example.invalid/{stem}-0.jpg", "writer": "0", "label": str(truth),
-                       "right_url": f"https://example.invalid/{stem}-1.jpg", "synset": "shape",
-                       "query": f"shapes{set_id}", "identifier": f"{stem}-{sentence_id}"}
+                row = {
+                    "validation": {"0": str(truth)},
+                    "sentence": sentence,
+                    "left_url": f"https://example.invalid/{stem}-0.jpg",
+                    "writer": "0",
+                    "label": str(truth),
+                    "right_url": f"https://example.invalid/{stem}-1.jpg",
+                    "synset": "shape",
+                    "query": f"shapes{set_id}",
+                    "identifier": f"{stem}-{sentence_id}",
+                }
                 if split == "train":
                     row["directory"] = directory
                 else:
@@ -332,16 +362,28 @@ def _write_flickr30k(folder: Path, n: int, rng: random.Random) -> dict[str, Path
                 tokens = re.findall(r"[a-z]+", raw.lower())
                 sentences.append({"tokens": tokens, "raw": raw, "imgid": imgid, "sentid": sentid})
                 sentid += 1
-            images.append({"sentids": [s["sentid"] for s in sentences], "imgid": imgid, "sentences": sentences,
-                           "split": split, "filename": filename})
+            images.append(
+                {
+                    "sentids": [s["sentid"] for s in sentences],
+                    "imgid": imgid,
+                    "sentences": sentences,
+                    "split": split,
+                    "filename": filename,
+                }
+            )
     path = folder / "karpathy" / "dataset_flickr30k.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
     return {"annotations": path, "image_folder": folder / "flickr30k-images"}
 
 
-WRITERS = {"pretrain": _write_pretrain, "vqav2": _write_vqav2, "snli_ve": _write_snli_ve, "nlvr2": _write_nlvr2,
-           "flickr30k": _write_flickr30k}
+WRITERS = {
+    "pretrain": _write_pretrain,
+    "vqav2": _write_vqav2,
+    "snli_ve": _write_snli_ve,
+    "nlvr2": _write_nlvr2,
+    "flickr30k": _write_flickr30k,
+}
 
 
 def write_synthetic(folder: str | Path, task: str, n: int = 32, seed: int = 0) -> dict[str, Path]:

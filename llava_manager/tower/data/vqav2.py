@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 
 # Contractions of the official VQA evaluation, as "written=normalised" (looked up after lower-casing, so the
 # capitalised keys never match; kept as published).
-CONTRACTIONS = dict(pair.split("=", 1) for pair in """
+CONTRACTIONS = dict(
+    pair.split("=", 1)
+    for pair in """
 aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't couldn'tve=couldn't've
 couldnt've=couldn't've didnt=didn't doesnt=doesn't dont=don't hadnt=hadn't hadnt've=hadn't've hadn'tve=hadn't've
 hasnt=hasn't havent=haven't hed=he'd hed've=he'd've he'dve=he'd've hes=he's howd=how'd howll=how'll hows=how's
@@ -43,12 +45,24 @@ who'dve=who'd've wholl=who'll whos=who's whove=who've whyll=why'll whyre=why're 
 wouldve=would've wouldnt=wouldn't wouldnt've=wouldn't've wouldn'tve=wouldn't've yall=y'all yall'll=y'all'll
 y'allll=y'all'll yall'd've=y'all'd've y'alld've=y'all'd've y'all'dve=y'all'd've youd=you'd youd've=you'd've
 you'dve=you'd've youll=you'll youre=you're youve=you've
-""".split())
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+""".split()
+)
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = ("a", "an", "the")
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
-               "!")
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 # As published: "(?!<=\d)" is a negative look-ahead (a typo for a look-behind), so a period is dropped unless a
 # digit follows it; `re.sub` gets re.UNICODE (32) as its count argument there, i.e. at most 32 periods go.
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
@@ -85,8 +99,10 @@ def _vqa_subtype(questions_file: Path, payload: dict) -> str:
         return payload["data_subtype"]
     match = re.match(r"v2_OpenEnded_mscoco_(.+)_questions\.json$", questions_file.name)
     if not match:
-        raise ValueError(f"{questions_file}: no data_subtype field, and the name is not "
-                         "v2_OpenEnded_mscoco_{subtype}_questions.json")
+        raise ValueError(
+            f"{questions_file}: no data_subtype field, and the name is not "
+            "v2_OpenEnded_mscoco_{subtype}_questions.json"
+        )
     return match.group(1)
 
 
@@ -97,8 +113,12 @@ def vqa_image_path(image_root: str | Path, subtype: str, image_id: int) -> Path:
     return Path(image_root) / folder / f"COCO_{folder}_{image_id:012d}.jpg"
 
 
-def read_vqav2(questions: str | Path, annotations: str | Path | None = None, image_root: str | Path = ".",
-               check_images: str = "open") -> ReadResult:
+def read_vqav2(
+    questions: str | Path,
+    annotations: str | Path | None = None,
+    image_root: str | Path = ".",
+    check_images: str = "open",
+) -> ReadResult:
     """VQAv2 from the official files (visualqa.org): `v2_OpenEnded_mscoco_{subtype}_questions.json`
     ({"data_subtype", "questions": [{"image_id", "question", "question_id"}]}) and, except for test / test-dev,
     `v2_mscoco_{subtype}_annotations.json` ({"annotations": [{"question_id", "image_id", "answers": [{"answer",
@@ -115,9 +135,16 @@ def read_vqav2(questions: str | Path, annotations: str | Path | None = None, ima
         by_qid = {a["question_id"]: a for a in json.loads(Path(annotations).read_text())["annotations"]}
     out = _Rows(questions, check_images)
     for i, q in enumerate(payload["questions"]):
-        record = {"question_id": q["question_id"], "image_id": q["image_id"], "question": q["question"],
-                  "image": str(vqa_image_path(image_root, subtype, q["image_id"])), "split": subtype,
-                  "answers": None, "answer_counts": None, "multiple_choice_answer": None}
+        record = {
+            "question_id": q["question_id"],
+            "image_id": q["image_id"],
+            "question": q["question"],
+            "image": str(vqa_image_path(image_root, subtype, q["image_id"])),
+            "split": subtype,
+            "answers": None,
+            "answer_counts": None,
+            "multiple_choice_answer": None,
+        }
         if by_qid is not None:
             annotation = by_qid.get(q["question_id"])
             if annotation is None:
@@ -136,8 +163,9 @@ def build_answer_vocab(records: list[dict], min_count: int = 9) -> list[str]:
     the order each first occurs (write_vqa.py: `Counter` over train then val answers, >= 9, giving 3,129 classes on
     the full VQAv2 train2014 + val2014; pass the records in that order to reproduce its label ids). Records without
     annotations are ignored."""
-    counts = Counter(normalize_word(r["multiple_choice_answer"]) for r in records
-                     if r.get("multiple_choice_answer") is not None)
+    counts = Counter(
+        normalize_word(r["multiple_choice_answer"]) for r in records if r.get("multiple_choice_answer") is not None
+    )
     return [answer for answer, count in counts.items() if count >= min_count]
 
 
@@ -158,6 +186,10 @@ def answerable(records: list[dict], label2ans: list[str]) -> list[dict]:
     ans2label = {a: i for i, a in enumerate(label2ans)}
     kept = [r for r in records if r.get("answer_counts") is None or vqa_targets(r, ans2label)[0]]
     if len(kept) < len(records):
-        logger.info("VQAv2: %d of %d questions have no answer in the %d-answer vocabulary; left out",
-                    len(records) - len(kept), len(records), len(label2ans))
+        logger.info(
+            "VQAv2: %d of %d questions have no answer in the %d-answer vocabulary; left out",
+            len(records) - len(kept),
+            len(records),
+            len(label2ans),
+        )
     return kept

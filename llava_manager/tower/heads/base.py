@@ -13,7 +13,6 @@ from transformers.modeling_outputs import ModelOutput
 from ..config import ManagerTowerConfig
 from ..modeling import ManagerTowerPreTrainedModel
 
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Outputs
 
@@ -78,8 +77,9 @@ class ManagerTowerRetrievalOutput(ModelOutput):
 
 def classifier(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:
     """The official task classifier: Linear, LayerNorm, GELU (exact), Linear (state-dict keys 0, 1, 3)."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.GELU(),
-                         nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, num_classes)
+    )
 
 
 def head_width(config: ManagerTowerConfig) -> int:
@@ -102,20 +102,38 @@ class _TaskModel(ManagerTowerPreTrainedModel):
 
     accepts_loss_kwargs = False
 
-    def _encode(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, image_embeds=None,
-                image_token_type_idx=None, interpolate_pos_encoding=False, output_hidden_states=None,
-                output_attentions=None, output_aggregation_weights=None):
+    def _encode(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        pixel_mask=None,
+        image_embeds=None,
+        image_token_type_idx=None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=None,
+        output_attentions=None,
+        output_aggregation_weights=None,
+    ):
         return self.managertower(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, pixel_mask=pixel_mask,
-            image_embeds=image_embeds, image_token_type_idx=image_token_type_idx,
-            interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+            image_embeds=image_embeds,
+            image_token_type_idx=image_token_type_idx,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            output_aggregation_weights=output_aggregation_weights, return_dict=True)
+            output_aggregation_weights=output_aggregation_weights,
+            return_dict=True,
+        )
 
     def _extras(self, out, output_hidden_states, output_attentions, output_aggregation_weights) -> dict:
         """The backbone outputs that were asked for (the backbone computes hidden states and attentions anyway)."""
         return dict(
-            hidden_states=out.hidden_states if _flag(output_hidden_states, self.config, "output_hidden_states")
+            hidden_states=out.hidden_states
+            if _flag(output_hidden_states, self.config, "output_hidden_states")
             else None,
             attentions=out.attentions if _flag(output_attentions, self.config, "output_attentions") else None,
             aggregation_weights=out.aggregation_weights if output_aggregation_weights else None,

@@ -30,19 +30,46 @@ class ManagerTowerForQuestionAnswering(_TaskModel):
         self.vqa_classifier = classifier(config.hidden_size * 2, head_width(config), config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                image_embeds=None, labels=None, interpolate_pos_encoding=False, output_hidden_states=None,
-                output_attentions=None, output_aggregation_weights=None, return_dict=None):
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, image_embeds, None,
-                           interpolate_pos_encoding, output_hidden_states, output_attentions,
-                           output_aggregation_weights)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        image_embeds=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=None,
+        output_attentions=None,
+        output_aggregation_weights=None,
+        return_dict=None,
+    ):
+        out = self._encode(
+            input_ids,
+            attention_mask,
+            pixel_values,
+            pixel_mask,
+            image_embeds,
+            None,
+            interpolate_pos_encoding,
+            output_hidden_states,
+            output_attentions,
+            output_aggregation_weights,
+        )
         logits = self.vqa_classifier(out.pooler_output)
         loss = None
         if labels is not None:
             labels = labels.to(device=logits.device, dtype=logits.dtype)
             loss = F.binary_cross_entropy_with_logits(logits, labels) * labels.shape[1]
-        return _finish(ManagerTowerTaskOutput(loss=loss, logits=logits, **self._extras(
-            out, output_hidden_states, output_attentions, output_aggregation_weights)), return_dict)
+        return _finish(
+            ManagerTowerTaskOutput(
+                loss=loss,
+                logits=logits,
+                **self._extras(out, output_hidden_states, output_attentions, output_aggregation_weights),
+            ),
+            return_dict,
+        )
 
 
 class ManagerTowerForVisualEntailment(_TaskModel):
@@ -55,16 +82,43 @@ class ManagerTowerForVisualEntailment(_TaskModel):
         self.snli_classifier = classifier(config.hidden_size * 2, head_width(config), SNLI_VE_CLASSES)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                image_embeds=None, labels=None, interpolate_pos_encoding=False, output_hidden_states=None,
-                output_attentions=None, output_aggregation_weights=None, return_dict=None):
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, image_embeds, None,
-                           interpolate_pos_encoding, output_hidden_states, output_attentions,
-                           output_aggregation_weights)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        image_embeds=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=None,
+        output_attentions=None,
+        output_aggregation_weights=None,
+        return_dict=None,
+    ):
+        out = self._encode(
+            input_ids,
+            attention_mask,
+            pixel_values,
+            pixel_mask,
+            image_embeds,
+            None,
+            interpolate_pos_encoding,
+            output_hidden_states,
+            output_attentions,
+            output_aggregation_weights,
+        )
         logits = self.snli_classifier(out.pooler_output)
         loss = F.cross_entropy(logits, labels.to(logits.device).long()) if labels is not None else None
-        return _finish(ManagerTowerTaskOutput(loss=loss, logits=logits, **self._extras(
-            out, output_hidden_states, output_attentions, output_aggregation_weights)), return_dict)
+        return _finish(
+            ManagerTowerTaskOutput(
+                loss=loss,
+                logits=logits,
+                **self._extras(out, output_hidden_states, output_attentions, output_aggregation_weights),
+            ),
+            return_dict,
+        )
 
 
 _KEEP_TOKEN_TYPES = contextvars.ContextVar("managertower_nlvr2_keep_token_types", default=False)
@@ -114,26 +168,51 @@ class ManagerTowerForNLVR2(_TaskModel):
         new = nn.Embedding(rows, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
         with torch.no_grad():
             new.weight[: old.num_embeddings].copy_(old.weight)
-            new.weight[old.num_embeddings:].copy_(old.weight[1:2].expand(rows - old.num_embeddings, -1))
+            new.weight[old.num_embeddings :].copy_(old.weight[1:2].expand(rows - old.num_embeddings, -1))
         new.weight.requires_grad_(old.weight.requires_grad)
         self.managertower.token_type_embeddings = new
         self.config.num_token_types = rows
         self.managertower.config.num_token_types = rows
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                pixel_values_2=None, pixel_mask_2=None, image_embeds=None, image_embeds_2=None, labels=None,
-                interpolate_pos_encoding=False, output_hidden_states=None, output_attentions=None,
-                output_aggregation_weights=None, return_dict=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        pixel_values_2=None,
+        pixel_mask_2=None,
+        image_embeds=None,
+        image_embeds_2=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=None,
+        output_attentions=None,
+        output_aggregation_weights=None,
+        return_dict=None,
+    ):
         if pixel_values_2 is None and image_embeds_2 is None:
             raise ValueError("ManagerTowerForNLVR2 needs the second image (pixel_values_2).")
-        outs = [self._encode(input_ids, attention_mask, pixels, mask, embeds, index, interpolate_pos_encoding,
-                             output_hidden_states, output_attentions, output_aggregation_weights)
-                for index, (pixels, mask, embeds) in enumerate(
-                    [(pixel_values, pixel_mask, image_embeds), (pixel_values_2, pixel_mask_2, image_embeds_2)],
-                    start=1)]
+        outs = [
+            self._encode(
+                input_ids,
+                attention_mask,
+                pixels,
+                mask,
+                embeds,
+                index,
+                interpolate_pos_encoding,
+                output_hidden_states,
+                output_attentions,
+                output_aggregation_weights,
+            )
+            for index, (pixels, mask, embeds) in enumerate(
+                [(pixel_values, pixel_mask, image_embeds), (pixel_values_2, pixel_mask_2, image_embeds_2)], start=1
+            )
+        ]
         logits = self.nlvr2_classifier(torch.cat([o.pooler_output for o in outs], dim=-1))
         loss = F.cross_entropy(logits, labels.to(logits.device).long()) if labels is not None else None
-        extras = [self._extras(o, output_hidden_states, output_attentions, output_aggregation_weights)
-                  for o in outs]
+        extras = [self._extras(o, output_hidden_states, output_attentions, output_aggregation_weights) for o in outs]
         pairs = {key: (extras[0][key], extras[1][key]) if extras[0][key] is not None else None for key in extras[0]}
         return _finish(ManagerTowerTaskOutput(loss=loss, logits=logits, **pairs), return_dict)

@@ -16,8 +16,9 @@ IGNORE_INDEX = -100
 
 
 def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.to(logits.device).reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.to(logits.device).reshape(-1), ignore_index=IGNORE_INDEX
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -40,17 +41,44 @@ class ManagerTowerForMaskedLM(_TaskModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_score.decoder = new_embeddings
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                image_embeds=None, labels=None, interpolate_pos_encoding=False, output_hidden_states=None,
-                output_attentions=None, output_aggregation_weights=None, return_dict=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        image_embeds=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=None,
+        output_attentions=None,
+        output_aggregation_weights=None,
+        return_dict=None,
+    ):
         """labels: B x T token ids, -100 where not masked."""
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, image_embeds, None,
-                           interpolate_pos_encoding, output_hidden_states, output_attentions,
-                           output_aggregation_weights)
+        out = self._encode(
+            input_ids,
+            attention_mask,
+            pixel_values,
+            pixel_mask,
+            image_embeds,
+            None,
+            interpolate_pos_encoding,
+            output_hidden_states,
+            output_attentions,
+            output_aggregation_weights,
+        )
         logits = self.mlm_score(out.text_features)
         loss = _mlm_loss(logits, labels) if labels is not None else None
-        return _finish(ManagerTowerTaskOutput(loss=loss, logits=logits, **self._extras(
-            out, output_hidden_states, output_attentions, output_aggregation_weights)), return_dict)
+        return _finish(
+            ManagerTowerTaskOutput(
+                loss=loss,
+                logits=logits,
+                **self._extras(out, output_hidden_states, output_attentions, output_aggregation_weights),
+            ),
+            return_dict,
+        )
 
 
 class ManagerTowerForImageTextMatching(_TaskModel):
@@ -63,17 +91,44 @@ class ManagerTowerForImageTextMatching(_TaskModel):
         self.itm_score = BridgeTowerITMHead(config.hidden_size * 2)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                image_embeds=None, labels=None, interpolate_pos_encoding=False, output_hidden_states=None,
-                output_attentions=None, output_aggregation_weights=None, return_dict=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        image_embeds=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=None,
+        output_attentions=None,
+        output_aggregation_weights=None,
+        return_dict=None,
+    ):
         """labels: B, long in {0, 1}."""
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, image_embeds, None,
-                           interpolate_pos_encoding, output_hidden_states, output_attentions,
-                           output_aggregation_weights)
+        out = self._encode(
+            input_ids,
+            attention_mask,
+            pixel_values,
+            pixel_mask,
+            image_embeds,
+            None,
+            interpolate_pos_encoding,
+            output_hidden_states,
+            output_attentions,
+            output_aggregation_weights,
+        )
         logits = self.itm_score(out.pooler_output)
         loss = F.cross_entropy(logits, labels.to(logits.device).long()) if labels is not None else None
-        return _finish(ManagerTowerTaskOutput(loss=loss, logits=logits, **self._extras(
-            out, output_hidden_states, output_attentions, output_aggregation_weights)), return_dict)
+        return _finish(
+            ManagerTowerTaskOutput(
+                loss=loss,
+                logits=logits,
+                **self._extras(out, output_hidden_states, output_attentions, output_aggregation_weights),
+            ),
+            return_dict,
+        )
 
 
 class ManagerTowerForPreTraining(_TaskModel):
@@ -108,9 +163,22 @@ class ManagerTowerForPreTraining(_TaskModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_score.decoder = new_embeddings
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                mlm_input_ids=None, mlm_labels=None, itm_pixel_values=None, itm_pixel_mask=None, itm_labels=None,
-                labels=None, interpolate_pos_encoding=False, return_dict=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        mlm_input_ids=None,
+        mlm_labels=None,
+        itm_pixel_values=None,
+        itm_pixel_mask=None,
+        itm_labels=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        return_dict=None,
+    ):
         if labels is not None and mlm_labels is not None:
             raise ValueError("ManagerTowerForPreTraining: give the MLM labels as `mlm_labels` or `labels`, not both.")
         mlm_labels = mlm_labels if mlm_labels is not None else labels
@@ -123,8 +191,9 @@ class ManagerTowerForPreTraining(_TaskModel):
         def run(text, image, image_mask):
             key = (id(text), id(image))
             if key not in passes:
-                passes[key] = self._encode(text, attention_mask, image, image_mask,
-                                           interpolate_pos_encoding=interpolate_pos_encoding)
+                passes[key] = self._encode(
+                    text, attention_mask, image, image_mask, interpolate_pos_encoding=interpolate_pos_encoding
+                )
             return passes[key]
 
         mlm_logits = itm_logits = mlm_loss = itm_loss = None
@@ -141,5 +210,9 @@ class ManagerTowerForPreTraining(_TaskModel):
                 itm_loss = F.cross_entropy(itm_logits, itm_labels.to(itm_logits.device).long())
         losses = [x for x in (mlm_loss, itm_loss) if x is not None]
         loss = sum(losses[1:], losses[0]) if losses else None
-        return _finish(ManagerTowerPreTrainingOutput(loss=loss, mlm_loss=mlm_loss, itm_loss=itm_loss,
-                                                     mlm_logits=mlm_logits, itm_logits=itm_logits), return_dict)
+        return _finish(
+            ManagerTowerPreTrainingOutput(
+                loss=loss, mlm_loss=mlm_loss, itm_loss=itm_loss, mlm_logits=mlm_logits, itm_logits=itm_logits
+            ),
+            return_dict,
+        )

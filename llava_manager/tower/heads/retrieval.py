@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,11 +70,13 @@ class ManagerTowerForImageTextRetrieval(_TaskModel):
     def _itc_image(self, image_unimodal):
         return F.normalize(self.itc_image_head(image_unimodal[:, 0]), dim=-1, p=2)
 
-    def itm_logits(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None,
-                   interpolate_pos_encoding=False) -> torch.Tensor:
+    def itm_logits(
+        self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, interpolate_pos_encoding=False
+    ) -> torch.Tensor:
         """ITM logits (B x 2) of the given pairs; column 1 is the retrieval score."""
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask,
-                           interpolate_pos_encoding=interpolate_pos_encoding)
+        out = self._encode(
+            input_ids, attention_mask, pixel_values, pixel_mask, interpolate_pos_encoding=interpolate_pos_encoding
+        )
         return self.itm_score(out.pooler_output)
 
     def clamp_temperature(self) -> None:
@@ -81,10 +84,22 @@ class ManagerTowerForImageTextRetrieval(_TaskModel):
             self.temperature.clamp_(*TEMPERATURE_RANGE)
 
     # -- training ---------------------------------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                image_ids=None, return_loss=True, generator: torch.Generator | None = None,
-                interpolate_pos_encoding=False, output_hidden_states=None, output_attentions=None,
-                output_aggregation_weights=None, return_dict=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        image_ids=None,
+        return_loss=True,
+        generator: torch.Generator | None = None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=None,
+        output_attentions=None,
+        output_aggregation_weights=None,
+        return_dict=None,
+    ):
         """B matched pairs (text b describes image b). image_ids: B ids, pairs with equal ids are all positives
         (captions of the same image); default: only the diagonal. Without `return_loss`: the ITC logits and the ITM
         logits of the given pairs, no negatives."""
@@ -100,9 +115,17 @@ class ManagerTowerForImageTextRetrieval(_TaskModel):
         positive_itm = self.itm_score(out.pooler_output)
         extras = self._extras(out, output_hidden_states, output_attentions, output_aggregation_weights)
         if not return_loss:
-            return _finish(ManagerTowerRetrievalOutput(
-                logits_per_text=logits_per_text, logits_per_image=logits_per_image, itm_logits=positive_itm,
-                text_embeds=text_embeds, image_embeds=image_embeds, **extras), return_dict)
+            return _finish(
+                ManagerTowerRetrievalOutput(
+                    logits_per_text=logits_per_text,
+                    logits_per_image=logits_per_image,
+                    itm_logits=positive_itm,
+                    text_embeds=text_embeds,
+                    image_embeds=image_embeds,
+                    **extras,
+                ),
+                return_dict,
+            )
 
         batch = input_ids.shape[0]
         ids = torch.arange(batch) if image_ids is None else torch.as_tensor(image_ids).view(-1)
@@ -117,16 +140,28 @@ class ManagerTowerForImageTextRetrieval(_TaskModel):
         negative_images = sample_negatives(weights_t2i, generator)  # one image per text
         negative_texts = sample_negatives(weights_i2t, generator)  # one text per image
         same = torch.arange(batch, device=negative_texts.device)  # [(T, I_neg), (T_neg, I)], towers not rerun
-        negatives = backbone.fuse(towers.pairs(torch.cat([same, negative_texts]), torch.cat([negative_images, same])),
-                                  return_dict=True)
+        negatives = backbone.fuse(
+            towers.pairs(torch.cat([same, negative_texts]), torch.cat([negative_images, same])), return_dict=True
+        )
         itm_logits = torch.cat([positive_itm, self.itm_score(negatives.pooler_output)])
         itm_labels = torch.cat([torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)])
         itm_labels = itm_labels.to(itm_logits.device)
         itm_loss = F.cross_entropy(itm_logits, itm_labels)
-        return _finish(ManagerTowerRetrievalOutput(
-            loss=itc_loss + itm_loss, itc_loss=itc_loss, itm_loss=itm_loss, logits_per_text=logits_per_text,
-            logits_per_image=logits_per_image, itm_logits=itm_logits, itm_labels=itm_labels,
-            text_embeds=text_embeds, image_embeds=image_embeds, **extras), return_dict)
+        return _finish(
+            ManagerTowerRetrievalOutput(
+                loss=itc_loss + itm_loss,
+                itc_loss=itc_loss,
+                itm_loss=itm_loss,
+                logits_per_text=logits_per_text,
+                logits_per_image=logits_per_image,
+                itm_logits=itm_logits,
+                itm_labels=itm_labels,
+                text_embeds=text_embeds,
+                image_embeds=image_embeds,
+                **extras,
+            ),
+            return_dict,
+        )
 
 
 def sample_negatives(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -150,9 +185,15 @@ def _field(batch: Any, key: str):
 
 
 @torch.no_grad()
-def retrieval_scores(model: ManagerTowerForImageTextRetrieval, image_batches: Iterable, text_batches: Iterable,
-                     k: int = 128, batch_size: int | None = None, progress: bool = True,
-                     return_itc: bool = False):
+def retrieval_scores(
+    model: ManagerTowerForImageTextRetrieval,
+    image_batches: Iterable,
+    text_batches: Iterable,
+    k: int = 128,
+    batch_size: int | None = None,
+    progress: bool = True,
+    return_itc: bool = False,
+):
     """The official Flickr30K scores (`compute_irtr_itm_itc_recall`): n_images x n_texts.
 
     image_batches: iterable of dicts with `pixel_values`, or of pixel tensors;

@@ -36,8 +36,9 @@ def synthetic_data(args: TowerArgs) -> None:
     with t.main_process_first(desc="synthetic data"):
         paths = write_synthetic(folder / args.task, args.task, d.synthetic_samples, seed=seed)
         if args.task == "pretrain":
-            held_out = write_synthetic(folder / "pretrain_eval", "pretrain", max(16, d.synthetic_samples // 8),
-                                       seed=seed + 1)
+            held_out = write_synthetic(
+                folder / "pretrain_eval", "pretrain", max(16, d.synthetic_samples // 8), seed=seed + 1
+            )
     if args.task == "pretrain":
         d.data_path, d.image_folder = str(paths["annotations"]), str(paths["image_folder"])
         d.eval_data_path, d.eval_image_folder = str(held_out["annotations"]), str(held_out["image_folder"])
@@ -61,13 +62,15 @@ def read_split(task: str, d: TowerDataArguments, splits: str) -> tower_data.Read
             if split == "train":
                 result = tower_data.read_image_captions(d.data_path, d.image_folder, d.check_images)
             else:
-                result = tower_data.read_image_captions(d.eval_data_path, d.eval_image_folder or d.image_folder,
-                                                        d.check_images)
+                result = tower_data.read_image_captions(
+                    d.eval_data_path, d.eval_image_folder or d.image_folder, d.check_images
+                )
         elif task == "vqav2":
             questions = root / f"v2_OpenEnded_mscoco_{split}_questions.json"
             annotations = root / f"v2_mscoco_{split}_annotations.json"
-            result = tower_data.read_vqav2(questions, annotations if annotations.is_file() else None,
-                                           d.image_folder, d.check_images)
+            result = tower_data.read_vqav2(
+                questions, annotations if annotations.is_file() else None, d.image_folder, d.check_images
+            )
         elif task == "snli_ve":
             result = tower_data.read_snli_ve(root / f"snli_ve_{split}.jsonl", d.image_folder, d.check_images)
         elif task == "nlvr2":
@@ -89,8 +92,9 @@ def build_data(args: TowerArgs, processor) -> TaskData:
     train = read_split(task, d, d.train_split)
     held = read_split(task, d, d.eval_split) if evaluate else tower_data.ReadResult([], [])
     if not train.records:
-        raise ValueError(f"no usable {task} training sample in {d.data_path} ({d.train_split}); "
-                         f"skipped: {train.skipped[:3]}")
+        raise ValueError(
+            f"no usable {task} training sample in {d.data_path} ({d.train_split}); skipped: {train.skipped[:3]}"
+        )
     train_records, eval_records = train.records, held.records
     label2ans = None
     if task == "vqav2":
@@ -98,16 +102,29 @@ def build_data(args: TowerArgs, processor) -> TaskData:
         train_records = tower_data.answerable(train_records, label2ans)
         eval_records = tower_data.answerable(eval_records, label2ans)
         if not train_records:
-            raise ValueError(f"VQAv2: no training question has an answer given at least --min_answer_count "
-                             f"{d.min_answer_count} times ({len(label2ans)} answers qualify); lower it for a "
-                             f"small data set.")
-        logger.info("VQAv2: %d answers (given >= %d times), %d training and %d evaluation questions",
-                    len(label2ans), d.min_answer_count, len(train_records), len(eval_records))
+            raise ValueError(
+                f"VQAv2: no training question has an answer given at least --min_answer_count "
+                f"{d.min_answer_count} times ({len(label2ans)} answers qualify); lower it for a "
+                f"small data set."
+            )
+        logger.info(
+            "VQAv2: %d answers (given >= %d times), %d training and %d evaluation questions",
+            len(label2ans),
+            d.min_answer_count,
+            len(train_records),
+            len(eval_records),
+        )
     if d.max_eval_samples is not None:
         eval_records = eval_records[: d.max_eval_samples]
     skipped = {"train": train.skipped, "eval": held.skipped}
-    return TaskData(train=train_records, eval=eval_records if evaluate else None, train_collator=None,
-                    eval_collator=None, label2ans=label2ans, skipped=skipped)
+    return TaskData(
+        train=train_records,
+        eval=eval_records if evaluate else None,
+        train_collator=None,
+        eval_collator=None,
+        label2ans=label2ans,
+        skipped=skipped,
+    )
 
 
 def attach_collators(args: TowerArgs, data: TaskData, processor, label2ans: list[str] | None) -> None:
@@ -135,4 +152,3 @@ def attach_collators(args: TowerArgs, data: TaskData, processor, label2ans: list
     data.eval = None if held is None else tower_data.TowerDataset(held, strict=d.strict_data)
     data.train_collator = data.eval_collator = collator
     data.label2ans = label2ans
-

@@ -31,21 +31,39 @@ def tiny_config(processor, manager_type: str = "aaum", head_hidden_scale: int = 
     64 whose managers aggregate the top 3 unimodal layers."""
     tokenizer = processor.tokenizer
     return ManagerTowerConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
-                         intermediate_size=128, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(hidden_size=128, num_hidden_layers=4, patch_size=8,
-                           image_size=processor.image_processor.crop_size["shortest_edge"]),
-        hidden_size=64, num_attention_heads=2, num_hidden_layers=2, num_managed_layers=3,
-        manager_type=manager_type, head_hidden_scale=head_hidden_scale,
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=128,
+            num_hidden_layers=4,
+            patch_size=8,
+            image_size=processor.image_processor.crop_size["shortest_edge"],
+        ),
+        hidden_size=64,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        num_managed_layers=3,
+        manager_type=manager_type,
+        head_hidden_scale=head_hidden_scale,
     )
 
 
 def _read_config(path: str) -> dict:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"--model_name_or_path {path}: no config.json there (a save_pretrained directory "
-                                f"of a ManagerTower or BridgeTower model is expected).")
+        raise FileNotFoundError(
+            f"--model_name_or_path {path}: no config.json there (a save_pretrained directory "
+            f"of a ManagerTower or BridgeTower model is expected)."
+        )
     return json.loads(config_file.read_text())
 
 
@@ -61,9 +79,10 @@ def load_processor(args: TowerArgs):
     if source is not None:
         return BridgeTowerProcessor.from_pretrained(source)
     size = m.image_size or 288
-    return BridgeTowerProcessor(BridgeTowerImageProcessor(size={"shortest_edge": size},
-                                                          crop_size={"shortest_edge": size}),
-                                AutoTokenizer.from_pretrained(m.text_model))
+    return BridgeTowerProcessor(
+        BridgeTowerImageProcessor(size={"shortest_edge": size}, crop_size={"shortest_edge": size}),
+        AutoTokenizer.from_pretrained(m.text_model),
+    )
 
 
 def _task_config(config: ManagerTowerConfig, args: TowerArgs, label2ans: list[str] | None) -> ManagerTowerConfig:
@@ -80,8 +99,9 @@ def _check_start(task: str, info: dict, source: str) -> None:
     """Starting from another task's checkpoint: only this task's head may be new, only other heads left over."""
     heads = TASK_HEADS[task]
     missing = [k for k in info.get("missing_keys", ()) if k.split(".")[0] not in heads]
-    unexpected = [k for k in info.get("unexpected_keys", ()) if k.startswith("managertower.")
-                  or k.split(".")[0] in heads]
+    unexpected = [
+        k for k in info.get("unexpected_keys", ()) if k.startswith("managertower.") or k.split(".")[0] in heads
+    ]
     mismatched = list(info.get("mismatched_keys", ()))
     if mismatched:
         raise ValueError(f"{source}: weights of another shape than the model's: {mismatched[:10]}")
@@ -109,12 +129,14 @@ def set_image_size(model: nn.Module, processor, size: int) -> None:
             new.weight.copy_(interpolate_position_embedding(old.detach(), grid))
         new.weight.requires_grad_(old.requires_grad)
         embeddings.position_embedding = new
-        embeddings.register_buffer("position_ids", torch.arange(grid * grid + 1, device=old.device).expand((1, -1)),
-                                   persistent=False)
+        embeddings.register_buffer(
+            "position_ids", torch.arange(grid * grid + 1, device=old.device).expand((1, -1)), persistent=False
+        )
         embeddings.image_size, embeddings.num_patches, embeddings.num_positions = size, grid * grid, grid * grid + 1
         logger.info("vision position embeddings interpolated from %d to %d px", vision_config.image_size, size)
-        for config in {id(c): c for c in (vision_config, model.managertower.config.vision_config,
-                                          embeddings.config)}.values():
+        for config in {
+            id(c): c for c in (vision_config, model.managertower.config.vision_config, embeddings.config)
+        }.values():
             config.image_size = size
     image_processor = processor.image_processor
     image_processor.size = {"shortest_edge": size}
@@ -128,8 +150,9 @@ def build_model(args: TowerArgs, processor, label2ans: list[str] | None = None):
     cls = TASK_MODELS[task]
     set_seed(args.training.seed)
     if args.tiny:
-        config = _task_config(tiny_config(processor, m.manager_type or "aaum", m.head_hidden_scale or 1),
-                              args, label2ans)
+        config = _task_config(
+            tiny_config(processor, m.manager_type or "aaum", m.head_hidden_scale or 1), args, label2ans
+        )
         model = cls._from_config(config)
         logger.info("embedded default: a tiny %s %s model", config.manager_type, cls.__name__)
     elif m.text_model is not None:
@@ -141,24 +164,31 @@ def build_model(args: TowerArgs, processor, label2ans: list[str] | None = None):
         elif raw.get("model_type") == ManagerTowerConfig.model_type:
             config = ManagerTowerConfig.from_pretrained(m.model_name_or_path)
             if m.manager_type is not None and m.manager_type != config.manager_type:
-                raise ValueError(f"--manager_type {m.manager_type}: {m.model_name_or_path} is a "
-                                 f"{config.manager_type} model; drop the flag (a ManagerTower checkpoint keeps its "
-                                 f"managers) or start from a BridgeTower / unimodal checkpoint.")
+                raise ValueError(
+                    f"--manager_type {m.manager_type}: {m.model_name_or_path} is a "
+                    f"{config.manager_type} model; drop the flag (a ManagerTower checkpoint keeps its "
+                    f"managers) or start from a BridgeTower / unimodal checkpoint."
+                )
             same_task = cls.__name__ in (config.architectures or [])
             if same_task and "head_hidden_scale" not in args.given:
                 m.head_hidden_scale = None  # keep the trained head's width
             if same_task and label2ans is not None and config.id2label and len(config.id2label) > 2:
                 saved = [config.id2label[i] for i in range(len(config.id2label))]
                 if saved != label2ans:
-                    logger.info("VQA answer vocabulary: the checkpoint's %d answers (not the %d of the data)",
-                                len(saved), len(label2ans))
+                    logger.info(
+                        "VQA answer vocabulary: the checkpoint's %d answers (not the %d of the data)",
+                        len(saved),
+                        len(label2ans),
+                    )
                 label2ans = saved
             config = _task_config(config, args, label2ans)
             model, info = cls.from_pretrained(m.model_name_or_path, config=config, output_loading_info=True)
             _check_start(task, info, m.model_name_or_path)
         else:
-            raise ValueError(f"{m.model_name_or_path}: model_type {raw.get('model_type')!r}; a managertower or "
-                             f"bridgetower checkpoint is expected.")
+            raise ValueError(
+                f"{m.model_name_or_path}: model_type {raw.get('model_type')!r}; a managertower or "
+                f"bridgetower checkpoint is expected."
+            )
     if m.image_size is not None:
         set_image_size(model, processor, m.image_size)
     label2ans = [model.config.id2label[i] for i in range(model.config.num_labels)] if task == "vqav2" else None
@@ -174,11 +204,17 @@ def _managed_layers(args: TowerArgs, text_layers: int, vision_layers: int) -> in
 def _from_bridgetower(args: TowerArgs, cls, raw: dict, label2ans):
     from ..weights import warm_start_from_bridgetower
 
-    keep = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version",
-                                                      "auto_map", "dtype", "torch_dtype")}
+    keep = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype")
+    }
     n = _managed_layers(args, raw["text_config"]["num_hidden_layers"], raw["vision_config"]["num_hidden_layers"])
-    config = _task_config(ManagerTowerConfig(**keep, manager_type=args.model.manager_type or "aaum",
-                                             num_managed_layers=n), args, label2ans)
+    config = _task_config(
+        ManagerTowerConfig(**keep, manager_type=args.model.manager_type or "aaum", num_managed_layers=n),
+        args,
+        label2ans,
+    )
     model = cls._from_config(config)
     report = warm_start_from_bridgetower(model, args.model.model_name_or_path)
     logger.info("warm start from BridgeTower %s: %s", args.model.model_name_or_path, report.summary())
@@ -196,19 +232,38 @@ def _from_unimodal(args: TowerArgs, cls, label2ans):
     text, vision = RobertaModel.from_pretrained(m.text_model), CLIPVisionModel.from_pretrained(m.vision_model)
     tc, vc = text.config, vision.config
     config = ManagerTowerConfig(
-        text_config={k: getattr(tc, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                                 "num_attention_heads", "intermediate_size", "hidden_act",
-                                                 "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
-                                                 "pad_token_id", "bos_token_id", "eos_token_id")},
-        vision_config=dict(hidden_size=vc.hidden_size, num_hidden_layers=vc.num_hidden_layers,
-                           num_channels=vc.num_channels, patch_size=vc.patch_size, image_size=vc.image_size,
-                           layer_norm_eps=vc.layer_norm_eps),
-        hidden_size=tc.hidden_size, num_attention_heads=tc.num_attention_heads,
-        num_hidden_layers=m.num_cross_layers, manager_type=m.manager_type or "aaum",
+        text_config={
+            k: getattr(tc, k)
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "hidden_act",
+                "max_position_embeddings",
+                "type_vocab_size",
+                "layer_norm_eps",
+                "pad_token_id",
+                "bos_token_id",
+                "eos_token_id",
+            )
+        },
+        vision_config=dict(
+            hidden_size=vc.hidden_size,
+            num_hidden_layers=vc.num_hidden_layers,
+            num_channels=vc.num_channels,
+            patch_size=vc.patch_size,
+            image_size=vc.image_size,
+            layer_norm_eps=vc.layer_norm_eps,
+        ),
+        hidden_size=tc.hidden_size,
+        num_attention_heads=tc.num_attention_heads,
+        num_hidden_layers=m.num_cross_layers,
+        manager_type=m.manager_type or "aaum",
         num_managed_layers=_managed_layers(args, tc.num_hidden_layers, vc.num_hidden_layers),
     )
     config = _task_config(config, args, label2ans)
     model, report = from_unimodal(config, text, vision, model_class=cls)
     logger.info("built from unimodal encoders %s + %s: %s", m.text_model, m.vision_model, report.summary())
     return model
-

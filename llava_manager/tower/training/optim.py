@@ -28,7 +28,6 @@ from torch import nn
 
 from ..managers import AAUM, SAM, SAUM
 
-
 HEAD_MODULES = ("mlm_score", "itm_score", "vqa_classifier", "snli_classifier", "nlvr2_classifier")
 CROSS_MODAL_HEADS = ("itc_text_head", "itc_image_head")  # the official cross_modal_itc_*_head
 BASE_TOP_PARAMETERS = ("temperature",)  # the ITC temperature: base rate in the official rule
@@ -53,7 +52,7 @@ def module_parameters(model: nn.Module) -> dict[str, dict[str, nn.Parameter]]:
         parts["base"][name] = p
     for child_name, child in model.named_children():
         if child is backbone:
-            for name, p in backbone.named_parameters(recurse=False):
+            for name, _ in backbone.named_parameters(recurse=False):
                 raise ValueError(f"parameter managertower.{name}: no learning-rate group for it")
             for sub_name, sub in backbone.named_children():
                 prefix = f"{child_name}.{sub_name}"
@@ -88,8 +87,9 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def labelled_parameter_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult_head: float,
-                              lr_mult_cross_modal: float) -> list[tuple[str, dict]]:
+def labelled_parameter_groups(
+    model: nn.Module, lr: float, weight_decay: float, lr_mult_head: float, lr_mult_cross_modal: float
+) -> list[tuple[str, dict]]:
     """(label, optimizer group) for (base, cross-modal, head) x (decay, no decay), trainable parameters only, labels
     "base/decay", "head/no_decay", ...; the first group is base, whose lr the Trainer logs."""
     lrs = {"base": lr, "cross_modal": lr * lr_mult_cross_modal, "head": lr * lr_mult_head}
@@ -99,12 +99,16 @@ def labelled_parameter_groups(model: nn.Module, lr: float, weight_decay: float, 
         trainable = [(n, p) for n, p in params.items() if p.requires_grad]
         decay = [p for n, p in trainable if n not in skip]
         no_decay = [p for n, p in trainable if n in skip]
-        groups += [(f"{group}/{label}", {"params": ps, "lr": lrs[group], "weight_decay": wd})
-                   for ps, wd, label in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay")) if ps]
+        groups += [
+            (f"{group}/{label}", {"params": ps, "lr": lrs[group], "weight_decay": wd})
+            for ps, wd, label in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay"))
+            if ps
+        ]
     return groups
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult_head: float,
-                     lr_mult_cross_modal: float) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, lr: float, weight_decay: float, lr_mult_head: float, lr_mult_cross_modal: float
+) -> list[dict]:
     """The optimizer groups of `labelled_parameter_groups`."""
     return [g for _, g in labelled_parameter_groups(model, lr, weight_decay, lr_mult_head, lr_mult_cross_modal)]

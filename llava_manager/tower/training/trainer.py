@@ -46,8 +46,10 @@ def compute_metrics_for(task: str):
         preds, labels = prediction.predictions, prediction.label_ids
         if task == "pretrain":
             (mlm, itm), (mlm_labels, itm_labels) = preds, labels
-            return {"mlm_accuracy": accuracy(torch.as_tensor(mlm), torch.as_tensor(mlm_labels), percent=True),
-                    "itm_accuracy": accuracy(torch.as_tensor(itm), torch.as_tensor(itm_labels), percent=True)}
+            return {
+                "mlm_accuracy": accuracy(torch.as_tensor(mlm), torch.as_tensor(mlm_labels), percent=True),
+                "itm_accuracy": accuracy(torch.as_tensor(itm), torch.as_tensor(itm_labels), percent=True),
+            }
         if task == "vqav2":
             return {"vqa_score": vqa_score(torch.as_tensor(preds), torch.as_tensor(labels), percent=True)}
         return {"accuracy": accuracy(torch.as_tensor(preds), torch.as_tensor(labels), percent=True)}
@@ -66,8 +68,17 @@ class TowerTrainer(StrictCheckpointLoading, Trainer):
     (`retrieval`: {"images": paths, "texts", "text_to_image"}), and strict checkpoint loading on resume and for
     `load_best_model_at_end` (without DeepSpeed / FSDP, which read checkpoints of their own making)."""
 
-    def __init__(self, *args, task: str, lr_mult_head: float = 1.0, lr_mult_cross_modal: float = 1.0,
-                 retrieval: dict | None = None, k_test: int = 128, max_text_len: int = 50, **kwargs):
+    def __init__(
+        self,
+        *args,
+        task: str,
+        lr_mult_head: float = 1.0,
+        lr_mult_cross_modal: float = 1.0,
+        retrieval: dict | None = None,
+        k_test: int = 128,
+        max_text_len: int = 50,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.task, self.retrieval, self.k_test, self.max_text_len = task, retrieval, k_test, max_text_len
         self.lr_mult_head, self.lr_mult_cross_modal = lr_mult_head, lr_mult_cross_modal
@@ -76,16 +87,19 @@ class TowerTrainer(StrictCheckpointLoading, Trainer):
         self.group_sizes: list[int] = []
         ds_config = getattr(self.args, "hf_deepspeed_config", None)
         if ds_config is not None and "optimizer" in ds_config.config:
-            raise ValueError("The DeepSpeed config has an 'optimizer' section: DeepSpeed would build the optimizer "
-                             "and the per-module learning rates (--lr_mult_head, --lr_mult_cross_modal) would be "
-                             "lost. Remove that section (recipes/zero2.json has none).")
+            raise ValueError(
+                "The DeepSpeed config has an 'optimizer' section: DeepSpeed would build the optimizer "
+                "and the per-module learning rates (--lr_mult_head, --lr_mult_cross_modal) would be "
+                "lost. Remove that section (recipes/zero2.json has none)."
+            )
 
     # -- optimizer ---------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             model = self.model if model is None else model
-            labelled = labelled_parameter_groups(model, self.args.learning_rate, self.args.weight_decay,
-                                                 self.lr_mult_head, self.lr_mult_cross_modal)
+            labelled = labelled_parameter_groups(
+                model, self.args.learning_rate, self.args.weight_decay, self.lr_mult_head, self.lr_mult_cross_modal
+            )
             self.group_labels = [label for label, _ in labelled]
             self.group_sizes = [sum(p.numel() for p in g["params"]) for _, g in labelled]
             groups = [g for _, g in labelled]
@@ -104,10 +118,16 @@ class TowerTrainer(StrictCheckpointLoading, Trainer):
         """The optimizer's groups as it holds them (DeepSpeed's wrapper included): label, parameters (elements),
         initial and current lr, weight decay."""
         groups = self.optimizer.param_groups if self.optimizer is not None else []
-        return [{"group": label, "parameters": size, "initial_lr": g.get("initial_lr", g["lr"]), "lr": g["lr"],
-                 "weight_decay": g["weight_decay"]}
-                for label, size, g in zip(self.group_labels, self.group_sizes, groups)]
-
+        return [
+            {
+                "group": label,
+                "parameters": size,
+                "initial_lr": g.get("initial_lr", g["lr"]),
+                "lr": g["lr"],
+                "weight_decay": g["weight_decay"],
+            }
+            for label, size, g in zip(self.group_labels, self.group_sizes, groups)
+        ]
 
     # -- losses in the logs ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
@@ -135,9 +155,15 @@ class TowerTrainer(StrictCheckpointLoading, Trainer):
         if self.retrieval is None:
             return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         start = time.time()
-        metrics = retrieval_metrics(self.model, self.processing_class, self.retrieval, k=self.k_test,
-                                    batch_size=self.args.per_device_eval_batch_size, max_text_len=self.max_text_len,
-                                    progress=not self.args.disable_tqdm)
+        metrics = retrieval_metrics(
+            self.model,
+            self.processing_class,
+            self.retrieval,
+            k=self.k_test,
+            batch_size=self.args.per_device_eval_batch_size,
+            max_text_len=self.max_text_len,
+            progress=not self.args.disable_tqdm,
+        )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
         self.log(metrics)
@@ -145,20 +171,20 @@ class TowerTrainer(StrictCheckpointLoading, Trainer):
         return metrics
 
 
-def retrieval_metrics(model, processor, retrieval: dict, k: int = 128, batch_size: int = 32,
-                      max_text_len: int = 50, progress: bool = True) -> dict[str, float]:
+def retrieval_metrics(
+    model, processor, retrieval: dict, k: int = 128, batch_size: int = 32, max_text_len: int = 50, progress: bool = True
+) -> dict[str, float]:
     """TR@1/5/10, IR@1/5/10 (percent) of `retrieval` (`data.retrieval_set`) by the official evaluation
     (`heads.retrieval_scores`)."""
     images, texts = retrieval["images"], retrieval["texts"]
 
     def image_batches():
         for i in range(0, len(images), batch_size):
-            yield tower_data.encode_images(processor, [open_image(p) for p in images[i:i + batch_size]])
+            yield tower_data.encode_images(processor, [open_image(p) for p in images[i : i + batch_size]])
 
     def text_batches():
         for i in range(0, len(texts), batch_size):
-            yield tower_data.encode_texts(processor, texts[i:i + batch_size], max_text_len)
+            yield tower_data.encode_texts(processor, texts[i : i + batch_size], max_text_len)
 
     scores = retrieval_scores(model, image_batches(), text_batches(), k=k, progress=progress)
     return retrieval_recall(scores.cpu(), retrieval["text_to_image"], percent=True)
-

@@ -26,8 +26,15 @@ from .unimodal import TEXT_FIELDS
 HF_UNMATCHED_HEADS = ("itc_image_head.", "itc_cross_modal_head.", "logit_scale")  # BridgeTowerForContrastiveLearning
 BRIDGETOWER_CONFIG_FIELDS = {
     "text_config": TEXT_FIELDS,
-    "vision_config": ("hidden_size", "num_hidden_layers", "num_channels", "patch_size", "layer_norm_eps",
-                      "remove_last_layer", "share_layernorm"),
+    "vision_config": (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_channels",
+        "patch_size",
+        "layer_norm_eps",
+        "remove_last_layer",
+        "share_layernorm",
+    ),
     "": ("hidden_size", "num_hidden_layers", "hidden_act", "layer_norm_eps", "share_cross_modal_transformer_layers"),
 }
 
@@ -74,7 +81,8 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     LayerNorms and link towers) and source heads the model lacks. Documented reshapes (`reshaped`): 2 token types
     into 3 (NLVR2: row 2 = row 1), position embeddings at another resolution (interpolated), a tied MLM decoder
     absent from the file (taken from the word embeddings). Dropped (`dropped`): the embeddings' `position_ids` /
-    `token_type_ids` buffers, which the published checkpoints hold. Anything else raises a ValueError naming the keys; so
+    `token_type_ids` buffers, which the published checkpoints hold. Anything else raises a ValueError naming the keys;
+    so
     do config fields (read from `config.json` or the module) that change what the weights compute
     (`BRIDGETOWER_CONFIG_FIELDS`; `check_config=False` skips this).
     """
@@ -84,15 +92,16 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     if check_config:
         errors = _compare_bridgetower_config(_config_of(model, prefix), source_config)
         if errors:
-            raise ValueError("the BridgeTower checkpoint's config disagrees with the model's:\n  "
-                             + "\n  ".join(errors))
+            raise ValueError(
+                "the BridgeTower checkpoint's config disagrees with the model's:\n  " + "\n  ".join(errors)
+            )
     task_layout = any(k.startswith("bridgetower.") for k in state)
     plan, heads = {}, set()
     for key, value in state.items():
         if key.endswith(BUFFER_KEYS):
             report.dropped.append(key)  # buffers, rebuilt from the config (published files of 2023 hold them)
         elif task_layout and key.startswith("bridgetower."):
-            plan[prefix + key[len("bridgetower."):]] = (key, value)
+            plan[prefix + key[len("bridgetower.") :]] = (key, value)
         elif task_layout and key.startswith(HF_UNMATCHED_HEADS):
             report.unexpected.append(key)  # same name, another input: not loaded
         elif task_layout:
@@ -103,24 +112,29 @@ def warm_start_from_bridgetower(model: nn.Module, source, *, check_config: bool 
     target = model.state_dict()
     # BridgeTowerForMaskedLM ties mlm_score.decoder to the word embeddings when tie_word_embeddings: the file may
     # hold only the embeddings
-    if ("mlm_score.decoder.weight" in target and "mlm_score.decoder.weight" not in state
-            and "mlm_score.bias" in state and "bridgetower." + WORD_EMBEDDINGS_KEY in state):
+    if (
+        "mlm_score.decoder.weight" in target
+        and "mlm_score.decoder.weight" not in state
+        and "mlm_score.bias" in state
+        and "bridgetower." + WORD_EMBEDDINGS_KEY in state
+    ):
         tied = "bridgetower." + WORD_EMBEDDINGS_KEY
         plan["mlm_score.decoder.weight"] = (tied, state[tied])
         heads.add("mlm_score.decoder.weight")
         report.reshaped["mlm_score.decoder.weight"] = "tied to the word embeddings in the source (not in the file)"
     if any(k.startswith(HF_UNMATCHED_HEADS) for k in state):
-        report.notes.append("BridgeTowerForContrastiveLearning's itc_image_head (on the projected image features "
-                            "plus the image token type), itc_cross_modal_head and logit_scale are not loaded: the "
-                            "official ITC image head reads ln_post(V_L) directly, and ITC uses `temperature`. "
-                            "itc_text_head (on the last text layer's <s>, as the official) is loaded by name.")
+        report.notes.append(
+            "BridgeTowerForContrastiveLearning's itc_image_head (on the projected image features "
+            "plus the image token type), itc_cross_modal_head and logit_scale are not loaded: the "
+            "official ITC image head reads ln_post(V_L) directly, and ITC uses `temperature`. "
+            "itc_text_head (on the last text layer's <s>, as the official) is loaded by name."
+        )
 
     may_miss = _may_miss_added(prefix, plan)
 
     def may_leave(key: str, source_key: str) -> bool:
         if source_key in heads:
             return True  # a source head the model lacks
-        return key[len(prefix):].startswith(REMOVED_PREFIXES)
+        return key[len(prefix) :].startswith(REMOVED_PREFIXES)
 
-    return _load(model, plan, may_miss=may_miss, may_leave=may_leave, report=report,
-                 what="warm_start_from_bridgetower")
+    return _load(model, plan, may_miss=may_miss, may_leave=may_leave, report=report, what="warm_start_from_bridgetower")

@@ -25,7 +25,7 @@ from .report import (
 )
 
 OFFICIAL_RENAMES = (  # (official regex, our key template): backbone keys; mt_module.py MTTransformer.__init__
-    (r"^text_transformer\.(.+)$", r"text_model.\1"),                      # RobertaModel -> BridgeTowerTextModel
+    (r"^text_transformer\.(.+)$", r"text_model.\1"),  # RobertaModel -> BridgeTowerTextModel
     (r"^vit_model\.visual\.conv1\.weight$", "vision_model.visual.embeddings.patch_embedding.weight"),
     (r"^vit_model\.visual\.class_embedding$", "vision_model.visual.embeddings.class_embedding"),
     (r"^vit_model\.visual\.positional_embedding$", "vision_model.visual.embeddings.position_embedding.weight"),
@@ -41,10 +41,10 @@ OFFICIAL_HEADS = (  # (official regex, our key template): task heads, outside th
 )
 OFFICIAL_DROPS = (  # documented drops
     r"^text_transformer\.embeddings\.(position_ids|token_type_ids)$",  # buffers (persistent in transformers 4.17)
-    r"^vit_model\.positional_embedding$",                               # CLIP text-tower leftovers, unused
+    r"^vit_model\.positional_embedding$",  # CLIP text-tower leftovers, unused
     r"^vit_model\.ln_final\.(weight|bias)$",
     r"^cross_modal_(text|image)_manager_tower\.\d+\.manager_layer\.softmax_temperature_cross$",  # unused in forward
-    r"^rank_output\.(weight|bias)$",                                    # old ViLT irtr objective, unused
+    r"^rank_output\.(weight|bias)$",  # old ViLT irtr objective, unused
 )
 
 
@@ -63,9 +63,13 @@ def official_key(key: str) -> tuple[str, str] | None:
     return None
 
 
-def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], *, backbone_prefix: str = "",
-                                image_size: int | None = None, strict: bool = True
-                                ) -> tuple[dict[str, torch.Tensor], WeightsReport]:
+def convert_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    backbone_prefix: str = "",
+    image_size: int | None = None,
+    strict: bool = True,
+) -> tuple[dict[str, torch.Tensor], WeightsReport]:
     """Rename an official ManagerTower (`MTTransformer`) state dict to this package's names.
 
     Backbone keys get `backbone_prefix` ("managertower." for a task model); heads keep their names
@@ -96,8 +100,10 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], *, backb
             before = math.isqrt(value.shape[0] - 1)
             if before != grid:
                 value = interpolate_position_embedding(value, grid)
-                report.reshaped[new] = (f"position embedding interpolated from a {before}x{before} to a "
-                                        f"{grid}x{grid} patch grid (official adapt_position_encoding)")
+                report.reshaped[new] = (
+                    f"position embedding interpolated from a {before}x{before} to a "
+                    f"{grid}x{grid} patch grid (official adapt_position_encoding)"
+                )
         out[new] = value
         report.sources[new] = key
     if unknown:
@@ -131,6 +137,6 @@ def load_official_checkpoint(model: nn.Module, path_or_state_dict, *, allow_pick
     def may_leave(key: str, source_key: str) -> bool:
         if key in heads:
             return True  # a checkpoint head the model lacks
-        return key[len(prefix):].startswith(REMOVED_PREFIXES)
+        return key[len(prefix) :].startswith(REMOVED_PREFIXES)
 
     return _load(model, plan, may_miss=may_miss, may_leave=may_leave, report=report, what="load_official_checkpoint")

@@ -25,10 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 
 # what ManagerTower adds to BridgeTowerModel, and what it removes (backbone-relative key prefixes)
-ADDED_PREFIXES = ("cross_modal_text_managers.", "cross_modal_image_managers.",
-                  "layer_embeddings_text.", "layer_embeddings_image.")
-REMOVED_PREFIXES = ("cross_modal_text_layernorm.", "cross_modal_image_layernorm.",
-                    "cross_modal_text_link_tower.", "cross_modal_image_link_tower.")
+ADDED_PREFIXES = (
+    "cross_modal_text_managers.",
+    "cross_modal_image_managers.",
+    "layer_embeddings_text.",
+    "layer_embeddings_image.",
+)
+REMOVED_PREFIXES = (
+    "cross_modal_text_layernorm.",
+    "cross_modal_image_layernorm.",
+    "cross_modal_text_link_tower.",
+    "cross_modal_image_link_tower.",
+)
 POSITION_KEY = "vision_model.visual.embeddings.position_embedding.weight"
 TOKEN_TYPE_KEY = "token_type_embeddings.weight"
 WORD_EMBEDDINGS_KEY = "text_model.embeddings.word_embeddings.weight"
@@ -57,12 +65,13 @@ class WeightsReport:
         return getattr(self, name)
 
     def summary(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors, kept the initialisation of {len(self.missing)}, "
-                 f"left {len(self.unexpected)} source tensors unused, dropped {len(self.dropped)}"]
+        lines = [
+            f"loaded {len(self.loaded)} tensors, kept the initialisation of {len(self.missing)}, "
+            f"left {len(self.unexpected)} source tensors unused, dropped {len(self.dropped)}"
+        ]
         lines += [f"  reshaped {k}: {v}" for k, v in self.reshaped.items()]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
-
 
 
 def backbone_prefix(model: nn.Module) -> str:
@@ -70,8 +79,10 @@ def backbone_prefix(model: nn.Module) -> str:
     `BridgeTowerModel`), e.g. "managertower." for a task model holding it as `managertower`."""
     keys = [k for k in model.state_dict() if k.endswith(WORD_EMBEDDINGS_KEY)]
     if len(keys) != 1:
-        raise ValueError(f"cannot find one ManagerTower backbone in {type(model).__name__}: keys ending with "
-                         f"{WORD_EMBEDDINGS_KEY!r}: {keys}")
+        raise ValueError(
+            f"cannot find one ManagerTower backbone in {type(model).__name__}: keys ending with "
+            f"{WORD_EMBEDDINGS_KEY!r}: {keys}"
+        )
     return keys[0][: -len(WORD_EMBEDDINGS_KEY)]
 
 
@@ -121,15 +132,24 @@ def _fit(key: str, tensor: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
         grid = math.isqrt(target.shape[0] - 1)
         if grid * grid == target.shape[0] - 1 and math.isqrt(tensor.shape[0] - 1) ** 2 == tensor.shape[0] - 1:
             g = math.isqrt(tensor.shape[0] - 1)
-            return (interpolate_position_embedding(tensor, grid),
-                    f"position embedding interpolated from a {g}x{g} to a {grid}x{grid} patch grid (bicubic, "
-                    f"class token kept; official adapt_position_encoding)")
-    if (key.endswith(TOKEN_TYPE_KEY) and tensor.dim() == 2 and target.dim() == 2
-            and tensor.shape[1] == target.shape[1] and 2 <= tensor.shape[0] < target.shape[0]):
+            return (
+                interpolate_position_embedding(tensor, grid),
+                f"position embedding interpolated from a {g}x{g} to a {grid}x{grid} patch grid (bicubic, "
+                f"class token kept; official adapt_position_encoding)",
+            )
+    if (
+        key.endswith(TOKEN_TYPE_KEY)
+        and tensor.dim() == 2
+        and target.dim() == 2
+        and tensor.shape[1] == target.shape[1]
+        and 2 <= tensor.shape[0] < target.shape[0]
+    ):
         extra = target.shape[0] - tensor.shape[0]
         grown = torch.cat([tensor, tensor[-1:].expand(extra, -1)], dim=0)
-        return grown, (f"token types grown from {tensor.shape[0]} to {target.shape[0]} rows, the new rows copying "
-                       f"row {tensor.shape[0] - 1} (the image type; official NLVR2 set-up)")
+        return grown, (
+            f"token types grown from {tensor.shape[0]} to {target.shape[0]} rows, the new rows copying "
+            f"row {tensor.shape[0] - 1} (the image type; official NLVR2 set-up)"
+        )
     if key.endswith("temperature") and tensor.numel() == 1 and target.numel() == 1:  # official 0-dim temperature
         return tensor.reshape(target.shape), f"scalar reshaped from {tuple(tensor.shape)} to {tuple(target.shape)}"
     return None
@@ -144,15 +164,21 @@ def _may_miss_added(prefix: str, plan: Mapping[str, tuple]) -> Callable[[str], b
     def may_miss(key: str) -> bool:
         if prefix and not key.startswith(prefix):
             return True  # a head the source lacks
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         return any(rest.startswith(p) and p not in provided for p in ADDED_PREFIXES)
 
     return may_miss
 
 
-def _load(model: nn.Module, plan: Mapping[str, tuple[str, torch.Tensor]], *,
-          may_miss: Callable[[str], bool], may_leave: Callable[[str, str], bool],
-          report: WeightsReport, what: str) -> WeightsReport:
+def _load(
+    model: nn.Module,
+    plan: Mapping[str, tuple[str, torch.Tensor]],
+    *,
+    may_miss: Callable[[str], bool],
+    may_leave: Callable[[str, str], bool],
+    report: WeightsReport,
+    what: str,
+) -> WeightsReport:
     """Load `plan` (model key -> (source key, tensor)) strictly into `model`.
 
     `may_miss(model_key)`: whether a model key may keep its initialisation; `may_leave(model_key, source_key)`:
@@ -175,8 +201,10 @@ def _load(model: nn.Module, plan: Mapping[str, tuple[str, torch.Tensor]], *,
         if tensor.shape != target[key].shape:
             fitted = _fit(key, tensor, target[key])
             if fitted is None:
-                problems.append(f"shape mismatch for {key!r}: source {source_key!r} has {tuple(tensor.shape)}, "
-                                f"the model {tuple(target[key].shape)}")
+                problems.append(
+                    f"shape mismatch for {key!r}: source {source_key!r} has {tuple(tensor.shape)}, "
+                    f"the model {tuple(target[key].shape)}"
+                )
                 continue
             tensor, how = fitted
             report.reshaped[key] = how
@@ -227,8 +255,9 @@ def read_state_dict(source, *, allow_pickle: bool = False) -> tuple[dict[str, to
         elif (path / "pytorch_model.bin").exists():
             files = [path / "pytorch_model.bin"]
         else:
-            raise FileNotFoundError(f"no model.safetensors, model.safetensors.index.json or pytorch_model.bin "
-                                    f"in {path}")
+            raise FileNotFoundError(
+                f"no model.safetensors, model.safetensors.index.json or pytorch_model.bin in {path}"
+            )
     elif path.is_file():
         files = [path]
     else:
@@ -244,8 +273,10 @@ def read_state_dict(source, *, allow_pickle: bool = False) -> tuple[dict[str, to
             obj = torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             if not allow_pickle:
-                raise ValueError(f"{file} cannot be read with torch.load(weights_only=True) ({error}). If you trust "
-                                 f"the file, pass allow_pickle=True.") from error
+                raise ValueError(
+                    f"{file} cannot be read with torch.load(weights_only=True) ({error}). If you trust "
+                    f"the file, pass allow_pickle=True."
+                ) from error
             obj = torch.load(file, map_location="cpu", weights_only=False)
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
             obj = obj["state_dict"]

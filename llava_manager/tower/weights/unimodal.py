@@ -22,8 +22,18 @@ from torch import nn
 
 from .report import WeightsReport, _load, _size, backbone_prefix, interpolate_position_embedding
 
-TEXT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-               "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")
+TEXT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "pad_token_id",
+)
 
 CLIP_BLOCK_RENAMES = {  # HF CLIPEncoderLayer -> OpenAI CLIP ResidualAttentionBlock (BridgeTowerResidualAttention)
     "self_attn.out_proj.weight": "attn.out_proj.weight",
@@ -67,36 +77,73 @@ def check_unimodal_configs(config, text_config=None, vision_config=None) -> None
     if text_config is not None:
         tc = config.text_config
         for name in TEXT_FIELDS:
-            _check(errors, f"text_config.{name}", getattr(tc, name, None), getattr(text_config, name, None),
-                   f"{type(text_config).__name__}.{name}")
+            _check(
+                errors,
+                f"text_config.{name}",
+                getattr(tc, name, None),
+                getattr(text_config, name, None),
+                f"{type(text_config).__name__}.{name}",
+            )
         for name in ("is_decoder", "add_cross_attention"):
             if getattr(text_config, name, False):
                 errors.append(f"{type(text_config).__name__}.{name} = True: the text tower must be a plain encoder")
         kind = getattr(text_config, "position_embedding_type", "absolute")
         if kind not in (None, "absolute"):
-            errors.append(f"{type(text_config).__name__}.position_embedding_type = {kind!r}: BridgeTower's text "
-                          f"model has absolute position embeddings only")
+            errors.append(
+                f"{type(text_config).__name__}.position_embedding_type = {kind!r}: BridgeTower's text "
+                f"model has absolute position embeddings only"
+            )
     if vision_config is not None:
         vc, name = config.vision_config, type(vision_config).__name__
         _check(errors, "vision_config.hidden_size", vc.hidden_size, vision_config.hidden_size, f"{name}.hidden_size")
-        _check(errors, "vision_config.num_hidden_layers", vc.num_hidden_layers, vision_config.num_hidden_layers,
-               f"{name}.num_hidden_layers")
-        _check(errors, "vision_config.num_channels", vc.num_channels, vision_config.num_channels,
-               f"{name}.num_channels")
-        _check(errors, "vision_config.patch_size", _size(vc.patch_size), _size(vision_config.patch_size),
-               f"{name}.patch_size")
-        _check(errors, "vision_config.layer_norm_eps", vc.layer_norm_eps, vision_config.layer_norm_eps,
-               f"{name}.layer_norm_eps")
+        _check(
+            errors,
+            "vision_config.num_hidden_layers",
+            vc.num_hidden_layers,
+            vision_config.num_hidden_layers,
+            f"{name}.num_hidden_layers",
+        )
+        _check(
+            errors, "vision_config.num_channels", vc.num_channels, vision_config.num_channels, f"{name}.num_channels"
+        )
+        _check(
+            errors,
+            "vision_config.patch_size",
+            _size(vc.patch_size),
+            _size(vision_config.patch_size),
+            f"{name}.patch_size",
+        )
+        _check(
+            errors,
+            "vision_config.layer_norm_eps",
+            vc.layer_norm_eps,
+            vision_config.layer_norm_eps,
+            f"{name}.layer_norm_eps",
+        )
         if vision_config.hidden_act != "quick_gelu":
-            errors.append(f"{name}.hidden_act = {vision_config.hidden_act!r}: BridgeTower's vision MLP is QuickGELU "
-                          f"(x * sigmoid(1.702 x)), so only 'quick_gelu' converts")
-        _check(errors, "4 * vision_config.hidden_size (BridgeTower's vision MLP width)", 4 * vc.hidden_size,
-               vision_config.intermediate_size, f"{name}.intermediate_size")
-        _check(errors, "vision_config.hidden_size // 64 (BridgeTower's vision heads)", vc.hidden_size // 64,
-               vision_config.num_attention_heads, f"{name}.num_attention_heads")
+            errors.append(
+                f"{name}.hidden_act = {vision_config.hidden_act!r}: BridgeTower's vision MLP is QuickGELU "
+                f"(x * sigmoid(1.702 x)), so only 'quick_gelu' converts"
+            )
+        _check(
+            errors,
+            "4 * vision_config.hidden_size (BridgeTower's vision MLP width)",
+            4 * vc.hidden_size,
+            vision_config.intermediate_size,
+            f"{name}.intermediate_size",
+        )
+        _check(
+            errors,
+            "vision_config.hidden_size // 64 (BridgeTower's vision heads)",
+            vc.hidden_size // 64,
+            vision_config.num_attention_heads,
+            f"{name}.num_attention_heads",
+        )
         patch = _size(vision_config.patch_size)
-        for label, size in (("vision_config.image_size", _size(vc.image_size)),
-                            (f"{name}.image_size", _size(vision_config.image_size))):
+        for label, size in (
+            ("vision_config.image_size", _size(vc.image_size)),
+            (f"{name}.image_size", _size(vision_config.image_size)),
+        ):
             if size % patch:
                 errors.append(f"{label} = {size} is not a multiple of the patch size {patch}")
     if errors:
@@ -109,7 +156,7 @@ def _text_state(text_model) -> tuple[dict[str, torch.Tensor], list[str]]:
     out, dropped = {}, []
     for key, value in state.items():
         if key.startswith("roberta."):
-            key = key[len("roberta."):]
+            key = key[len("roberta.") :]
         if key in ("embeddings.position_ids", "embeddings.token_type_ids"):  # buffers rebuilt from the config
             dropped.append(key)
             continue
@@ -122,7 +169,7 @@ def _vision_state(vision_model, num_layers: int | None = None) -> tuple[dict[str
     on-disk checkpoints) -> BridgeTower's `vision_model.visual.*` keys; also the source keys dropped
     (`visual_projection`, position ids, and the blocks beyond `num_layers`)."""
     state = vision_model.state_dict() if isinstance(vision_model, nn.Module) else dict(vision_model)
-    state = {k[len("vision_model."):] if k.startswith("vision_model.") else k: v for k, v in state.items()}
+    state = {k[len("vision_model.") :] if k.startswith("vision_model.") else k: v for k, v in state.items()}
     out, dropped, qkv, unknown = {}, [], {}, []
     block = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
     for key, value in state.items():
@@ -143,7 +190,7 @@ def _vision_state(vision_model, num_layers: int | None = None) -> tuple[dict[str
         prefix = f"vision_model.visual.transformer.resblocks.{index}."
         if rest in CLIP_BLOCK_RENAMES:
             out[prefix + CLIP_BLOCK_RENAMES[rest]] = value
-        elif (q := re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)):
+        elif q := re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest):
             qkv[(index, q.group(2), q.group(1))] = value
         else:
             unknown.append(key)
@@ -206,8 +253,10 @@ def from_unimodal(config, text_model, vision_model, model_class=None) -> tuple[n
     vision_state, vision_dropped = _vision_state(vision_model, num_layers)
     report = WeightsReport(dropped=[f"text:{k}" for k in text_dropped] + [f"vision:{k}" for k in vision_dropped])
     # source names for the report
-    text_src = {f"text_model.{k[len('roberta.'):] if k.startswith('roberta.') else k}": f"text:{k}"
-                for k in (text_model.state_dict() if isinstance(text_model, nn.Module) else text_model)}
+    text_src = {
+        f"text_model.{k[len('roberta.') :] if k.startswith('roberta.') else k}": f"text:{k}"
+        for k in (text_model.state_dict() if isinstance(text_model, nn.Module) else text_model)
+    }
     vision_src = _vision_sources(vision_model, num_layers)
     plan = {prefix + k: (text_src.get(k, f"text:{k}"), v) for k, v in text_state.items()}
     plan.update({prefix + k: (vision_src.get(k, f"vision:{k}"), v) for k, v in vision_state.items()})
@@ -221,8 +270,9 @@ def from_unimodal(config, text_model, vision_model, model_class=None) -> tuple[n
         report.notes.append("the RoBERTa model has no pooler: text_model.pooler keeps its initialisation")
 
     def may_miss(key: str) -> bool:
-        return not key.startswith((prefix + "text_model.", prefix + "vision_model.")) or \
-            key.startswith(prefix + "text_model.pooler.")
+        return not key.startswith((prefix + "text_model.", prefix + "vision_model.")) or key.startswith(
+            prefix + "text_model.pooler."
+        )
 
     _load(model, plan, may_miss=may_miss, may_leave=lambda *_: False, report=report, what="from_unimodal")
     _check_text_buffers(model.get_submodule(prefix + "text_model") if prefix else model.text_model, text_model)
@@ -234,19 +284,21 @@ def _vision_sources(vision_model, num_layers) -> dict[str, str]:
     state = vision_model.state_dict() if isinstance(vision_model, nn.Module) else vision_model
     out = {}
     for key in state:
-        bare = key[len("vision_model."):] if key.startswith("vision_model.") else key
+        bare = key[len("vision_model.") :] if key.startswith("vision_model.") else key
         if bare in CLIP_RENAMES:
             out[f"vision_model.visual.{CLIP_RENAMES[bare]}"] = f"vision:{key}"
-        elif (m := re.match(r"^encoder\.layers\.(\d+)\.(.+)$", bare)) and (num_layers is None
-                                                                             or int(m.group(1)) < num_layers):
+        elif (m := re.match(r"^encoder\.layers\.(\d+)\.(.+)$", bare)) and (
+            num_layers is None or int(m.group(1)) < num_layers
+        ):
             prefix = f"vision_model.visual.transformer.resblocks.{m.group(1)}."
             rest = m.group(2)
             if rest in CLIP_BLOCK_RENAMES:
                 out[prefix + CLIP_BLOCK_RENAMES[rest]] = f"vision:{key}"
-            elif (q := re.match(r"^self_attn\.[qkv]_proj\.(weight|bias)$", rest)):
+            elif q := re.match(r"^self_attn\.[qkv]_proj\.(weight|bias)$", rest):
                 name = "in_proj_weight" if q.group(1) == "weight" else "in_proj_bias"
-                out[prefix + f"attn.{name}"] = (f"vision:{key.replace(rest, '')}self_attn."
-                                                f"{{q,k,v}}_proj.{q.group(1)} (concatenated)")
+                out[prefix + f"attn.{name}"] = (
+                    f"vision:{key.replace(rest, '')}self_attn.{{q,k,v}}_proj.{q.group(1)} (concatenated)"
+                )
     return out
 
 
