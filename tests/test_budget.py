@@ -56,6 +56,7 @@ def test_manager_flops_are_one_projector_pass_per_aggregated_layer_and_crop_toke
     assert not has_manager(model)
 
 
+@pytest.mark.slow
 def test_budget_at_the_0_5b_shape_reproduces_table_iv():
     torch.manual_seed(0)
     model = LlavaOnevisionForConditionalGeneration(onevision_0_5b_config()).eval()

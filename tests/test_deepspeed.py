@@ -17,7 +17,10 @@ import llava_manager
 from llava_manager import get_managers
 from llava_manager.training.train_args import _CHECKPOINTING
 
-pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="needs the deepspeed launcher")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("deepspeed") is None, reason="needs the deepspeed launcher"),
+]
 
 
 def launch(config: str, output_dir: Path, *extra: str, gpus: int = 2) -> None:

@@ -263,6 +263,7 @@ def test_peft_lora_with_trainable_managers(family, tmp_path):
         assert torch.equal(reloaded(**batch).logits, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_torch_compile_matches_eager(family):
     model = apply_manager(family_model(family))

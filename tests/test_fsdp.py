@@ -30,6 +30,8 @@ from llava_manager.training import fsdp, liger
 from llava_manager.training.cpu_distributed import free_port
 from llava_manager.training.train_args import _CHECKPOINTING
 
+pytestmark = pytest.mark.slow  # launches processes or trains; outside the fast tier
+
 ARGS = (
     "--max_steps",
     "6",

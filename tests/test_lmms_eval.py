@@ -24,6 +24,8 @@ from llava_manager import apply_manager, get_managers, load_manager, save_manage
 from llava_manager.processing.templates import QWEN  # noqa: E402
 from llava_manager.shapes.data import tiny_model_config, tiny_processor  # noqa: E402
 
+pytestmark = pytest.mark.slow  # launches processes or trains; outside the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 NUM_DOCS = 5
 

@@ -19,6 +19,8 @@ from llava_manager import apply_manager
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
 from llava_manager.shapes.score import CHOICES, DEFAULT_SAMPLES, heldout_docs, score
 
+pytestmark = pytest.mark.slow  # launches processes or trains; outside the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

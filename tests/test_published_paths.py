@@ -147,6 +147,7 @@ def chain(published_si, tmp_path_factory):
     return root, stage2
 
 
+@pytest.mark.slow
 def test_recipes_chain_from_the_published_layout(chain, published_si):
     root, _ = chain
     stages = {name: llava_manager.from_pretrained(root / name) for name in ("stage1", "stage1_5", "stage2")}
@@ -167,6 +168,7 @@ def test_recipes_chain_from_the_published_layout(chain, published_si):
     assert json.loads((root / "stage2" / "data_skipped.json").read_text())["skipped"] == 0
 
 
+@pytest.mark.slow
 def test_resume_from_the_published_layout_in_a_fresh_process(chain, tmp_path):
     root, stage2 = chain
     reference = logged_losses(root / "stage2")

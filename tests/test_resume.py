@@ -49,6 +49,7 @@ def full_run(request, tmp_path_factory):
     return out, args
 
 
+@pytest.mark.slow
 def test_plain_python_resume_in_a_fresh_process_continues_exactly(full_run, tmp_path):
     full, args = full_run
     reference = logged_losses(full)

@@ -13,6 +13,8 @@ from helpers import ROOT, logged_losses, run_recipe
 
 from llava_manager.training.train_args import _CHECKPOINTING
 
+pytestmark = pytest.mark.slow  # launches processes or trains; outside the fast tier
+
 
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="needs the deepspeed launcher")
 def test_two_processes_resume_exactly_mid_epoch_in_a_later_epoch(tmp_path):
