@@ -49,9 +49,16 @@ def tested_ranges() -> dict[str, Requirement]:
     return ranges
 
 
+def _format(specifier) -> str:
+    """A range as people write it, lower bound first: `>=5.23,<5.26`."""
+    return ",".join(str(s) for s in sorted(specifier, key=lambda s: (not s.operator.startswith(">"), str(s))))
+
+
 def _tested_range(name: str) -> str:
     requirement = tested_ranges().get(name)
-    return f"{name}{requirement.specifier}" if requirement else f"{name}>={TRANSFORMERS_MIN},<{TRANSFORMERS_MAX}"
+    if requirement is None:  # a source tree that was never installed
+        return f"{name}>={TRANSFORMERS_MIN},<{TRANSFORMERS_MAX}"
+    return f"{name}{_format(requirement.specifier)}"
 
 
 def untested_versions() -> list[str]:
@@ -65,7 +72,7 @@ def untested_versions() -> list[str]:
         except PackageNotFoundError:
             continue  # an optional dependency that is not installed
         if not requirement.specifier.contains(Version(found), prereleases=True):
-            lines.append(f"{name} {found} (tested: {requirement.specifier})")
+            lines.append(f"{name} {found} (tested: {_format(requirement.specifier)})")
     return lines
 
 

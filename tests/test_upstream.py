@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
+import llava_manager
 from llava_manager import upstream
 from llava_manager.upstream import REGISTRY, UpstreamAPI, check, check_all
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "llava_manager"
+# The package under test (the source tree, or an installed wheel) and the folder that holds it: `used_in` paths are
+# relative to that folder.
+PACKAGE = Path(llava_manager.__file__).resolve().parent
+ROOT = PACKAGE.parent
 UPSTREAM_ROOTS = frozenset(upstream.OWNERS.values())
 OPTIONAL_ROOTS = frozenset({"deepspeed", "lmms_eval", "peft"})
 

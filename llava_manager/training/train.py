@@ -19,7 +19,7 @@ from ..processing.processors import load_processor
 from ..processing.templates import template_for_config
 from ..shapes import score as shapes_score
 from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
-from . import fsdp, train_args
+from . import fsdp, threads, train_args
 from .data import SupervisedDataset, load_records
 from .liger import apply_liger
 from .packing import build_collator
@@ -130,6 +130,11 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
         level=logging.INFO if training_args.should_log else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    with threads.cpu_threads(model_args.cpu_threads, embedded_default=model_args.model_name_or_path is None):
+        return _run(stage, model_args, manager_args, data_args, training_args)
+
+
+def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTrainer:
     choose_template(model_args, data_args)  # before the weights load: an LLM without a default fails at once
     sampling = SamplingOptions.from_args(data_args, training_args)  # checked before the weights load too
     model, processor = build_model(model_args, manager_args, training_args)

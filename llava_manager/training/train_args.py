@@ -128,6 +128,13 @@ class ModelArguments:
             "choices": ["auto", "true", "false"],
         },
     )
+    cpu_threads: str = field(
+        default="auto",
+        metadata={
+            "help": "torch's CPU threads (training/threads.py): auto (one for the embedded default on a machine "
+            "without a GPU, where more only spin on a busy machine; torch's default otherwise) or a number."
+        },
+    )
     peak_tflops: float | None = field(
         default=None,
         metadata={
