@@ -151,6 +151,27 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
     ),
     UpstreamAPI(
         _T,
+        "transformers.trainer.Trainer._save_checkpoint",
+        "method",
+        "llava_manager/core/commits.py",
+        "CommittedCheckpoints overrides it to remove a torn folder first, rotate over complete checkpoints only "
+        "(save_total_limit is lifted around the call) and commit the checkpoint once every process has written it",
+        params=("model", "trial"),
+        positional=2,
+        callers=("transformers.trainer.Trainer",),
+        mentions=("save_total_limit",),
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.trainer.Trainer._get_output_dir",
+        "method",
+        "llava_manager/core/commits.py",
+        "CommittedCheckpoints reads the run folder the checkpoint goes to, as _save_checkpoint does",
+        params=("trial",),
+        callers=("transformers.trainer.Trainer._save_checkpoint",),
+    ),
+    UpstreamAPI(
+        _T,
         "transformers.trainer.Trainer._get_train_sampler",
         "method",
         _TRAINER,
@@ -757,8 +778,8 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         "transformers.masking_utils.packed_sequence_mask_function",
         "function",
         _PACKING,
-        "the block-diagonal mask of packed samples",
-        callers=("transformers.masking_utils.create_causal_mask",),
+        "the block-diagonal mask of packed samples (create_causal_mask reaches it directly or through "
+        "packed_sequence_compatibility_function, by release; tests/test_packing.py checks the masks' effect)",
     ),
     UpstreamAPI(
         _T,

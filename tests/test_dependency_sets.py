@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -94,3 +95,25 @@ def test_upper_bound_is_the_next_minor_after_the_tested_one(name):
 
 def test_every_pin_of_the_oldest_set_is_declared():
     assert set(_pins("oldest.txt")) <= set(DECLARED)
+
+
+def _readme_dependency_rows() -> dict[str, tuple[str, str, str]]:
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| package | tested range | tested set | oldest set |") :].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        name, declared, tested, oldest = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[canonicalize_name(name.split(" ")[0])] = tuple(
+            c.split(" (")[0].replace(" ", "") for c in (declared, tested, oldest)
+        )
+    return rows
+
+
+def test_the_readme_table_says_what_the_files_say():
+    rows = _readme_dependency_rows()
+    assert {"torch", "transformers", "lmms-eval", "filelock"} <= set(rows)
+    tested, oldest = _pins("tested.txt"), _pins("oldest.txt")
+    for name, (declared, tested_version, oldest_version) in rows.items():
+        (specifier,) = {r.specifier for r in DECLARED[name] if r.specifier}
+        assert SpecifierSet(declared) == specifier, name
+        assert Version(tested_version) == tested[name] and Version(oldest_version) == oldest[name], name

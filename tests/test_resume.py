@@ -15,6 +15,7 @@ from transformers import AutoModelForImageTextToText, TrainingArguments
 import llava_manager
 from llava_manager import apply_manager, get_managers
 from llava_manager.core.checkpoint import CheckpointMismatchError
+from llava_manager.core.commits import commit
 from llava_manager.shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from llava_manager.training.data import Collator, SupervisedDataset, load_records
 from llava_manager.training.train import run
@@ -85,6 +86,7 @@ def test_a_checkpoint_that_does_not_cover_the_model_is_an_error_naming_the_keys(
         state["model.extra.weight"] = torch.zeros(2)
         expected = r"unexpected \['model.extra.weight'\]"
     save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    commit(broken)  # a complete checkpoint whose keys do not match (another model's), not a torn one
     with pytest.raises(CheckpointMismatchError, match=expected):
         run("stage2", [*args, "--output_dir", str(tmp_path), "--resume_from_checkpoint", str(broken)])
 

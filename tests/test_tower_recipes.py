@@ -18,6 +18,7 @@ from helpers import subprocess_env
 from safetensors.torch import load_file, save_file
 
 from llava_manager.core.checkpoint import CheckpointMismatchError
+from llava_manager.core.commits import commit
 from llava_manager.tower import training
 from llava_manager.tower.training import TASK_MODELS, parse
 
@@ -385,6 +386,7 @@ def test_a_checkpoint_that_does_not_match_fails_instead_of_restarting(vqa_run, t
     if change == "renamed":
         state[key.replace("layer_scores_cross", "cross_scores")] = value
     save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    commit(broken)  # a complete checkpoint whose keys do not match, not a torn one
     expected = re.escape(f"missing ['{key}']") + (".*unexpected" if change == "renamed" else "")
     with pytest.raises(CheckpointMismatchError, match=expected):
         recipe("tower_finetune").run(

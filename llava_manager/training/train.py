@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, set_seed
 
+from ..core import commits
 from ..core.patch import apply_manager, has_manager, manager_config
 from ..core.persistence import from_pretrained
 from ..families import family_of_config, get_family
@@ -135,6 +136,8 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
 
 
 def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTrainer:
+    # the checkpoint to resume from, checked complete before anything loads (core/commits.py)
+    resume = commits.resolve(training_args.resume_from_checkpoint, training_args.output_dir)
     choose_template(model_args, data_args)  # before the weights load: an LLM without a default fails at once
     sampling = SamplingOptions.from_args(data_args, training_args)  # checked before the weights load too
     model, processor = build_model(model_args, manager_args, training_args)
@@ -153,8 +156,7 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
     )
     trainer.sampling = sampling  # --group_by_modality_length, --token_budget (sampling.py)
     trainer.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    trainer.train(resume_from_checkpoint=resume)
 
     skips = trainer.gather_skips()
     with fsdp.full_state_dict(trainer):  # FSDP: the full model, whatever the checkpoints' state-dict type

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from ..core.checkpoint import StrictCheckpointLoading
+from ..core.commits import CommittedCheckpoints
 from ..core.patch import get_managers
 from . import fsdp, packing
 from .throughput import ThroughputCallback
@@ -136,7 +137,7 @@ class SkipReport:
         }
 
 
-class ManagerTrainer(StrictCheckpointLoading, Trainer):
+class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
     """`Trainer` with learning rates per module (vision tower, managers), the manager norm callback first in line
     (so that every logger gets the norms), throughput next to them (tokens/s, samples/s, padding fraction, MFU on a GPU:
     `throughput.ThroughputCallback`, fed by `compute_loss`), skipped samples counted in the logs, and checkpoints loaded

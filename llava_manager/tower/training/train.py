@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ...core import commits
 from .args import parse
 from .data import attach_collators, build_data
 from .model import build_model, load_processor
@@ -26,6 +27,7 @@ def run(argv: list[str] | None = None, *, recipe: str = "finetune") -> TowerTrai
         level=logging.INFO if t.should_log else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    resume = commits.resolve(t.resume_from_checkpoint, t.output_dir)  # complete, checked before anything loads
     processor = load_processor(args)
     data = build_data(args, processor)
     model, label2ans = build_model(args, processor, data.label2ans)
@@ -67,8 +69,7 @@ def run(argv: list[str] | None = None, *, recipe: str = "finetune") -> TowerTrai
         k_test=d.k_test,
         max_text_len=d.max_text_len,
     )
-    resume = t.resume_from_checkpoint
-    train_result = trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
     out = Path(t.output_dir)

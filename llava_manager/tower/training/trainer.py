@@ -23,6 +23,7 @@ import torch
 from transformers import Trainer
 
 from ...core.checkpoint import StrictCheckpointLoading
+from ...core.commits import CommittedCheckpoints
 from ...processing.images import open_image
 from .. import data as tower_data
 from ..heads import retrieval_scores
@@ -62,7 +63,7 @@ EVAL_IGNORE_KEYS = {"pretrain": ["mlm_loss", "itm_loss"]}
 LOGGED_LOSSES = ("mlm_loss", "itm_loss", "itc_loss")
 
 
-class TowerTrainer(StrictCheckpointLoading, Trainer):
+class TowerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
     """`Trainer` with the recipes' optimizer groups (`parameter_groups`), the components of the loss in the logs
     (`mlm_loss`, `itm_loss`, `itc_loss`, this process's mean since the last log), Flickr30K's retrieval evaluation
     (`retrieval`: {"images": paths, "texts", "text_to_image"}), and strict checkpoint loading on resume and for

@@ -1,0 +1,177 @@
+"""Checkpoint commit points: a checkpoint counts only once everything it holds is on disk.
+
+After every process has written its part of `checkpoint-N` (weights, optimizer, scheduler, RNG, trainer state, and
+DeepSpeed's or FSDP's own files), the main process writes `checkpoint_complete.json`, listing every file with its size,
+through a temporary file that is fsynced and renamed. A folder without it is the torn leftover of a save that did not
+finish. `--resume_from_checkpoint last` takes the newest complete checkpoint and names the incomplete ones it skips;
+an explicit incomplete checkpoint is an error naming what is missing, raised before any weight is loaded; so is
+`last` with no complete checkpoint (never a silent restart from step 0). Rotation (`--save_total_limit`) counts
+complete checkpoints only, and a save removes the torn folders a crash left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+MARKER = "checkpoint_complete.json"
+_STEP = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+class IncompleteCheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from exactly: torn, with files missing, or holding the model only."""
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name not in (MARKER, MARKER + ".tmp")
+    }
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def commit(folder: str | Path, *, model_only: bool = False) -> Path:
+    """Marks `folder` complete: every file in it, with its size, in `MARKER`, written atomically (temp file, fsync,
+    rename, fsync of the folder). Call it once every process has finished writing."""
+    folder = Path(folder)
+    files = _files(folder)
+    for name in files:
+        with open(folder / name, "rb") as handle:  # the data itself on disk before the marker says so
+            os.fsync(handle.fileno())
+    temporary = folder / (MARKER + ".tmp")
+    with open(temporary, "w") as handle:
+        json.dump({"files": files, "model_only": model_only}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, folder / MARKER)
+    _fsync_dir(folder)
+    return folder / MARKER
+
+
+def problems(folder: str | Path, *, resuming: bool = True) -> list[str]:
+    """What keeps `folder` from being a complete checkpoint (empty when it is one); with `resuming`, also what keeps
+    a complete one from resuming a run exactly (it holds the model only)."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    if not folder.is_dir():
+        return [f"{folder} is not a folder"]
+    if not marker.is_file():
+        return [f"no {MARKER}: the save did not finish (the process was stopped while writing, or the disk was full)"]
+    saved = json.loads(marker.read_text())
+    found = []
+    for name, size in saved["files"].items():
+        path = folder / name
+        if not path.is_file():
+            found.append(f"{name} is missing")
+        elif path.stat().st_size != size:
+            found.append(f"{name} has {path.stat().st_size} bytes, {size} when it was saved")
+    if resuming and saved.get("model_only"):
+        found.append(
+            "it holds the model only (--save_only_model): no optimizer, scheduler or RNG state to resume; "
+            "start a new run from its weights with --model_name_or_path instead"
+        )
+    return found
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` folders of `run_dir`, by step."""
+    run_dir = Path(run_dir)
+    found = [p for p in run_dir.iterdir() if p.is_dir() and _STEP.match(p.name)] if run_dir.is_dir() else []
+    return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
+
+
+def _describe(folder: Path, found: list[str]) -> str:
+    return f"{folder.name} ({'; '.join(found)})"
+
+
+def resolve(setting, run_dir: str | Path) -> str | None:
+    """The checkpoint `--resume_from_checkpoint setting` resumes from, checked complete before anything loads."""
+    if setting in (None, False, "", "False", "false"):
+        return None
+    if setting in (True, "True", "true", "last"):
+        found = [(folder, problems(folder)) for folder in checkpoints(run_dir)]
+        complete = [folder for folder, issues in found if not issues]
+        if not complete:
+            listed = "; ".join(_describe(f, i) for f, i in found) or "none"
+            raise IncompleteCheckpointError(
+                f"--resume_from_checkpoint last: no complete checkpoint in {run_dir} (checkpoints: {listed}). "
+                f"Nothing was resumed; to train from step 0, leave out --resume_from_checkpoint."
+            )
+        chosen = complete[-1]
+        for folder, issues in found:
+            if issues and folder.name != chosen.name:
+                logger.warning("--resume_from_checkpoint last: skipping the incomplete %s", _describe(folder, issues))
+        logger.info("--resume_from_checkpoint last: resuming from %s", chosen)
+        return str(chosen)
+    folder = Path(setting)
+    issues = problems(folder)
+    if issues:
+        others = [f.name for f in checkpoints(folder.parent) if not problems(f)]
+        raise IncompleteCheckpointError(
+            f"--resume_from_checkpoint {folder}: not a complete checkpoint: {'; '.join(issues)}. "
+            f"Complete checkpoints beside it: {', '.join(others) or 'none'} (--resume_from_checkpoint last takes "
+            f"the newest)."
+        )
+    return str(folder)
+
+
+def remove_torn(folder: Path) -> None:
+    """Removes `folder` if a crashed save left it incomplete, so the new save does not mix with its files."""
+    if folder.is_dir() and problems(folder, resuming=False):
+        logger.warning(
+            "removing %s, left incomplete by an earlier save", _describe(folder, problems(folder, resuming=False))
+        )
+        shutil.rmtree(folder)
+
+
+def rotate(run_dir: str | Path, limit: int | None, keep: str | None = None) -> list[Path]:
+    """Removes the torn checkpoints of `run_dir` and, past `limit`, the oldest complete ones; never the newest
+    complete one nor `keep` (the best model's). Returns what it removed."""
+    found = checkpoints(run_dir)
+    complete = [folder for folder in found if not problems(folder, resuming=False)]
+    removed = [folder for folder in found if folder not in complete]
+    if limit and len(complete) > limit:
+        best = Path(keep).resolve() if keep else None
+        candidates = [folder for folder in complete[:-1] if folder.resolve() != best]
+        removed += candidates[: len(complete) - limit]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+class CommittedCheckpoints:
+    """Trainer mixin: each checkpoint is committed (`commit`) once every process has written it; rotation counts
+    complete checkpoints only (`rotate`); a torn folder at the same step is removed before the save."""
+
+    def _save_checkpoint(self, model, trial):
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            remove_torn(folder)
+        self.accelerator.wait_for_everyone()
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # the Trainer's rotation counts torn folders; `rotate` below does not
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process has written its part
+        if self.args.should_save:
+            commit(folder, model_only=bool(self.args.save_only_model))
+            rotate(folder.parent, limit, keep=self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()

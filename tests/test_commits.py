@@ -1,0 +1,109 @@
+"""Checkpoint commit points (core/commits.py) on the plain-python recipe: every checkpoint is committed; a torn one
+(the marker or a file missing, as a crash mid-save leaves it) is skipped by `--resume_from_checkpoint last`, which
+resumes the newest complete one with the same losses as an uninterrupted run, and rewritten by the next save; an
+explicit torn or model-only checkpoint, or none complete at all, is an error before anything loads; rotation counts
+complete checkpoints only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+from helpers import logged_losses
+
+from llava_manager.core import commits
+from llava_manager.core.commits import MARKER, IncompleteCheckpointError, commit, problems
+from llava_manager.training import train
+from llava_manager.training.train import run
+from llava_manager.training.train_args import _CHECKPOINTING
+
+ARGS = (
+    "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "3", "--logging_steps", "1", "--synthetic_samples", "32",
+    "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0", "--data_seed", "42",
+    f"--{_CHECKPOINTING}", "false",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    (out / "checkpoint-99").mkdir(parents=True)  # a torn folder a crashed run left behind
+    (out / "checkpoint-99" / "model.safetensors").write_bytes(b"torn")
+    run("stage2", [*ARGS, "--output_dir", str(out)])
+    return out
+
+
+def test_every_checkpoint_is_committed_and_torn_leftovers_are_removed(full):
+    assert [c.name for c in commits.checkpoints(full)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    for folder in commits.checkpoints(full):
+        assert problems(folder) == []
+        listed = json.loads((folder / MARKER).read_text())["files"]
+        assert {"trainer_state.json", "optimizer.pt", "scheduler.pt", "model.safetensors"} <= set(listed)
+        assert not (folder / (MARKER + ".tmp")).exists()
+
+
+def _torn_copy(full, tmp_path):
+    """The run as a crash while writing checkpoint-4 leaves it: checkpoint-2 complete, checkpoint-4 half written."""
+    out = tmp_path / "run"
+    for name in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(full / name, out / name)
+    (out / "checkpoint-4" / MARKER).unlink()
+    (out / "checkpoint-4" / "optimizer.pt").unlink()
+    return out
+
+
+def test_last_skips_a_torn_checkpoint_names_it_and_resumes_exactly(full, tmp_path, caplog):
+    out = _torn_copy(full, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="llava_manager.core.commits"):
+        run("stage2", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", "last"])
+    assert "skipping the incomplete checkpoint-4" in caplog.text and MARKER in caplog.text
+    assert logged_losses(out) == logged_losses(full)  # steps 3-6 run again from checkpoint-2, as the full run did
+    assert problems(out / "checkpoint-4") == []  # the torn folder was rewritten whole
+
+
+def test_an_explicit_torn_checkpoint_is_an_error_before_anything_loads(full, tmp_path, monkeypatch):
+    out = _torn_copy(full, tmp_path)
+    monkeypatch.setattr(train, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(IncompleteCheckpointError, match=rf"checkpoint-4: not a complete checkpoint: no {MARKER}.*"
+                       r"Complete checkpoints beside it: checkpoint-2"):  # fmt: skip
+        run("stage2", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", str(out / "checkpoint-4")])
+
+
+def test_a_committed_checkpoint_that_lost_its_optimizer_state_is_an_error(full, tmp_path):
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(full / "checkpoint-4", folder)
+    (folder / "optimizer.pt").unlink()
+    with pytest.raises(IncompleteCheckpointError, match="optimizer.pt is missing"):
+        run("stage2", [*ARGS, "--output_dir", str(tmp_path), "--resume_from_checkpoint", str(folder)])
+    (folder / "rng_state.pth").write_bytes(b"")  # a file cut short
+    assert any("rng_state.pth has 0 bytes" in p for p in problems(folder))
+
+
+def test_last_without_a_complete_checkpoint_is_an_error_not_a_restart(full, tmp_path):
+    out = _torn_copy(full, tmp_path)
+    shutil.rmtree(out / "checkpoint-2")
+    with pytest.raises(IncompleteCheckpointError, match=r"no complete checkpoint in .*checkpoint-4 \(no "):
+        run("stage2", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", "last"])
+    assert [c.name for c in commits.checkpoints(out)] == ["checkpoint-4"]  # nothing trained, nothing removed
+
+
+def test_rotation_counts_complete_checkpoints_and_keeps_the_newest(tmp_path):
+    out = tmp_path / "run"
+    run("stage2", [*ARGS, "--output_dir", str(out), "--save_total_limit", "2", "--max_steps", "4"])
+    assert [c.name for c in commits.checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    torn = out / "checkpoint-6"
+    shutil.copytree(out / "checkpoint-4", torn)
+    (torn / MARKER).unlink()
+    assert commits.rotate(out, 1) == [torn, out / "checkpoint-2"]  # torn first, then the oldest complete one
+    assert [c.name for c in commits.checkpoints(out)] == ["checkpoint-4"]
+    commit(out / "checkpoint-4")
+    assert commits.rotate(out, 1) == []  # never the newest complete one
+
+
+def test_a_model_only_checkpoint_does_not_resume(tmp_path):
+    out = tmp_path / "run"
+    run("stage2", [*ARGS, "--output_dir", str(out), "--max_steps", "2", "--save_only_model", "true"])
+    with pytest.raises(IncompleteCheckpointError, match="holds the model only .*--model_name_or_path"):
+        run("stage2", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", "last"])
