@@ -20,9 +20,9 @@ from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
 
 ARGS = (
-    "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "3", "--logging_steps", "1", "--synthetic_samples", "32",
-    "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0", "--data_seed", "42",
-    f"--{_CHECKPOINTING}", "false",
+    "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "3", "--logging_steps", "1",
+    "--synthetic_samples", "32", "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0",
+    "--data_seed", "42", f"--{_CHECKPOINTING}", "false",
 )  # fmt: skip
 
 
