@@ -14,6 +14,7 @@ from ..core.checkpoint import StrictCheckpointLoading
 from ..core.commits import CommittedCheckpoints
 from ..core.patch import get_managers
 from . import fsdp, packing
+from .nonfinite import NonFiniteGuard
 from .throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
@@ -164,6 +165,9 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         self.throughput = ThroughputCallback(peak_tflops=peak_tflops)
         self.callback_handler.callbacks.insert(1, self.throughput)
         self.add_callback(ZeroStaleGradientsCallback())
+        # a non-finite loss or gradient stops the run before its optimizer step (nonfinite.py)
+        self.nonfinite = NonFiniteGuard(deepspeed=self.is_deepspeed_enabled)
+        self.add_callback(self.nonfinite)
         ds_config = getattr(self.args, "hf_deepspeed_config", None)
         if ds_config is not None and "optimizer" in ds_config.config and (vision_tower_lr or manager_lr):
             raise ValueError(
@@ -204,7 +208,10 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         if model.training:  # training micro-batches only (prediction_step comes here too, in eval mode)
             self.throughput.count(inputs)
         packing.pop_accounting(inputs)  # a packed batch's num_tokens / num_padding / sample_lengths (packing.py)
-        return super().compute_loss(model, inputs, *args, **kwargs)
+        result = super().compute_loss(model, inputs, *args, **kwargs)
+        if model.training:
+            self.nonfinite.observe(result[0] if isinstance(result, tuple) else result)
+        return result
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         inputs.pop("skipped", None)
