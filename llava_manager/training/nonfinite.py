@@ -1,8 +1,8 @@
 """Stops a run at the first step whose loss or gradients are not finite, before the optimizer takes it.
 
 Every micro-batch's loss is watched (`NonFiniteGuard.observe`, from `compute_loss`); before each optimizer step the
-gradients are checked too (not under DeepSpeed, whose engine holds them and has already stepped: there the loss alone
-decides), and all processes agree. A non-finite step raises `NonFiniteError` naming the step, so no checkpoint or
+gradients are checked too (not under DeepSpeed, whose engine holds them and steps inside `backward`: there the loss
+alone decides, after that step), and all processes agree. A non-finite step raises `NonFiniteError` naming the step, so no checkpoint or
 export of it is written: the newest complete checkpoint is the last good state.
 """
 
