@@ -2,8 +2,8 @@
 
 Every micro-batch's loss is watched (`NonFiniteGuard.observe`, from `compute_loss`); before each optimizer step the
 gradients are checked too (not under DeepSpeed, whose engine holds them and steps inside `backward`: there the loss
-alone decides, after that step), and all processes agree. A non-finite step raises `NonFiniteError` naming the step, so no checkpoint or
-export of it is written: the newest complete checkpoint is the last good state.
+alone decides, after that step), and all processes agree. A non-finite step raises `NonFiniteError` naming the step,
+so no checkpoint or export of it is written: the newest complete checkpoint is the last good state.
 """
 
 from __future__ import annotations
