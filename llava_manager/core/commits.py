@@ -133,10 +133,9 @@ def resolve(setting, run_dir: str | Path) -> str | None:
 
 def remove_torn(folder: Path) -> None:
     """Removes `folder` if a crashed save left it incomplete, so the new save does not mix with its files."""
-    if folder.is_dir() and problems(folder, resuming=False):
-        logger.warning(
-            "removing %s, left incomplete by an earlier save", _describe(folder, problems(folder, resuming=False))
-        )
+    found = problems(folder, resuming=False) if folder.is_dir() else []
+    if found:
+        logger.warning("removing %s, left incomplete by an earlier save", _describe(folder, found))
         shutil.rmtree(folder)
 
 

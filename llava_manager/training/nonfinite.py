@@ -22,33 +22,41 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class NonFiniteGuard(TrainerCallback):
+    """Watches the step's losses and gradients on their device; the step's one host sync is the check itself."""
+
     def __init__(self, deepspeed: bool = False):
         self.deepspeed = deepspeed
-        self.bad_loss: float | None = None
+        self.loss_sum: torch.Tensor | None = None  # the step's micro-batch losses, summed: non-finite if any is
 
     def observe(self, loss: torch.Tensor) -> None:
-        value = loss.detach().float()
-        if not torch.isfinite(value).all():
-            self.bad_loss = float(value.sum())
+        value = loss.detach().float().sum()
+        self.loss_sum = value if self.loss_sum is None else self.loss_sum + value
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        bad_gradients, total = 0, 0
-        if not self.deepspeed and model is not None:
-            for p in model.parameters():
-                if p.grad is not None:
-                    total += 1
-                    bad_gradients += not bool(torch.isfinite(_local(p.grad)).all())
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
-        flag = torch.tensor([self.bad_loss is not None, bool(bad_gradients)], dtype=torch.int32, device=device)
+        loss = self.loss_sum.to(device) if self.loss_sum is not None else torch.zeros((), device=device)
+        self.loss_sum = None
+        grads = (
+            []
+            if self.deepspeed or model is None
+            else [_local(p.grad) for p in model.parameters() if p.grad is not None]
+        )
+        bad_gradients = (
+            torch.stack([~torch.isfinite(g).all() for g in grads]).sum().to(device)
+            if grads
+            else torch.zeros((), dtype=torch.long, device=device)
+        )
+        flag = torch.stack([~torch.isfinite(loss), bad_gradients > 0]).to(torch.int32)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process stops at the same step
-        self.bad_loss, loss = None, self.bad_loss
         if flag.any():
             what = []
             if flag[0]:
-                what.append(f"the loss is {loss if loss is not None else 'not finite on another process'}")
+                shown = float(loss) if not torch.isfinite(loss) else "not finite on another process"
+                what.append(f"the loss is {shown}")
             if flag[1]:
-                where = f"in {bad_gradients} of {total} parameters" if bad_gradients else "on another process"
+                bad = int(bad_gradients)
+                where = f"in {bad} of {len(grads)} parameters" if bad else "on another process"
                 what.append(f"gradients are not finite ({where}, after clipping)")
             raise NonFiniteError(
                 f"step {state.global_step + 1}: {' and '.join(what)}; the step was not taken and nothing of it was "
