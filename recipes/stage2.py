@@ -21,7 +21,7 @@ A tiny model of another family (llava, llava_next, llava_next_video; default lla
 The model may be of any of these families; its config says which.
 """
 
-from llava_manager.training.train import run
+from llava_manager.training.train import main
 
 if __name__ == "__main__":
-    run("stage2")
+    main("stage2")

@@ -35,6 +35,7 @@ Resume an interrupted run (strictly: the checkpoint's weights must match the mod
     python recipes/tower_finetune.py --task vqav2 --resume_from_checkpoint last
 """
 
+from llava_manager.tower.training import main as _main
 from llava_manager.tower.training import run as _run
 
 
@@ -43,4 +44,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    run()
+    _main(recipe="finetune")

@@ -21,6 +21,7 @@ Resume an interrupted run (strictly: the checkpoint's weights must match the mod
     python recipes/tower_pretrain.py --resume_from_checkpoint last
 """
 
+from llava_manager.tower.training import main as _main
 from llava_manager.tower.training import run as _run
 
 
@@ -29,4 +30,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    run()
+    _main(recipe="pretrain")

@@ -59,8 +59,10 @@ LRS = {"llm": 7e-4, "projector": 7e-4, "vision_tower": 3e-4, "managers": 2e-3}  
 # and how the parameters are sharded.
 PROBE = textwrap.dedent("""
     import json, sys
+    import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
+    from llava_manager.training import processes
     from llava_manager.training.train import run
     from llava_manager.training.trainer import module_parameters
 
@@ -77,6 +79,9 @@ PROBE = textwrap.dedent("""
             "units": sorted({type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)}),
             "managers_in_root": not any(isinstance(m, FSDPModule) for m in model.model.managers.modules()),
         }))
+    rank = trainer.args.process_index
+    processes.close(trainer)  # as the recipes' main
+    print(f"rank {rank}: process group closed {not dist.is_initialized()}", flush=True)
 """)
 
 
@@ -149,6 +154,8 @@ def test_world_size_2_runs_fsdp2_on_cpu_with_sharded_parameters(full_run):
         probe["units"]
     ), probe["units"]
     assert probe["managers_in_root"]
+    # every process closes the process group at the end (training/processes.py): none aborts in its destructor
+    assert all(f"rank {r}: process group closed True" in log for r in (0, 1)), log[-2000:]
     checkpoint = out / "checkpoint-3"
     assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "optimizer.bin").is_file()
     state = json.loads((out / "trainer_state.json").read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from ..processing.processors import load_processor
 from ..processing.templates import template_for_config
 from ..shapes import score as shapes_score
 from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
-from . import fsdp, threads, train_args
+from . import fsdp, preemption, processes, threads, train_args
 from .data import SupervisedDataset, load_records
 from .liger import apply_liger
 from .packing import build_collator
@@ -125,6 +126,15 @@ def build_dataset(data_args, training_args, processor, model_config=None):
     )
 
 
+def main(stage: str, argv: list[str] | None = None) -> None:
+    """A recipe's command line: `run`, then every process ends together (processes.py); a preempted run exits
+    with `preemption.REQUEUE_STATUS`."""
+    trainer = run(stage, argv)
+    processes.close(trainer)
+    if trainer.preemption.stopped_at is not None:
+        sys.exit(preemption.REQUEUE_STATUS)
+
+
 def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
     model_args, manager_args, data_args, training_args = train_args.parse(stage, argv)
     logging.basicConfig(
@@ -157,6 +167,16 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
     trainer.sampling = sampling  # --group_by_modality_length, --token_budget (sampling.py)
     trainer.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.preemption.stopped_at is not None:  # preemption.py: the checkpoint is saved; no final export
+        logger.warning(
+            "preempted: stopped after step %d with %s/checkpoint-%d saved; nothing exported. Requeue the job with "
+            "--resume_from_checkpoint last to continue exactly (exit status %d)",
+            trainer.preemption.stopped_at,
+            training_args.output_dir,
+            trainer.preemption.stopped_at,
+            preemption.REQUEUE_STATUS,
+        )
+        return trainer
 
     skips = trainer.gather_skips()
     with fsdp.full_state_dict(trainer):  # FSDP: the full model, whatever the checkpoints' state-dict type

@@ -15,6 +15,7 @@ from ..core.commits import CommittedCheckpoints
 from ..core.patch import get_managers
 from . import fsdp, packing
 from .nonfinite import NonFiniteGuard
+from .preemption import PreemptionCallback
 from .throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,9 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         # a non-finite loss or gradient stops the run before its optimizer step (nonfinite.py)
         self.nonfinite = NonFiniteGuard(deepspeed=self.is_deepspeed_enabled)
         self.add_callback(self.nonfinite)
+        # SIGTERM / SIGUSR1: a complete checkpoint at the next step boundary, then the run stops (preemption.py)
+        self.preemption = PreemptionCallback()
+        self.add_callback(self.preemption)
         ds_config = getattr(self.args, "hf_deepspeed_config", None)
         if ds_config is not None and "optimizer" in ds_config.config and (vision_tower_lr or manager_lr):
             raise ValueError(

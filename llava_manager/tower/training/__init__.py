@@ -12,7 +12,7 @@ Sources: the paper (Table IX: pre-training; Table XIV: fine-tuning) and the offi
 - `trainer.py`: `TowerTrainer`, the metrics per task, Flickr30K's retrieval evaluation, strict checkpoints.
 - `model.py`: the processor and the task model (tiny default, checkpoint, BridgeTower, unimodal encoders).
 - `data.py`: the task's data (synthetic default or the published splits), datasets and collators.
-- `train.py`: `run`, which ties them together.
+- `train.py`: `run`, which ties them together, and `main` (a recipe's command line: `run`, then the processes end).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .tasks import (
     TINY,
     TINY_COMMON,
 )
-from .train import run
+from .train import main, run
 from .trainer import TowerTrainer, compute_metrics_for, retrieval_metrics
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "parameter_groups",
     "parse",
     "retrieval_metrics",
+    "main",
     "run",
     "set_image_size",
     "tiny_config",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core import commits
+from ...training import processes
 from .args import parse
 from .data import attach_collators, build_data
 from .model import build_model, load_processor
@@ -16,6 +17,11 @@ from .tasks import TASK_DEFAULTS
 from .trainer import TowerTrainer, _argmax, compute_metrics_for
 
 logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None, *, recipe: str = "finetune") -> None:
+    """A recipe's command line: `run`, then every process ends together (llava_manager/training/processes.py)."""
+    processes.close(run(argv, recipe=recipe))
 
 
 def run(argv: list[str] | None = None, *, recipe: str = "finetune") -> TowerTrainer:
