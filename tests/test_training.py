@@ -181,7 +181,8 @@ def test_stage1_trains_only_projector_and_managers(tmp_path):
     assert all(m.weight.abs().sum() > 0 for m in get_managers(trainer.model))
 
 
-def test_bad_samples_are_skipped_counted_and_summarised(tmp_path):
+def _bad_data(tmp_path) -> list[str]:
+    """Four samples, two of them bad (a missing image, malformed turns); the arguments that train on them."""
     from PIL import Image
 
     Image.new("RGB", (28, 28), (250, 0, 0)).save(tmp_path / "red.png")
@@ -216,6 +217,11 @@ def test_bad_samples_are_skipped_counted_and_summarised(tmp_path):
         "1",
         *NO_CHECKPOINTING,
     ]
+    return common
+
+
+def test_bad_samples_are_skipped_counted_and_summarised(tmp_path):
+    common = _bad_data(tmp_path)
     run("stage2", common + ["--output_dir", str(tmp_path / "out")])
     summary = json.loads((tmp_path / "out" / "data_skipped.json").read_text())
     assert summary["by_reason"] == {
@@ -229,6 +235,23 @@ def test_bad_samples_are_skipped_counted_and_summarised(tmp_path):
     )
     with pytest.raises(ValueError, match=r"id '(gone|bad-turns)'"):
         run("stage2", common + ["--output_dir", str(tmp_path / "strict"), "--strict_data", "true"])
+
+
+def test_the_skip_report_survives_a_resume(tmp_path):
+    """A run resumed from checkpoint-2 of 4 steps reports every sample skipped in the whole run, in its
+    data_skipped.json and in the logged counts, as the uninterrupted run does."""
+    import shutil
+
+    common = [*_bad_data(tmp_path), "--max_steps", "4", "--save_steps", "2"]  # the later flags win
+    run("stage2", common + ["--output_dir", str(tmp_path / "whole")])
+    shutil.copytree(tmp_path / "whole" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    run("stage2", common + ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "last"])
+    whole, resumed = (json.loads((tmp_path / d / "data_skipped.json").read_text()) for d in ("whole", "resumed"))
+    at_checkpoint = json.loads((tmp_path / "whole" / "checkpoint-2" / "data_skipped.json").read_text())
+    assert 0 < at_checkpoint["skipped"] < whole["skipped"]  # skips on both sides of the checkpoint
+    assert resumed == whole
+    counts = {d: {s: e["data_skipped"] for s, e in log_losses(tmp_path / d).items()} for d in ("whole", "resumed")}
+    assert counts["resumed"] == counts["whole"] and counts["whole"][4] == whole["skipped"]
 
 
 def test_a_patched_checkpoint_continues_with_its_own_managers(stage2_run, tmp_path):

@@ -156,7 +156,12 @@ def rotate(run_dir: str | Path, limit: int | None, keep: str | None = None) -> l
 
 class CommittedCheckpoints:
     """Trainer mixin: each checkpoint is committed (`commit`) once every process has written it; rotation counts
-    complete checkpoints only (`rotate`); a torn folder at the same step is removed before the save."""
+    complete checkpoints only (`rotate`); a torn folder at the same step is removed before the save. A subclass adds
+    its own run state to the checkpoint, before the commit, with `save_run_state(folder)` (called on every process).
+    """
+
+    def save_run_state(self, folder: Path) -> None:
+        """Writes what else the run needs to resume exactly (counters, reports) into `folder`; nothing here."""
 
     def _save_checkpoint(self, model, trial):
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -169,6 +174,7 @@ class CommittedCheckpoints:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        self.save_run_state(folder)
         self.accelerator.wait_for_everyone()  # every process has written its part
         if self.args.should_save:
             commit(folder, model_only=bool(self.args.save_only_model))

@@ -26,7 +26,7 @@ from .data import SupervisedDataset, load_records
 from .liger import apply_liger
 from .packing import build_collator
 from .sampling import SamplingOptions
-from .trainer import ManagerTrainer, set_trainable
+from .trainer import ManagerTrainer, SkipReport, set_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,8 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
         manager_lr=model_args.manager_lr,
         peak_tflops=model_args.peak_tflops,
     )
+    if resume:  # the skip report of the run so far (trainer.SkipReport)
+        trainer.skips.restore(resume, trainer.is_world_process_zero())
     trainer.sampling = sampling  # --group_by_modality_length, --token_budget (sampling.py)
     trainer.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
     trainer.train(resume_from_checkpoint=resume)
@@ -184,7 +186,7 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
     trainer.save_state()
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
-        (Path(training_args.output_dir) / "data_skipped.json").write_text(json.dumps(skips, indent=1))
+        (Path(training_args.output_dir) / SkipReport.FILE).write_text(json.dumps(skips, indent=1))
         logger.warning(
             "data: %d samples skipped %s%s",
             skips["skipped"],

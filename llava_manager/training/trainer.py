@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections import Counter
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -120,23 +122,50 @@ class ZeroStaleGradientsCallback(TrainerCallback):
 
 
 class SkipReport:
-    """Samples the data set skipped, with their reasons."""
+    """Samples the data set skipped, with their reasons. `earlier` holds the records of the run up to the checkpoint
+    it resumed from (restored on the main process only, so that gathering the processes' records counts them once).
+    """
+
+    FILE = "data_skipped.json"  # in the output folder at the end, and in every checkpoint (with the records)
 
     def __init__(self) -> None:
         self.records: list[dict] = []
+
+    def restore(self, checkpoint: str | Path, main_process: bool) -> None:
+        """The records of the whole run up to `checkpoint` (its `FILE`), kept by the main process. A checkpoint
+        without it is one written before the report was checkpointed: its earlier skips are unknown, and `summary`
+        says so."""
+        path = Path(checkpoint) / self.FILE
+        if not path.is_file():
+            self.unknown_before = Path(checkpoint).name
+            logger.warning(
+                "%s has no %s: the samples skipped before it are not known; the report counts those after it",
+                checkpoint,
+                self.FILE,
+            )
+            return
+        if main_process:
+            self.records = json.loads(path.read_text())["records"] + self.records
 
     def add(self, records: list[dict]) -> None:
         for r in records:
             logger.warning("skipped sample %s (id %s): %s", r["index"], r["id"], r["detail"])
         self.records += records
 
-    def summary(self) -> dict:
+    unknown_before: str | None = None  # the checkpoint resumed from, when it held no report
+
+    def summary(self, with_records: bool = False) -> dict:
         reasons = Counter(r["reason"] for r in self.records)
-        return {
+        summary = {
             "skipped": len(self.records),
             "by_reason": dict(reasons),
             "samples": sorted({(r["index"], r["id"], r["reason"]) for r in self.records}),
         }
+        if self.unknown_before:
+            summary["unknown_before"] = self.unknown_before
+        if with_records:
+            summary["records"] = self.records
+        return summary
 
 
 class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
@@ -223,19 +252,31 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         return super().prediction_step(model, inputs, *args, **kwargs)
 
     def log(self, logs, *args, **kwargs):
-        if "loss" in logs:
-            logs["data_skipped"] = len(self.skips.records)
+        if "loss" in logs:  # every process logs at the same steps: the count is the whole run's
+            count = torch.tensor(len(self.skips.records))
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                count = count.to(self.args.device)
+                torch.distributed.all_reduce(count)
+            logs["data_skipped"] = int(count)
         super().log(logs, *args, **kwargs)
 
-    def gather_skips(self) -> dict:
-        """The skip summary of all ranks (collective: call on every rank)."""
+    def gather_skips(self, with_records: bool = False) -> dict:
+        """The skip summary of all ranks, the run before the checkpoint it resumed from included (collective: call
+        on every rank)."""
         records = [self.skips.records]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             records = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(records, self.skips.records)
         total = SkipReport()
         total.records = [r for rank in records for r in rank]
-        return total.summary()
+        total.unknown_before = self.skips.unknown_before
+        return total.summary(with_records)
+
+    def save_run_state(self, folder: Path) -> None:
+        """The skip report so far, records included, goes into each checkpoint (`SkipReport.restore` reads it)."""
+        report = self.gather_skips(with_records=True)
+        if self.args.should_save:
+            (folder / SkipReport.FILE).write_text(json.dumps(report, indent=1))
 
     # -- Data order (sampling.py): --group_by_modality_length, --token_budget ------------------------------------
 
