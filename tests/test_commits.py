@@ -6,15 +6,23 @@ complete checkpoints only."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
-from helpers import logged_losses
+from helpers import ROOT, logged_losses, subprocess_env
 
 from llava_manager.core import commits
-from llava_manager.core.commits import MARKER, IncompleteCheckpointError, commit, problems
+from llava_manager.core.commits import MARKER, CheckpointWriteError, IncompleteCheckpointError, commit, problems
 from llava_manager.training import train
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
@@ -107,3 +115,99 @@ def test_a_model_only_checkpoint_does_not_resume(tmp_path):
     run("stage2", [*ARGS, "--output_dir", str(out), "--max_steps", "2", "--save_only_model", "true"])
     with pytest.raises(IncompleteCheckpointError, match="holds the model only .*--model_name_or_path"):
         run("stage2", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", "last"])
+
+
+# ---- faults injected while saving --------------------------------------------------------------------------------
+
+
+def _at_checkpoint(step: int, make) -> None:
+    """Before the Trainer writes checkpoint-`step`'s optimizer.pt, `make(path)` puts something at that path."""
+    from llava_manager.training.trainer import ManagerTrainer
+
+    real = ManagerTrainer._save_optimizer_and_scheduler
+
+    def save(self, output_dir):
+        if self.state.global_step == step:
+            make(Path(output_dir) / "optimizer.pt")
+        return real(self, output_dir)
+
+    ManagerTrainer._save_optimizer_and_scheduler = save
+
+
+def test_a_full_disk_while_saving_is_an_error_naming_the_file_and_the_disk(full, tmp_path, monkeypatch):
+    """optimizer.pt of checkpoint-4 is a symlink to /dev/full (every write fails with ENOSPC): the error names the
+    folder, the file, the failed write and the space left; checkpoint-2 stays the newest complete one and the resumed
+    run is exact, rewriting checkpoint-4."""
+    from llava_manager.training.trainer import ManagerTrainer
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this machine")
+    monkeypatch.setattr(ManagerTrainer, "_save_optimizer_and_scheduler", ManagerTrainer._save_optimizer_and_scheduler)
+    _at_checkpoint(4, lambda path: path.symlink_to("/dev/full"))
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointWriteError) as error:
+        run("stage2", [*ARGS, "--output_dir", str(out)])
+    message = str(error.value)
+    assert "checkpoint-4 failed" in message, message
+    assert f"the file being written: {out / 'checkpoint-4' / 'optimizer.pt'}" in message, message
+    assert re.search(r"GiB free on the disk holding .*checkpoint-4", message), message
+    assert "the newest complete checkpoint: checkpoint-2" in message, message
+    assert problems(out / "checkpoint-4")[0].startswith(f"no {MARKER}")
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.undo()
+    run("stage2", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", "last"])
+    assert logged_losses(out) == logged_losses(full) and problems(out / "checkpoint-4") == []
+
+
+def test_the_disk_full_diagnosis_reads_the_errno():
+    error = RuntimeError("write failed")
+    error.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert commits._is_disk_full(error) and not commits._is_disk_full(RuntimeError("basic_ios::clear"))
+
+
+KILLED_WHILE_SAVING = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    from test_commits import _at_checkpoint
+    from llava_manager.training.train import run
+
+    _at_checkpoint(4, lambda path: os.mkfifo(path))  # opening it for writing blocks until the test kills us
+    run("stage2", sys.argv[2:])
+""")
+
+
+@pytest.mark.slow
+def test_a_process_killed_while_saving_resumes_from_the_last_complete_checkpoint(full, tmp_path):
+    """A fresh process blocks while writing checkpoint-4 (a FIFO at optimizer.pt) and is killed with SIGKILL, as the
+    OOM killer or a time limit would: `last` skips the torn checkpoint-4, naming it, and resumes exactly."""
+    out = tmp_path / "run"
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_WHILE_SAVING)
+    env = subprocess_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(ROOT / "tests"), *ARGS, "--output_dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    fifo = out / "checkpoint-4" / "optimizer.pt"
+    deadline = time.monotonic() + 300
+    while not fifo.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fifo.exists() and process.poll() is None, "the run did not reach the save of checkpoint-4"
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert problems(out / "checkpoint-2") == [] and problems(out / "checkpoint-4")[0].startswith(f"no {MARKER}")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "stage2.py"), *ARGS, "--output_dir", str(out)]
+        + ["--resume_from_checkpoint", "last"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipping the incomplete checkpoint-4" in result.stderr
+    assert logged_losses(out) == logged_losses(full) and problems(out / "checkpoint-4") == []

@@ -11,6 +11,8 @@ complete checkpoints only, and a save removes the torn folders a crash left behi
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -18,6 +20,8 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
@@ -28,6 +32,66 @@ _STEP = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 class IncompleteCheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from exactly: torn, with files missing, or holding the model only."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a quota, a failing device); the message says where and what."""
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+_WRITING = "while writing "
+
+
+@contextlib.contextmanager
+def naming_failed_writes():
+    """While it is active, an error of `torch.save` carries a note naming the file it was writing: torch's own
+    (`basic_ios::clear: iostream error`, `unexpected pos`) names none. The Trainer, DeepSpeed and accelerate all save
+    through `torch.save`; the original is back afterwards."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        try:
+            return real(obj, f, *args, **kwargs)
+        except (OSError, RuntimeError) as error:
+            error.add_note(f"{_WRITING}{f}")
+            raise
+
+    torch.save = save
+    try:
+        yield
+    finally:
+        torch.save = real
+
+
+def describe_write_failure(folder: Path, error: BaseException) -> str:
+    """What failed while saving `folder`: the error, the file, the space left, and what counts now."""
+    where = folder if folder.is_dir() else folder.parent
+    free = shutil.disk_usage(where).free
+    files = [note[len(_WRITING) :] for note in getattr(error, "__notes__", ()) if note.startswith(_WRITING)]
+    cause = (
+        "the disk is full (or the quota is reached)"
+        if _is_disk_full(error)
+        else "a write failed (a full disk, a quota or a failing device; torch reports all of them as "
+        "`basic_ios::clear: iostream error` or `unexpected pos`)"
+    )
+    complete = [f.name for f in checkpoints(folder.parent) if f != folder and not problems(f, resuming=False)]
+    return (
+        f"saving {folder} failed: {type(error).__name__}: {error}. {cause[0].upper()}{cause[1:]}: "
+        f"{free / 2**30:.2f} GiB free on the disk holding {where}"
+        f"{f'; the file being written: {files[0]}' if files else ''}. "
+        f"Nothing of this save counts: {folder.name} has no {MARKER}; `--resume_from_checkpoint last` skips it "
+        f"(the newest complete checkpoint: {complete[-1] if complete else 'none'}) and the next save at that step "
+        f"replaces it."
+    )
 
 
 def _files(folder: Path) -> dict[str, int]:
@@ -171,10 +235,13 @@ class CommittedCheckpoints:
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # the Trainer's rotation counts torn folders; `rotate` below does not
         try:
-            super()._save_checkpoint(model, trial)
+            with naming_failed_writes():
+                super()._save_checkpoint(model, trial)
+                self.save_run_state(folder)
+        except (OSError, RuntimeError, SafetensorError) as error:  # how torch, safetensors, DeepSpeed fail a write
+            raise CheckpointWriteError(describe_write_failure(folder, error)) from error
         finally:
             self.args.save_total_limit = limit
-        self.save_run_state(folder)
         self.accelerator.wait_for_everyone()  # every process has written its part
         if self.args.should_save:
             commit(folder, model_only=bool(self.args.save_only_model))
