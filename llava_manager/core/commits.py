@@ -74,7 +74,7 @@ def naming_failed_writes():
 
 def describe_write_failure(folder: Path, error: BaseException) -> str:
     """What failed while saving `folder`: the error, the file, the space left, and what counts now."""
-    where = folder if folder.is_dir() else folder.parent
+    where = next(p for p in (folder, *folder.parents) if p.is_dir())
     free = shutil.disk_usage(where).free
     files = [note[len(_WRITING) :] for note in getattr(error, "__notes__", ()) if note.startswith(_WRITING)]
     cause = (
