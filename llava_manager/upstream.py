@@ -172,6 +172,24 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
     ),
     UpstreamAPI(
         _T,
+        "transformers.trainer.Trainer._tr_loss",
+        "attribute",
+        _TRAINER,
+        "ManagerTrainer.log zeroes the loss accumulator after a non-finite step's loss is logged: the Trainer resets "
+        "it by subtraction (`tr_loss -= tr_loss`), which leaves NaN in it for every later log",
+        callers=("transformers.trainer.Trainer",),
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.trainer.Trainer._total_loss_scalar",
+        "attribute",
+        _TRAINER,
+        "ManagerTrainer.log keeps the run's loss total (the final `train_loss`) at its last finite value when a "
+        "non-finite step's loss is logged",
+        callers=("transformers.trainer.Trainer._maybe_log_save_evaluate",),
+    ),
+    UpstreamAPI(
+        _T,
         "transformers.trainer.Trainer._get_train_sampler",
         "method",
         _TRAINER,
@@ -1298,7 +1316,13 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
 # requires every private name such a class defines to be either registered above or listed here.
 OWN_PRIVATE_HELPERS: dict[str, tuple[str, ...]] = {
     "llava_manager.core.checkpoint:StrictCheckpointLoading": ("_loads_own_checkpoints",),
-    "llava_manager.training.trainer:ManagerTrainer": ("_sampling_lengths", "_follow_epochs", "_sampling_cache"),
+    "llava_manager.training.trainer:ManagerTrainer": (
+        "_sampling_lengths",
+        "_follow_epochs",
+        "_sampling_cache",
+        "_finite_loss_total",
+    ),
+    "llava_manager.training.preemption:PreemptionCallback": ("_handle", "_agreed", "_previous"),
     "llava_manager.training.throughput:ThroughputCallback": (
         "_tick",
         "_reduce",

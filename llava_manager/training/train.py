@@ -163,9 +163,11 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
         vision_tower_lr=model_args.vision_tower_lr,
         manager_lr=model_args.manager_lr,
         peak_tflops=model_args.peak_tflops,
+        skip_nonfinite_steps=model_args.skip_nonfinite_steps,
     )
-    if resume:  # the skip report of the run so far (trainer.SkipReport)
+    if resume:  # the skip report and the non-finite steps skipped, of the run so far
         trainer.skips.restore(resume, trainer.is_world_process_zero())
+        trainer.nonfinite.restore(resume)
     trainer.sampling = sampling  # --group_by_modality_length, --token_budget (sampling.py)
     trainer.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
     trainer.train(resume_from_checkpoint=resume)
@@ -187,6 +189,7 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
         (Path(training_args.output_dir) / SkipReport.FILE).write_text(json.dumps(skips, indent=1))
+        trainer.nonfinite.save(training_args.output_dir)
         logger.warning(
             "data: %d samples skipped %s%s",
             skips["skipped"],

@@ -41,6 +41,7 @@ COMMON = dict(
     save_total_limit=2,
     dataloader_num_workers=4,
     remove_unused_columns=False,  # the collator passes skip records the model does not take
+    logging_nan_inf_filter=False,  # a non-finite step's loss is logged as it is (nonfinite.py), not averaged away
 )
 # transformers 5.x renamed gradient checkpointing to activation checkpointing (the old flags still parse).
 _CHECKPOINTING = (
@@ -133,6 +134,14 @@ class ModelArguments:
         metadata={
             "help": "torch's CPU threads (training/threads.py): auto (one for the embedded default on a machine "
             "without a GPU, where more only spin on a busy machine; torch's default otherwise) or a number."
+        },
+    )
+    skip_nonfinite_steps: int = field(
+        default=0,
+        metadata={
+            "help": "0: a step with a non-finite loss or gradient stops the run (before its optimizer step). N > 0: "
+            "such steps are skipped (no parameter or optimizer state changes), counted (`nonfinite_skipped` in the "
+            "logs) and the run stops when more than N come in a row. Not under DeepSpeed (training/nonfinite.py)."
         },
     )
     peak_tflops: float | None = field(

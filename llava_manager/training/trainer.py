@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -185,6 +186,7 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         vision_tower_lr: float | None = None,
         manager_lr: float | None = None,
         peak_tflops: float | None = None,
+        skip_nonfinite_steps: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -195,8 +197,8 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         self.throughput = ThroughputCallback(peak_tflops=peak_tflops)
         self.callback_handler.callbacks.insert(1, self.throughput)
         self.add_callback(ZeroStaleGradientsCallback())
-        # a non-finite loss or gradient stops the run before its optimizer step (nonfinite.py)
-        self.nonfinite = NonFiniteGuard(deepspeed=self.is_deepspeed_enabled)
+        # a non-finite loss or gradient stops the run, or skips the step, before its optimizer step (nonfinite.py)
+        self.nonfinite = NonFiniteGuard(deepspeed=self.is_deepspeed_enabled, skip_limit=skip_nonfinite_steps)
         self.add_callback(self.nonfinite)
         # SIGTERM / SIGUSR1: a complete checkpoint at the next step boundary, then the run stops (preemption.py)
         self.preemption = PreemptionCallback()
@@ -258,6 +260,14 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
                 count = count.to(self.args.device)
                 torch.distributed.all_reduce(count)
             logs["data_skipped"] = int(count)
+            if self.nonfinite.skip_limit:
+                logs["nonfinite_skipped"] = len(self.nonfinite.skipped)  # the same on every process
+            # upstream: see llava_manager/upstream.py
+            if math.isfinite(logs["loss"]):
+                self._finite_loss_total = self._total_loss_scalar
+            else:  # a skipped step's NaN: the Trainer's reset by subtraction would keep it in every later log
+                self._tr_loss.zero_()
+                self._total_loss_scalar = getattr(self, "_finite_loss_total", 0.0)
         super().log(logs, *args, **kwargs)
 
     def gather_skips(self, with_records: bool = False) -> dict:
@@ -273,10 +283,12 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         return total.summary(with_records)
 
     def save_run_state(self, folder: Path) -> None:
-        """The skip report so far, records included, goes into each checkpoint (`SkipReport.restore` reads it)."""
+        """The skip report so far, records included, and the non-finite steps skipped go into each checkpoint
+        (`SkipReport.restore` and `NonFiniteGuard.restore` read them)."""
         report = self.gather_skips(with_records=True)
         if self.args.should_save:
             (folder / SkipReport.FILE).write_text(json.dumps(report, indent=1))
+            self.nonfinite.save(folder)
 
     # -- Data order (sampling.py): --group_by_modality_length, --token_budget ------------------------------------
 
