@@ -172,6 +172,16 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
     ),
     UpstreamAPI(
         _T,
+        "transformers.trainer.Trainer.get_batch_samples",
+        "signature",
+        _TRAINER,
+        "ManagerTrainer overrides it to put the training step into a CorruptDataError raised while reading the batch",
+        params=("epoch_iterator", "num_batches", "device"),
+        positional=3,
+        callers=("transformers.trainer.Trainer._inner_training_loop",),
+    ),
+    UpstreamAPI(
+        _T,
         "transformers.trainer.Trainer._tr_loss",
         "attribute",
         _TRAINER,

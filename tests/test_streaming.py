@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 from accelerate.data_loader import IterableDatasetShard
+from helpers import logged_losses
 from torch.utils.data import DataLoader
 
 from llava_manager.shapes.data import tiny_processor
 from llava_manager.shapes.shards import BAD_REASONS, BAD_ROWS, ROW_GROUP, SUBSET, write_synthetic_shards
 from llava_manager.training.data import SupervisedDataset, load_records
+from llava_manager.training.shards import CorruptDataError
 from llava_manager.training.streaming import StreamingSupervisedDataset, stream_sources
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
@@ -264,3 +267,79 @@ def test_a_streamed_run_resumes_exactly_across_passes(shards, tmp_path):
         return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
 
     assert losses(resumed) == losses(full) and sorted(losses(full)) == list(range(1, 9))
+
+
+# ---- unreadable data files ---------------------------------------------------------------------------------------
+
+
+def _corrupt_copy(shards, tmp_path, group: int = 1):
+    """The shard folder with row group `group` of the first file unreadable (its first page header overwritten, as
+    a bad disk or a cut download leaves it); its footer, and the other row groups, still read."""
+    folder = tmp_path / "corrupt"
+    shutil.copytree(shards["folder"], folder)
+    path = folder / shards["files"][0].relative_to(shards["folder"])
+    column = pq.ParquetFile(path).metadata.row_group(group).column(0)
+    data = bytearray(path.read_bytes())
+    data[column.data_page_offset : column.data_page_offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    return folder, path
+
+
+def test_an_unreadable_row_group_is_named_or_skipped_and_reported(shards, processor, tmp_path):
+    folder, path = _corrupt_copy(shards, tmp_path)
+    records = load_records(shards["folder"])  # the clean rows, map-style
+    lost = range(ROW_GROUP, 2 * ROW_GROUP)  # the first file's row group 1: rows 8-15 of the mixture
+    good = [i for i, r in enumerate(records) if r["id"] not in BAD_ROWS and i not in lost]
+    samples = iter(StreamingSupervisedDataset(stream_sources(folder), processor, shuffle_buffer=0))
+    with pytest.raises(CorruptDataError, match=rf"cannot read {re.escape(str(path))} row group 1 \(rows 8-15 of"):
+        [next(samples) for _ in good]
+    stream = StreamingSupervisedDataset(stream_sources(folder), processor, shuffle_buffer=0, skip_corrupt=True)
+    samples = iter(stream)
+    got = [next(samples) for _ in good]
+    mapped = SupervisedDataset(records, processor)
+    assert all(same_sample(g, mapped[i]) for g, i in zip(got, good))
+    corrupt = [s for g in got for s in g["skipped"] if s["reason"] == "corrupt data"]
+    assert [(c["index"], c["id"]) for c in corrupt] == [(8, f"{path} row group 1")]
+    assert corrupt[0]["detail"].endswith("8 rows not read")
+
+
+def test_a_run_that_meets_an_unreadable_row_group_stops_naming_it_and_the_step(shards, tmp_path):
+    folder, path = _corrupt_copy(shards, tmp_path)
+    args = ["--data_path", str(folder), "--streaming", "true", "--shuffle_buffer", "0"]
+    args += ["--per_device_train_batch_size", "4", "--max_steps", "6", "--data_seed", "5", *RUN]
+    # rows 0-7 (one bad) fill step 1 and most of step 2; row group 1 is reached while reading step 2's batch, which
+    # the loader reads at step 1 (one batch ahead)
+    with pytest.raises(
+        CorruptDataError,
+        match=rf"step 1 \(reading its batch or the next\): cannot read {re.escape(str(path))} row group 1",
+    ):
+        run("stage2", args + ["--output_dir", str(tmp_path / "strict")])
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run(
+        "stage2",
+        args
+        + ["--skip_corrupt_data", "true", "--output_dir", str(full), "--save_steps", "2", "--save_total_limit", "5"],
+    )
+    summary = json.loads((full / "data_skipped.json").read_text())
+    assert summary["by_reason"]["corrupt data"] == 1
+    assert [s[1] for s in summary["samples"] if s[2] == "corrupt data"] == [f"{path} row group 1"]
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    run(
+        "stage2",
+        args + ["--skip_corrupt_data", "true", "--output_dir", str(resumed), "--resume_from_checkpoint", "last"],
+    )
+    assert logged_losses(resumed) == logged_losses(full)
+    assert json.loads((resumed / "data_skipped.json").read_text()) == summary
+
+
+def test_unreadable_files_read_whole_are_errors_before_training(shards, tmp_path):
+    folder, path = _corrupt_copy(shards, tmp_path)
+    with pytest.raises(
+        CorruptDataError, match=rf"{re.escape(str(path))} row group 1: .*--streaming --skip_corrupt_data"
+    ):
+        load_records(folder)
+    with pytest.raises(ValueError, match="--skip_corrupt_data skips unreadable pieces of a stream"):
+        run("stage2", ["--data_path", str(folder), "--skip_corrupt_data", "true", "--output_dir", str(tmp_path / "x")])
+    path.write_bytes(path.read_bytes()[:-100])  # the footer cut off
+    with pytest.raises(CorruptDataError, match=rf"{re.escape(str(path))}: not a readable parquet file"):
+        stream_sources(folder)

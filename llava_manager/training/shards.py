@@ -69,6 +69,39 @@ SHARD_SUFFIXES = (".parquet", ".arrow")
 GLOB_CHARS = "*?["
 
 
+class CorruptDataError(ValueError):
+    """A data file that cannot be read: its parquet footer, a row group, or an arrow file."""
+
+
+def corruption(files: list[Path]) -> list[str]:
+    """What cannot be read in `files`, one line per file or parquet row group (empty when all read): the check
+    behind a failed conversion, which names no file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    found = []
+    for f in files:
+        try:
+            if f.suffix == ".parquet":
+                parquet = pq.ParquetFile(f)
+                for g in range(parquet.metadata.num_row_groups):
+                    try:
+                        parquet.read_row_group(g)
+                    except (OSError, pa.ArrowException) as error:
+                        found.append(f"{f} row group {g}: {one_line(error)}")
+            else:
+                with pa.memory_map(str(f)) as source:
+                    pa.ipc.open_stream(source).read_all()
+        except (OSError, pa.ArrowException) as error:
+            found.append(f"{f}: {one_line(error)}")
+    return found
+
+
+def one_line(error: BaseException) -> str:
+    """pyarrow's messages span lines; in ours, one."""
+    return " ".join(str(error).split())
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Sources: files, YAML entries
 
@@ -198,9 +231,19 @@ def open_table(files: list[Path]):
     cache, once), arrow files memory-mapped."""
     import datasets
 
-    if files[0].suffix == ".parquet":
-        return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+    try:
+        if files[0].suffix == ".parquet":
+            return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+        return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+    except Exception as error:  # datasets wraps what pyarrow raised, without the file: find it
+        found = corruption(files)
+        if not found:
+            raise
+        raise CorruptDataError(
+            f"cannot read the data: {'; '.join(found)}. Map-style data is read whole before training starts: "
+            f"remove or replace the file, or train with --streaming --skip_corrupt_data true, which skips what "
+            f"cannot be read and reports it."
+        ) from error
 
 
 class ShardRecords(Sequence):

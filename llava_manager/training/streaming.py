@@ -21,6 +21,11 @@ seed, the world size, the per-device batch size and `--dataloader_num_workers`:
 - Bad rows: a row that cannot be used is skipped with the same reasons and reports as on JSON (`data_skipped` in the
   logs, `data_skipped.json`; the skip's `index` is the row's number in the mixture), the next good row of the stream
   takes its place; `--strict_data` raises. A reader that goes through a whole pass without a usable row raises.
+- Corrupt files: a parquet row group (or arrow file) that cannot be read stops the run with a `CorruptDataError`
+  naming the file, the row group, its rows in the mixture and the training step. `--skip_corrupt_data true` skips
+  what is left of that piece instead, as one skip record (reason "corrupt data", the file and row group as its id, the
+  rows not read in its detail) in the report, each pass it is reached; the order stays a function of the data, so a
+  resumed run meets it at the same point. A file whose parquet footer cannot be read fails at the start.
 - Several processes: each rank's readers read only their own pieces and decode only their own samples. accelerate
   wraps an IterableDataset in `IterableDatasetShard`, which reads world_size x batch consecutive elements and keeps
   the rank's slice; this dataset yields cheap placeholders (None) at the other ranks' positions, so the wrapper keeps
@@ -53,7 +58,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..processing.templates import TEMPLATES
 from .data import SampleError, SupervisedDataset, check_template, read_records, sample_records, strategy_indices
-from .shards import MixtureEntry, arrow_records, is_shard_source, mixture_entries, resolve_data_files
+from .shards import (
+    CorruptDataError,
+    MixtureEntry,
+    arrow_records,
+    is_shard_source,
+    mixture_entries,
+    one_line,
+    resolve_data_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,31 +105,42 @@ class StreamEntry:
     stream: Any = None
     records: list | None = None
     pieces: list[Piece] = field(default_factory=list)
+    locations: list[tuple[Path, int | None]] = field(default_factory=list)  # per shard: its file and row group
 
 
-def _shard_stream(files: list[Path]) -> tuple[Any, list[int]]:
-    """The streaming `datasets` IterableDataset of `files` and the row count of each of its shards: parquet row
-    groups (`reshard()`), or whole files (arrow, or when the row groups cannot be matched)."""
+def _shard_stream(files: list[Path]) -> tuple[Any, list[int], list[tuple[Path, int | None]]]:
+    """The streaming `datasets` IterableDataset of `files`, the row count of each of its shards (parquet row groups,
+    `reshard()`; or whole files: arrow, or when the row groups cannot be matched) and each shard's file and row
+    group. A file whose footer cannot be read is a `CorruptDataError` here, before training."""
     import datasets
+    import pyarrow as pa
 
     kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
-    stream = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True)
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        groups, per_file = [], []
-        for f in files:
-            meta = pq.ParquetFile(f).metadata
+        groups, per_file, where = [], [], []
+        for f in files:  # the footers first: `datasets` would fail on a bad one without naming it
+            try:
+                meta = pq.ParquetFile(f).metadata
+            except (OSError, pa.ArrowException) as error:
+                raise CorruptDataError(
+                    f"{f}: not a readable parquet file ({one_line(error)}); remove or replace it (nothing was "
+                    f"trained yet)."
+                ) from error
             groups += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            where += [(f, g) for g in range(meta.num_row_groups)]
             per_file.append(meta.num_rows)
+    stream = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True)
+    if kind == "parquet":
         resharded = stream.reshard()
         if resharded.num_shards == len(groups):
-            return resharded, groups
+            return resharded, groups, where
     else:
         per_file = [datasets.Dataset.from_file(str(f)).num_rows for f in files]
     if stream.num_shards != len(files):
         raise RuntimeError(f"datasets made {stream.num_shards} shards of {len(files)} files; cannot map rows to files.")
-    return stream, per_file
+    return stream, per_file, [(f, None) for f in files]
 
 
 def _pieces(entry: int, counts: list[int], start: int, keep: range | list[int] | None) -> list[Piece]:
@@ -160,7 +184,7 @@ def stream_sources(data_path: str | Path, seed: int = 0) -> list[StreamEntry]:
                 spec.name, spec.strategy, len(records), start, records=records, pieces=_pieces(e, counts, start, None)
             )
         else:
-            stream, counts = _shard_stream(spec.files)
+            stream, counts, locations = _shard_stream(spec.files)
             total = sum(counts)
             entry = StreamEntry(
                 spec.name,
@@ -169,6 +193,7 @@ def stream_sources(data_path: str | Path, seed: int = 0) -> list[StreamEntry]:
                 start,
                 stream=stream,
                 pieces=_pieces(e, counts, start, strategy_indices(total, spec.strategy, seed)),
+                locations=locations,
             )
         kept = sum(p.kept() for p in entry.pieces)
         logger.info(
@@ -208,7 +233,8 @@ class StreamingSupervisedDataset(IterableDataset):
     of the next sample.
 
     `entries`: `stream_sources(...)`; `world_size`, `rank`, `batch_size`: the training processes and the per-device
-    batch size (placeholders for the other ranks' slices when world_size > 1); `seed`, `shuffle_buffer`: the order.
+    batch size (placeholders for the other ranks' slices when world_size > 1); `seed`, `shuffle_buffer`: the order;
+    `skip_corrupt`: skip an unreadable piece (reported) instead of stopping.
     """
 
     build = SupervisedDataset.build  # the same checks, tokens, labels and images as the map-style data set
@@ -228,6 +254,7 @@ class StreamingSupervisedDataset(IterableDataset):
         world_size: int = 1,
         rank: int = 0,
         batch_size: int = 1,
+        skip_corrupt: bool = False,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template {template!r}: use one of {sorted(TEMPLATES)}.")
@@ -245,6 +272,8 @@ class StreamingSupervisedDataset(IterableDataset):
             raise ValueError(f"rank {rank} of world size {world_size}")
         self.world_size, self.rank, self.batch_size = world_size, rank, batch_size
         self.rows = sum(piece.kept() for piece in self.pieces)
+        self.skip_corrupt = skip_corrupt
+        self.corrupt: list[dict] = []  # skip records of unreadable pieces, handed to the next sample
 
     # -- the order ----------------------------------------------------------------------------------------------
 
@@ -267,13 +296,37 @@ class StreamingSupervisedDataset(IterableDataset):
                 if piece.keeps(k):
                     yield piece.start + k, record
             return
+        import pyarrow as pa
+
         shard = entry.stream.shard(num_shards=entry.stream.num_shards, index=piece.shard).with_format("arrow")
         k = 0
-        for table in shard.iter(batch_size=READ_BATCH):  # `.iter`, not `__iter__`: no splitting over workers here
+        tables = shard.iter(batch_size=READ_BATCH)  # `.iter`, not `__iter__`: no splitting over workers here
+        while True:
+            try:
+                table = next(tables, None)
+            except (OSError, pa.ArrowException) as error:
+                self._corrupt_piece(piece, k, error)
+                return
+            if table is None:
+                return
             for record in arrow_records(table, piece.start - entry.start + k, entry.name):
                 if piece.keeps(k):
                     yield piece.start + k, record
                 k += 1
+
+    def _corrupt_piece(self, piece: Piece, read: int, error: Exception) -> None:
+        """Rows `read`.. of `piece` cannot be read: a `CorruptDataError`, or with `skip_corrupt` a skip record."""
+        path, group = self.entries[piece.entry].locations[piece.shard]
+        where = f"{path}" + (f" row group {group}" if group is not None else "")
+        rows = f"rows {piece.start + read}-{piece.start + piece.rows - 1} of the mixture"
+        if not self.skip_corrupt:
+            raise CorruptDataError(
+                f"cannot read {where} ({rows}): {one_line(error)}. Replace the file, or skip what cannot be read with "
+                f"--skip_corrupt_data true (it is then counted in data_skipped.json)."
+            ) from error
+        logger.warning("skipping %s (%s): cannot read it: %s", where, rows, one_line(error))
+        detail = f"{one_line(error)}; {piece.rows - read} rows not read"
+        self.corrupt.append({"index": piece.start + read, "id": where, "reason": "corrupt data", "detail": detail})
 
     def reader_rows(self, reader: int, readers: int, epoch: int) -> Iterator[tuple[int, dict]]:
         """The rows reader `reader` of `readers` reads in pass `epoch`, before its shuffle buffer."""
@@ -302,6 +355,8 @@ class StreamingSupervisedDataset(IterableDataset):
             usable = False
             rows = self.reader_rows(reader, readers, epoch)
             for index, record in _shuffled(rows, self.shuffle_buffer, self._rng("rows", epoch, reader)):
+                skipped += self.corrupt  # unreadable pieces met on the way (skip_corrupt)
+                self.corrupt = []
                 try:
                     sample = self.build(record)
                 except SampleError as error:
@@ -371,6 +426,7 @@ def streaming_dataset(
         world_size=training_args.world_size,
         rank=training_args.process_index,
         batch_size=training_args.per_device_train_batch_size,
+        skip_corrupt=data_args.skip_corrupt_data,
     )
     logger.info(
         "streaming %d rows in %d pieces (shuffle buffer %d, world size %d)",

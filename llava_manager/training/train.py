@@ -114,6 +114,11 @@ def build_dataset(data_args, training_args, processor, model_config=None):
         from .streaming import streaming_dataset
 
         return streaming_dataset(data_path, image_folder, data_args, training_args, processor, model_config)
+    if data_args.skip_corrupt_data:
+        raise ValueError(
+            "--skip_corrupt_data skips unreadable pieces of a stream (--streaming); map-style data is read whole "
+            "before training, and an unreadable file is an error naming it then: drop the flag or add --streaming."
+        )
     records = load_records(data_path, seed=training_args.data_seed or training_args.seed)
     return SupervisedDataset(
         records,

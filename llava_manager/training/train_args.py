@@ -222,6 +222,13 @@ class DataArguments:
     )
     max_length: int = field(default=16384, metadata={"help": "Longer samples are skipped, never cut."})
     strict_data: bool = field(default=False, metadata={"help": "Stop at the first bad sample instead of skipping it."})
+    skip_corrupt_data: bool = field(
+        default=False,
+        metadata={
+            "help": "--streaming: skip a parquet row group or arrow file that cannot be read (reported in "
+            "data_skipped.json) instead of stopping the run with an error naming it (training/streaming.py)."
+        },
+    )
     synthetic_samples: int = field(default=1024, metadata={"help": "Size of the synthetic default data set."})
     streaming: bool = field(
         default=False,

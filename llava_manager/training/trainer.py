@@ -19,6 +19,7 @@ from ..core.patch import get_managers
 from . import fsdp, packing
 from .nonfinite import NonFiniteGuard
 from .preemption import PreemptionCallback
+from .shards import CorruptDataError
 from .throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
@@ -247,6 +248,13 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         if model.training:
             self.nonfinite.observe(result[0] if isinstance(result, tuple) else result)
         return result
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        try:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        except CorruptDataError as error:  # the data names the file; the step is known here
+            step = self.state.global_step + 1  # the loader reads a batch ahead: this step's batch or the next one's
+            raise CorruptDataError(f"step {step} (reading its batch or the next): {error}") from error
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         inputs.pop("skipped", None)
