@@ -178,7 +178,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         "ManagerTrainer overrides it to put the training step into a CorruptDataError raised while reading the batch",
         params=("epoch_iterator", "num_batches", "device"),
         positional=3,
-        callers=("transformers.trainer.Trainer._inner_training_loop",),
+        callers=("transformers.trainer.Trainer",),
     ),
     UpstreamAPI(
         _T,
@@ -1347,7 +1347,7 @@ OWN_PRIVATE_HELPERS: dict[str, tuple[str, ...]] = {
         "_interval_seconds",
         "_warm_seconds",
     ),
-    "llava_manager.training.streaming:StreamingSupervisedDataset": ("_rng",),
+    "llava_manager.training.streaming:StreamingSupervisedDataset": ("_rng", "_corrupt_piece"),
     "llava_manager.tower.training.trainer:TowerTrainer": ("_losses",),
     "llava_manager.evaluation.lmms_eval_model:LlavaManager": (
         "_generate",
