@@ -97,6 +97,19 @@ def test_last_without_a_complete_checkpoint_is_an_error_not_a_restart(full, tmp_
     assert [c.name for c in commits.checkpoints(out)] == ["checkpoint-4"]  # nothing trained, nothing removed
 
 
+def test_auto_starts_a_run_without_checkpoints_and_resumes_one_with_them(full, tmp_path):
+    """`auto`, for a job that requeues itself: from step 0 when the run folder has no checkpoint folder at all, else
+    as `last` (the newest complete one; only torn ones is an error)."""
+    fresh = tmp_path / "fresh"
+    run("stage2", [*ARGS, "--output_dir", str(fresh), "--max_steps", "2", "--resume_from_checkpoint", "auto"])
+    assert sorted(logged_losses(fresh)) == [1, 2]
+    out = _torn_copy(full, tmp_path)
+    assert commits.resolve("auto", out) == str(out / "checkpoint-2")
+    shutil.rmtree(out / "checkpoint-2")
+    with pytest.raises(IncompleteCheckpointError, match="--resume_from_checkpoint auto: no complete checkpoint"):
+        commits.resolve("auto", out)
+
+
 def test_rotation_counts_complete_checkpoints_and_keeps_the_newest(tmp_path):
     out = tmp_path / "run"
     run("stage2", [*ARGS, "--output_dir", str(out), "--save_total_limit", "2", "--max_steps", "4"])

@@ -5,8 +5,9 @@ DeepSpeed's or FSDP's own files), the main process writes `checkpoint_complete.j
 through a temporary file that is fsynced and renamed. A folder without it is the torn leftover of a save that did not
 finish. `--resume_from_checkpoint last` takes the newest complete checkpoint and names the incomplete ones it skips;
 an explicit incomplete checkpoint is an error naming what is missing, raised before any weight is loaded; so is
-`last` with no complete checkpoint (never a silent restart from step 0). Rotation (`--save_total_limit`) counts
-complete checkpoints only, and a save removes the torn folders a crash left behind.
+`last` with no complete checkpoint (never a silent restart from step 0). `auto` is `last`, except that a run folder
+without any checkpoint folder starts from step 0 (the first start of a job that requeues itself). Rotation
+(`--save_total_limit`) counts complete checkpoints only, and a save removes the torn folders a crash left behind.
 """
 
 from __future__ import annotations
@@ -168,20 +169,26 @@ def resolve(setting, run_dir: str | Path) -> str | None:
     """The checkpoint `--resume_from_checkpoint setting` resumes from, checked complete before anything loads."""
     if setting in (None, False, "", "False", "false"):
         return None
-    if setting in (True, "True", "true", "last"):
+    if setting == "auto" and not checkpoints(run_dir):  # a job's first start: no checkpoint folder at all yet
+        logger.info("--resume_from_checkpoint auto: no checkpoint in %s, starting from step 0", run_dir)
+        return None
+    if setting in (True, "True", "true", "last", "auto"):
+        name = "auto" if setting == "auto" else "last"
         found = [(folder, problems(folder)) for folder in checkpoints(run_dir)]
         complete = [folder for folder, issues in found if not issues]
         if not complete:
             listed = "; ".join(_describe(f, i) for f, i in found) or "none"
             raise IncompleteCheckpointError(
-                f"--resume_from_checkpoint last: no complete checkpoint in {run_dir} (checkpoints: {listed}). "
+                f"--resume_from_checkpoint {name}: no complete checkpoint in {run_dir} (checkpoints: {listed}). "
                 f"Nothing was resumed; to train from step 0, leave out --resume_from_checkpoint."
             )
         chosen = complete[-1]
         for folder, issues in found:
             if issues and folder.name != chosen.name:
-                logger.warning("--resume_from_checkpoint last: skipping the incomplete %s", _describe(folder, issues))
-        logger.info("--resume_from_checkpoint last: resuming from %s", chosen)
+                logger.warning(
+                    "--resume_from_checkpoint %s: skipping the incomplete %s", name, _describe(folder, issues)
+                )
+        logger.info("--resume_from_checkpoint %s: resuming from %s", name, chosen)
         return str(chosen)
     folder = Path(setting)
     issues = problems(folder)
