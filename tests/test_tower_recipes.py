@@ -375,6 +375,55 @@ def test_resume_continues_at_the_saved_step_with_the_saved_weights(vqa_run, tmp_
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
+def test_a_preempted_tower_run_saves_stops_and_resumes_exactly(vqa_run, tmp_path, monkeypatch):
+    """SIGTERM during step 3 of 4: checkpoint-3 saved complete, nothing exported or evaluated; the resumed run logs
+    the uninterrupted run's losses and exports its weights."""
+    import os
+    import signal
+
+    from llava_manager.core.commits import problems
+    from llava_manager.training.preemption import PreemptionCallback
+
+    full, args = vqa_run
+
+    def on_step_begin(self, a, state, control, **kwargs):
+        if state.global_step + 1 == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(PreemptionCallback, "on_step_begin", on_step_begin, raising=False)
+    out = tmp_path / "run"
+    trainer = recipe("tower_finetune").run(["--task", "vqav2", "--output_dir", str(out), *args])
+    assert trainer.preemption.stopped_at == 3 and problems(out / "checkpoint-3") == []
+    assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+    monkeypatch.undo()
+    recipe("tower_finetune").run(
+        ["--task", "vqav2", "--output_dir", str(out), *args, "--resume_from_checkpoint", "last"]
+    )
+    assert losses(out) == losses(full)
+    final, expected = load_file(out / "model.safetensors"), load_file(full / "model.safetensors")
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_a_non_finite_tower_loss_stops_the_run_naming_the_step(vqa_run, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from llava_manager.training.nonfinite import NonFiniteError
+
+    _, args = vqa_run
+    real = Trainer.compute_loss  # under TowerTrainer.compute_loss, which watches the loss it returns
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        loss, outputs = real(self, model, inputs, return_outputs=True, **kwargs)
+        if model.training and self.state.global_step + 1 == 2:
+            loss = loss * float("nan")
+        return (loss, outputs) if return_outputs else loss
+
+    monkeypatch.setattr(Trainer, "compute_loss", compute_loss)
+    with pytest.raises(NonFiniteError, match="step 2: the loss is nan"):
+        recipe("tower_finetune").run(["--task", "vqav2", "--output_dir", str(tmp_path), *args])
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize("change", ["missing", "renamed"])
 def test_a_checkpoint_that_does_not_match_fails_instead_of_restarting(vqa_run, tmp_path, change):
     full, args = vqa_run

@@ -25,6 +25,8 @@ from transformers import Trainer
 from ...core.checkpoint import StrictCheckpointLoading
 from ...core.commits import CommittedCheckpoints
 from ...processing.images import open_image
+from ...training.nonfinite import NonFiniteGuard
+from ...training.preemption import PreemptionCallback
 from .. import data as tower_data
 from ..heads import retrieval_scores
 from ..metrics import accuracy, retrieval_recall, vqa_score
@@ -84,6 +86,11 @@ class TowerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         self.task, self.retrieval, self.k_test, self.max_text_len = task, retrieval, k_test, max_text_len
         self.lr_mult_head, self.lr_mult_cross_modal = lr_mult_head, lr_mult_cross_modal
         self._losses: dict[str, list[torch.Tensor]] = defaultdict(list)
+        # as the LLaVA recipes: a non-finite step stops the run before its optimizer step; SIGTERM saves and stops
+        self.nonfinite = NonFiniteGuard(deepspeed=self.is_deepspeed_enabled)
+        self.add_callback(self.nonfinite)
+        self.preemption = PreemptionCallback()
+        self.add_callback(self.preemption)
         self.group_labels: list[str] = []
         self.group_sizes: list[int] = []
         ds_config = getattr(self.args, "hf_deepspeed_config", None)
@@ -133,6 +140,8 @@ class TowerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
     # -- losses in the logs ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if model.training:
+            self.nonfinite.observe(loss)
         if model.training and isinstance(outputs, dict):
             for key in LOGGED_LOSSES:
                 if outputs.get(key) is not None:
