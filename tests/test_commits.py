@@ -1,4 +1,4 @@
-"""Checkpoint commit points (core/commits.py) on the plain-python recipe: every checkpoint is committed; a torn one
+"""Checkpoint commit points (runtime/commits.py) on the plain-python recipe: every checkpoint is committed; a torn one
 (the marker or a file missing, as a crash mid-save leaves it) is skipped by `--resume_from_checkpoint last`, which
 resumes the newest complete one with the same losses as an uninterrupted run, and rewritten by the next save; an
 explicit torn or model-only checkpoint, or none complete at all, is an error before anything loads; rotation counts
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, logged_losses, subprocess_env
 
-from llava_manager.core import commits
-from llava_manager.core.commits import MARKER, CheckpointWriteError, IncompleteCheckpointError, commit, problems
+from llava_manager.runtime import commits
+from llava_manager.runtime.commits import MARKER, CheckpointWriteError, IncompleteCheckpointError, commit, problems
 from llava_manager.training import train
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
@@ -64,7 +64,7 @@ def _torn_copy(full, tmp_path):
 
 def test_last_skips_a_torn_checkpoint_names_it_and_resumes_exactly(full, tmp_path, caplog):
     out = _torn_copy(full, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="llava_manager.core.commits"):
+    with caplog.at_level(logging.WARNING, logger="llava_manager.runtime.commits"):
         run("stage2", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", "last"])
     assert "skipping the incomplete checkpoint-4" in caplog.text and MARKER in caplog.text
     assert logged_losses(out) == logged_losses(full)  # steps 3-6 run again from checkpoint-2, as the full run did

@@ -25,9 +25,9 @@ from transformers import AutoModelForImageTextToText, TrainingArguments
 import llava_manager
 from llava_manager import apply_manager, get_managers
 from llava_manager.families import FAMILIES
+from llava_manager.runtime.cpu_distributed import free_port
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
 from llava_manager.training import fsdp, liger
-from llava_manager.training.cpu_distributed import free_port
 from llava_manager.training.train_args import _CHECKPOINTING
 
 pytestmark = pytest.mark.slow  # launches processes or trains; outside the fast tier
@@ -62,9 +62,9 @@ PROBE = textwrap.dedent("""
     import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
-    from llava_manager.training import processes
+    from llava_manager.runtime import processes
     from llava_manager.training.train import run
-    from llava_manager.training.trainer import module_parameters
+    from llava_manager.training.parts import module_parameters
 
     trainer = run("stage2", sys.argv[2:])
     model = trainer.model
@@ -154,7 +154,7 @@ def test_world_size_2_runs_fsdp2_on_cpu_with_sharded_parameters(full_run):
         probe["units"]
     ), probe["units"]
     assert probe["managers_in_root"]
-    # every process closes the process group at the end (training/processes.py): none aborts in its destructor
+    # every process closes the process group at the end (runtime/processes.py): none aborts in its destructor
     assert all(f"rank {r}: process group closed True" in log for r in (0, 1)), log[-2000:]
     checkpoint = out / "checkpoint-3"
     assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "optimizer.bin").is_file()

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import Trainer
 
-from llava_manager.core import commits
-from llava_manager.training.nonfinite import NonFiniteError, NonFiniteGuard
+from llava_manager.runtime import commits
+from llava_manager.runtime.nonfinite import NonFiniteError, NonFiniteGuard
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
 

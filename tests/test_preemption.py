@@ -1,4 +1,4 @@
-"""Preemption (training/preemption.py): a SIGTERM at a given step saves a complete checkpoint at the end of that
+"""Preemption (runtime/preemption.py): a SIGTERM at a given step saves a complete checkpoint at the end of that
 step and stops without exporting; the recipe exits with the requeue status; every process stops at the same step when
 only one was signalled; the run resumed from that checkpoint logs the same losses as the uninterrupted run."""
 
@@ -14,9 +14,9 @@ import textwrap
 import pytest
 from helpers import ROOT, logged_losses, subprocess_env
 
-from llava_manager.core import commits
-from llava_manager.training.cpu_distributed import free_port
-from llava_manager.training.preemption import REQUEUE_STATUS, PreemptionCallback
+from llava_manager.runtime import commits
+from llava_manager.runtime.cpu_distributed import free_port
+from llava_manager.runtime.preemption import REQUEUE_STATUS, PreemptionCallback
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
 
@@ -62,7 +62,7 @@ def test_a_signal_saves_at_the_step_boundary_and_the_resume_is_exact(monkeypatch
 
 PROBE = textwrap.dedent("""
     import os, signal, sys
-    from llava_manager.training.preemption import PreemptionCallback
+    from llava_manager.runtime.preemption import PreemptionCallback
     from llava_manager.training.train import main
 
     def on_step_begin(self, args, state, control, **kwargs):

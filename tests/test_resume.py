@@ -15,7 +15,7 @@ from transformers import AutoModelForImageTextToText, TrainingArguments
 import llava_manager
 from llava_manager import apply_manager, get_managers
 from llava_manager.core.checkpoint import CheckpointMismatchError
-from llava_manager.core.commits import commit
+from llava_manager.runtime.commits import commit
 from llava_manager.shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from llava_manager.training.data import Collator, SupervisedDataset, load_records
 from llava_manager.training.train import run

@@ -287,7 +287,7 @@ def _rank(rank, port, out):
 
 
 def test_counts_are_summed_over_processes():
-    from llava_manager.training.cpu_distributed import free_port
+    from llava_manager.runtime.cpu_distributed import free_port
 
     out = mp.Manager().dict()
     mp.spawn(_rank, args=(free_port(), out), nprocs=2)

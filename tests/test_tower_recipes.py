@@ -18,7 +18,7 @@ from helpers import subprocess_env
 from safetensors.torch import load_file, save_file
 
 from llava_manager.core.checkpoint import CheckpointMismatchError
-from llava_manager.core.commits import commit
+from llava_manager.runtime.commits import commit
 from llava_manager.tower import training
 from llava_manager.tower.training import TASK_MODELS, parse
 
@@ -381,8 +381,8 @@ def test_a_preempted_tower_run_saves_stops_and_resumes_exactly(vqa_run, tmp_path
     import os
     import signal
 
-    from llava_manager.core.commits import problems
-    from llava_manager.training.preemption import PreemptionCallback
+    from llava_manager.runtime.commits import problems
+    from llava_manager.runtime.preemption import PreemptionCallback
 
     full, args = vqa_run
 
@@ -407,7 +407,7 @@ def test_a_preempted_tower_run_saves_stops_and_resumes_exactly(vqa_run, tmp_path
 def test_a_non_finite_tower_loss_stops_the_run_naming_the_step(vqa_run, tmp_path, monkeypatch):
     from transformers import Trainer
 
-    from llava_manager.training.nonfinite import NonFiniteError
+    from llava_manager.runtime.nonfinite import NonFiniteError
 
     _, args = vqa_run
     real = Trainer.compute_loss  # under TowerTrainer.compute_loss, which watches the loss it returns

@@ -13,9 +13,9 @@ from transformers import LlavaOnevisionForConditionalGeneration
 import llava_manager
 from llava_manager import apply_manager, get_managers
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
+from llava_manager.training.parts import module_parameters, parameter_groups, set_trainable
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING, parse
-from llava_manager.training.trainer import module_parameters, parameter_groups, set_trainable
 
 NO_CHECKPOINTING = [f"--{_CHECKPOINTING}", "false"]  # faster on a tiny model
 

@@ -49,7 +49,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .cpu_distributed import free_port
+from ..runtime.cpu_distributed import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -134,7 +134,7 @@ def _numel(p: torch.nn.Parameter) -> int:
 def model_parameters(model) -> dict:
     """`trainer.module_parameters` (vision tower, projector, managers, LLM), for a model with or without managers."""
     from ..core.patch import has_manager
-    from .trainer import module_parameters
+    from .parts import module_parameters
 
     if has_manager(model):
         return module_parameters(model)

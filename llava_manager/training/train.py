@@ -13,20 +13,21 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, set_seed
 
-from ..core import commits
 from ..core.patch import apply_manager, has_manager, manager_config
 from ..core.persistence import from_pretrained
 from ..families import family_of_config, get_family
 from ..processing.processors import load_processor
 from ..processing.templates import template_for_config
+from ..runtime import commits, preemption, processes
 from ..shapes import score as shapes_score
 from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
-from . import fsdp, preemption, processes, threads, train_args
+from . import fsdp, threads, train_args
 from .data import SupervisedDataset, load_records
 from .liger import apply_liger
 from .packing import build_collator
+from .parts import set_trainable
 from .sampling import SamplingOptions
-from .trainer import ManagerTrainer, SkipReport, set_trainable
+from .trainer import ManagerTrainer, SkipReport
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def build_dataset(data_args, training_args, processor, model_config=None):
 
 
 def main(stage: str, argv: list[str] | None = None) -> None:
-    """A recipe's command line: `run`, then every process ends together (processes.py); a preempted run exits
+    """A recipe's command line: `run`, then every process ends together (runtime/processes.py); a preempted run exits
     with `preemption.REQUEUE_STATUS`."""
     trainer = run(stage, argv)
     processes.close(trainer)
@@ -151,7 +152,7 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
 
 
 def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTrainer:
-    # the checkpoint to resume from, checked complete before anything loads (core/commits.py)
+    # the checkpoint to resume from, checked complete before anything loads (runtime/commits.py)
     resume = commits.resolve(training_args.resume_from_checkpoint, training_args.output_dir)
     choose_template(model_args, data_args)  # before the weights load: an LLM without a default fails at once
     sampling = SamplingOptions.from_args(data_args, training_args)  # checked before the weights load too
@@ -170,13 +171,10 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
         peak_tflops=model_args.peak_tflops,
         skip_nonfinite_steps=model_args.skip_nonfinite_steps,
     )
-    if resume:  # the skip report and the non-finite steps skipped, of the run so far
-        trainer.skips.restore(resume, trainer.is_world_process_zero())
-        trainer.nonfinite.restore(resume)
     trainer.sampling = sampling  # --group_by_modality_length, --token_budget (sampling.py)
     trainer.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
     trainer.train(resume_from_checkpoint=resume)
-    if trainer.preemption.stopped_at is not None:  # preemption.py: the checkpoint is saved; no final export
+    if trainer.preemption.stopped_at is not None:  # runtime/preemption.py: the checkpoint is saved; no final export
         logger.warning(
             "preempted: stopped after step %d with %s/checkpoint-%d saved; nothing exported. Requeue the job with "
             "--resume_from_checkpoint last to continue exactly (exit status %d)",

@@ -23,7 +23,8 @@ from transformers import HfArgumentParser, TrainingArguments
 from ..core.config import ManagerConfig
 from ..families import FAMILIES
 from ..processing.templates import TEMPLATES
-from . import cpu_distributed, fsdp
+from ..runtime import cpu_distributed
+from . import fsdp
 
 MODULES = ("vision_tower", "projector", "llm")
 DEFAULT_FAMILY = "llava_onevision"  # the embedded default's family when --family is not given
@@ -41,7 +42,7 @@ COMMON = dict(
     save_total_limit=2,
     dataloader_num_workers=4,
     remove_unused_columns=False,  # the collator passes skip records the model does not take
-    logging_nan_inf_filter=False,  # a non-finite step's loss is logged as it is (nonfinite.py), not averaged away
+    logging_nan_inf_filter=False,  # a non-finite step logs its real loss (runtime/nonfinite.py), not an average
 )
 # transformers 5.x renamed gradient checkpointing to activation checkpointing (the old flags still parse).
 _CHECKPOINTING = (
@@ -141,7 +142,7 @@ class ModelArguments:
         metadata={
             "help": "0: a step with a non-finite loss or gradient stops the run (before its optimizer step). N > 0: "
             "such steps are skipped (no parameter or optimizer state changes), counted (`nonfinite_skipped` in the "
-            "logs) and the run stops when more than N come in a row. Not under DeepSpeed (training/nonfinite.py)."
+            "logs) and the run stops when more than N come in a row. Not under DeepSpeed (runtime/nonfinite.py)."
         },
     )
     peak_tflops: float | None = field(

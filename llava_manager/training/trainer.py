@@ -11,67 +11,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
-from ..core.checkpoint import StrictCheckpointLoading
-from ..core.commits import CommittedCheckpoints
 from ..core.patch import get_managers
+from ..runtime.trainer import RunTrainer
 from . import fsdp, packing
-from .nonfinite import NonFiniteGuard
-from .preemption import PreemptionCallback
+from .parts import parameter_groups
 from .shards import CorruptDataError
 from .throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
-
-
-def module_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """The parameters of each trainable part, found by module (not by name): vision_tower, projector (with the
-    image newline of the anyres families; LLaVA-1.5 has none), llm (language model and head) and managers."""
-    inner = model.model
-    managers = [p for m in get_managers(model) for p in m.parameters()]
-    newline = getattr(inner, "image_newline", None)
-    parts = {
-        "vision_tower": list(inner.vision_tower.parameters()),
-        "projector": list(inner.multi_modal_projector.parameters()) + ([newline] if newline is not None else []),
-        "managers": managers,
-    }
-    seen = {id(p) for ps in parts.values() for p in ps}
-    parts["llm"] = [p for p in model.parameters() if id(p) not in seen]
-    return parts
-
-
-def set_trainable(model: nn.Module, modules: set[str]) -> None:
-    """Train the chosen parts and the managers; freeze the rest."""
-    for name, params in module_parameters(model).items():
-        for p in params:
-            p.requires_grad_(name == "managers" or name in modules)
-
-
-def parameter_groups(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float,
-    decay_names: set[str],
-    vision_tower_lr: float | None = None,
-    manager_lr: float | None = None,
-) -> list[dict]:
-    """Optimizer groups by module and decay. Managers get no weight decay: it would pull them back to zero."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    lrs = {"vision_tower": vision_tower_lr or lr, "projector": lr, "llm": lr, "managers": manager_lr or lr}
-    groups = []
-    parts = module_parameters(model)
-    for part in ("llm", "projector", "vision_tower", "managers"):  # the first group's lr is the one the Trainer logs
-        params = [p for p in parts[part] if p.requires_grad]
-        decays = [part != "managers" and names[id(p)] in decay_names for p in params]
-        decay = [p for p, d in zip(params, decays) if d]
-        no_decay = [p for p, d in zip(params, decays) if not d]
-        groups += [
-            {"params": ps, "lr": lrs[part], "weight_decay": wd}
-            for ps, wd in ((decay, weight_decay), (no_decay, 0.0))
-            if ps
-        ]
-    return groups
 
 
 @contextlib.contextmanager
@@ -170,16 +119,18 @@ class SkipReport:
         return summary
 
 
-class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
-    """`Trainer` with learning rates per module (vision tower, managers), the manager norm callback first in line
-    (so that every logger gets the norms), throughput next to them (tokens/s, samples/s, padding fraction, MFU on a GPU:
-    `throughput.ThroughputCallback`, fed by `compute_loss`), skipped samples counted in the logs, and checkpoints loaded
-    strictly.
+class ManagerTrainer(RunTrainer):
+    """`RunTrainer` (runtime/trainer.py: committed checkpoints, non-finite steps, preemption, strict checkpoint
+    loading) with learning rates per module (vision tower, managers), the manager norm callback first in line (so
+    that every logger gets the norms), throughput next to them (tokens/s, samples/s, padding fraction, MFU on a GPU:
+    `throughput.ThroughputCallback`, fed by `compute_loss`), and skipped samples counted in the logs and checkpoints.
 
     Resuming and `load_best_model_at_end` without DeepSpeed or FSDP read the checkpoint through the model's own key
     conversion (`checkpoint.load_checkpoint_weights`): the Trainer's raw `load_state_dict(strict=False)` would find
     no key of a LLaVA checkpoint and only warn. Any missing or unexpected key is an error here.
     """
+
+    lr_flags = "the per-module learning rates (--vision_tower_lr, --manager_lr)"
 
     def __init__(
         self,
@@ -190,7 +141,8 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         skip_nonfinite_steps: int = 0,
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
+        per_module = bool(vision_tower_lr or manager_lr)
+        super().__init__(*args, skip_nonfinite_steps=skip_nonfinite_steps, per_module_lrs=per_module, **kwargs)
         self.vision_tower_lr, self.manager_lr = vision_tower_lr, manager_lr
         self.skips = SkipReport()
         self.callback_handler.callbacks.insert(0, ManagerNormCallback())
@@ -198,19 +150,6 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         self.throughput = ThroughputCallback(peak_tflops=peak_tflops)
         self.callback_handler.callbacks.insert(1, self.throughput)
         self.add_callback(ZeroStaleGradientsCallback())
-        # a non-finite loss or gradient stops the run, or skips the step, before its optimizer step (nonfinite.py)
-        self.nonfinite = NonFiniteGuard(deepspeed=self.is_deepspeed_enabled, skip_limit=skip_nonfinite_steps)
-        self.add_callback(self.nonfinite)
-        # SIGTERM / SIGUSR1: a complete checkpoint at the next step boundary, then the run stops (preemption.py)
-        self.preemption = PreemptionCallback()
-        self.add_callback(self.preemption)
-        ds_config = getattr(self.args, "hf_deepspeed_config", None)
-        if ds_config is not None and "optimizer" in ds_config.config and (vision_tower_lr or manager_lr):
-            raise ValueError(
-                "The DeepSpeed config has an 'optimizer' section, so DeepSpeed builds the optimizer and "
-                "the per-module learning rates (--vision_tower_lr, --manager_lr) would be lost. Remove "
-                "that section (the recipes' configs have none) or drop those flags."
-            )
 
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
@@ -221,33 +160,18 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
             fsdp.complete_optimizer_state(self.optimizer)
         super()._save_optimizer_and_scheduler(output_dir)
 
-    def create_optimizer(self, model=None):
-        if self.optimizer is None:
-            model = self.model if model is None else model
-            decay = set(self.get_decay_parameter_names(model))
-            groups = parameter_groups(
-                model, self.args.learning_rate, self.args.weight_decay, decay, self.vision_tower_lr, self.manager_lr
-            )
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            ds_config = getattr(self.args, "hf_deepspeed_config", None)
-            if ds_config is not None and ds_config.is_offload():
-                # ZeRO-Offload steps on the CPU: DeepSpeed's CPU Adam, with the same groups.
-                from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-                optimizer_cls = DeepSpeedCPUAdam
-                kwargs = {k: v for k, v in kwargs.items() if k in ("lr", "betas", "eps")}
-            self.optimizer = optimizer_cls(groups, **kwargs)
-        return self.optimizer
+    def optimizer_groups(self, model: nn.Module) -> list[dict]:
+        decay = set(self.get_decay_parameter_names(model))
+        return parameter_groups(
+            model, self.args.learning_rate, self.args.weight_decay, decay, self.vision_tower_lr, self.manager_lr
+        )
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.skips.add(inputs.pop("skipped", []))
         if model.training:  # training micro-batches only (prediction_step comes here too, in eval mode)
             self.throughput.count(inputs)
         packing.pop_accounting(inputs)  # a packed batch's num_tokens / num_padding / sample_lengths (packing.py)
-        result = super().compute_loss(model, inputs, *args, **kwargs)
-        if model.training:
-            self.nonfinite.observe(result[0] if isinstance(result, tuple) else result)
-        return result
+        return super().compute_loss(model, inputs, *args, **kwargs)  # RunTrainer watches the loss
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         try:
@@ -291,12 +215,15 @@ class ManagerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         return total.summary(with_records)
 
     def save_run_state(self, folder: Path) -> None:
-        """The skip report so far, records included, and the non-finite steps skipped go into each checkpoint
-        (`SkipReport.restore` and `NonFiniteGuard.restore` read them)."""
+        """The skip report so far, records included, goes into each checkpoint, beside the base's run state."""
         report = self.gather_skips(with_records=True)
         if self.args.should_save:
             (folder / SkipReport.FILE).write_text(json.dumps(report, indent=1))
-            self.nonfinite.save(folder)
+        super().save_run_state(folder)
+
+    def restore_run_state(self, checkpoint) -> None:
+        self.skips.restore(checkpoint, self.is_world_process_zero())
+        super().restore_run_state(checkpoint)
 
     # -- Data order (sampling.py): --group_by_modality_length, --token_budget ------------------------------------
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from ...training import cpu_distributed
+from ...runtime import cpu_distributed
 from .. import data as tower_data
 from ..config import MANAGER_TYPES
 from .tasks import COMMON, FINETUNE_TASKS, LABEL_NAMES, SPLITS, TASK_DEFAULTS, TASKS, TINY, TINY_COMMON

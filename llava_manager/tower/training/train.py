@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ...core import commits
-from ...training import preemption, processes
+from ...runtime import commits, preemption, processes
 from .args import parse
 from .data import attach_collators, build_data
 from .model import build_model, load_processor
@@ -21,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None, *, recipe: str = "finetune") -> None:
-    """A recipe's command line: `run`, then every process ends together (llava_manager/training/processes.py); a
+    """A recipe's command line: `run`, then every process ends together (llava_manager/runtime/processes.py); a
     preempted run exits with `preemption.REQUEUE_STATUS`."""
     trainer = run(argv, recipe=recipe)
     processes.close(trainer)

@@ -20,13 +20,9 @@ import time
 from collections import defaultdict
 
 import torch
-from transformers import Trainer
 
-from ...core.checkpoint import StrictCheckpointLoading
-from ...core.commits import CommittedCheckpoints
 from ...processing.images import open_image
-from ...training.nonfinite import NonFiniteGuard
-from ...training.preemption import PreemptionCallback
+from ...runtime.trainer import RunTrainer
 from .. import data as tower_data
 from ..heads import retrieval_scores
 from ..metrics import accuracy, retrieval_recall, vqa_score
@@ -65,11 +61,14 @@ EVAL_IGNORE_KEYS = {"pretrain": ["mlm_loss", "itm_loss"]}
 LOGGED_LOSSES = ("mlm_loss", "itm_loss", "itc_loss")
 
 
-class TowerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
-    """`Trainer` with the recipes' optimizer groups (`parameter_groups`), the components of the loss in the logs
+class TowerTrainer(RunTrainer):
+    """`RunTrainer` (runtime/trainer.py: committed checkpoints, non-finite steps, preemption, strict checkpoint
+    loading) with the recipes' optimizer groups (`labelled_parameter_groups`), the components of the loss in the logs
     (`mlm_loss`, `itm_loss`, `itc_loss`, this process's mean since the last log), Flickr30K's retrieval evaluation
     (`retrieval`: {"images": paths, "texts", "text_to_image"}), and strict checkpoint loading on resume and for
     `load_best_model_at_end` (without DeepSpeed / FSDP, which read checkpoints of their own making)."""
+
+    lr_flags = "the per-module learning rates (--lr_mult_head, --lr_mult_cross_modal)"
 
     def __init__(
         self,
@@ -86,40 +85,17 @@ class TowerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
         self.task, self.retrieval, self.k_test, self.max_text_len = task, retrieval, k_test, max_text_len
         self.lr_mult_head, self.lr_mult_cross_modal = lr_mult_head, lr_mult_cross_modal
         self._losses: dict[str, list[torch.Tensor]] = defaultdict(list)
-        # as the LLaVA recipes: a non-finite step stops the run before its optimizer step; SIGTERM saves and stops
-        self.nonfinite = NonFiniteGuard(deepspeed=self.is_deepspeed_enabled)
-        self.add_callback(self.nonfinite)
-        self.preemption = PreemptionCallback()
-        self.add_callback(self.preemption)
         self.group_labels: list[str] = []
         self.group_sizes: list[int] = []
-        ds_config = getattr(self.args, "hf_deepspeed_config", None)
-        if ds_config is not None and "optimizer" in ds_config.config:
-            raise ValueError(
-                "The DeepSpeed config has an 'optimizer' section: DeepSpeed would build the optimizer "
-                "and the per-module learning rates (--lr_mult_head, --lr_mult_cross_modal) would be "
-                "lost. Remove that section (recipes/zero2.json has none)."
-            )
 
     # -- optimizer ---------------------------------------------------------------------------------------------
-    def create_optimizer(self, model=None):
-        if self.optimizer is None:
-            model = self.model if model is None else model
-            labelled = labelled_parameter_groups(
-                model, self.args.learning_rate, self.args.weight_decay, self.lr_mult_head, self.lr_mult_cross_modal
-            )
-            self.group_labels = [label for label, _ in labelled]
-            self.group_sizes = [sum(p.numel() for p in g["params"]) for _, g in labelled]
-            groups = [g for _, g in labelled]
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            ds_config = getattr(self.args, "hf_deepspeed_config", None)
-            if ds_config is not None and ds_config.is_offload():
-                from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-                optimizer_cls = DeepSpeedCPUAdam
-                kwargs = {k: v for k, v in kwargs.items() if k in ("lr", "betas", "eps")}
-            self.optimizer = optimizer_cls(groups, **kwargs)
-        return self.optimizer
+    def optimizer_groups(self, model):
+        labelled = labelled_parameter_groups(
+            model, self.args.learning_rate, self.args.weight_decay, self.lr_mult_head, self.lr_mult_cross_modal
+        )
+        self.group_labels = [label for label, _ in labelled]
+        self.group_sizes = [sum(p.numel() for p in g["params"]) for _, g in labelled]
+        return [g for _, g in labelled]
 
     # -- strict checkpoints --------------------------------------------------------------------------------------
     def group_report(self) -> list[dict]:
@@ -139,9 +115,7 @@ class TowerTrainer(CommittedCheckpoints, StrictCheckpointLoading, Trainer):
 
     # -- losses in the logs ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
-        if model.training:
-            self.nonfinite.observe(loss)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)  # watched by RunTrainer
         if model.training and isinstance(outputs, dict):
             for key in LOGGED_LOSSES:
                 if outputs.get(key) is not None:

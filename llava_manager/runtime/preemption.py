@@ -4,7 +4,7 @@
 Slurm and Kubernetes send SIGTERM before they stop a job (Slurm's `--signal=TERM@SECONDS` earlier, to leave time to
 save). `PreemptionCallback` catches it in every process; at the end of each optimizer step the processes agree
 whether any of them was signalled (one tiny all-reduce), and if so the Trainer saves `checkpoint-N` (committed, see
-core/commits.py) and stops. `train.run` then neither exports the model as final nor scores it, and the recipe's
+runtime/commits.py) and stops. `train.run` then neither exports the model as final nor scores it, and the recipe's
 `main` exits with `REQUEUE_STATUS` (75, EX_TEMPFAIL: "try again later"). `--resume_from_checkpoint last` continues
 from that checkpoint exactly.
 

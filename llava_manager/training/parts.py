@@ -1,0 +1,57 @@
+"""The trainable parts of a LLaVA-family model, found by module: vision tower, projector, LLM, managers; which of
+them train, and the optimizer groups per part (learning rate and weight decay)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..core.patch import get_managers
+
+
+def module_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The parameters of each trainable part, found by module (not by name): vision_tower, projector (with the
+    image newline of the anyres families; LLaVA-1.5 has none), llm (language model and head) and managers."""
+    inner = model.model
+    managers = [p for m in get_managers(model) for p in m.parameters()]
+    newline = getattr(inner, "image_newline", None)
+    parts = {
+        "vision_tower": list(inner.vision_tower.parameters()),
+        "projector": list(inner.multi_modal_projector.parameters()) + ([newline] if newline is not None else []),
+        "managers": managers,
+    }
+    seen = {id(p) for ps in parts.values() for p in ps}
+    parts["llm"] = [p for p in model.parameters() if id(p) not in seen]
+    return parts
+
+
+def set_trainable(model: nn.Module, modules: set[str]) -> None:
+    """Train the chosen parts and the managers; freeze the rest."""
+    for name, params in module_parameters(model).items():
+        for p in params:
+            p.requires_grad_(name == "managers" or name in modules)
+
+
+def parameter_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    decay_names: set[str],
+    vision_tower_lr: float | None = None,
+    manager_lr: float | None = None,
+) -> list[dict]:
+    """Optimizer groups by module and decay. Managers get no weight decay: it would pull them back to zero."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    lrs = {"vision_tower": vision_tower_lr or lr, "projector": lr, "llm": lr, "managers": manager_lr or lr}
+    groups = []
+    parts = module_parameters(model)
+    for part in ("llm", "projector", "vision_tower", "managers"):  # the first group's lr is the one the Trainer logs
+        params = [p for p in parts[part] if p.requires_grad]
+        decays = [part != "managers" and names[id(p)] in decay_names for p in params]
+        decay = [p for p, d in zip(params, decays) if d]
+        no_decay = [p for p, d in zip(params, decays) if not d]
+        groups += [
+            {"params": ps, "lr": lrs[part], "weight_decay": wd}
+            for ps, wd in ((decay, weight_decay), (no_decay, 0.0))
+            if ps
+        ]
+    return groups
