@@ -101,13 +101,14 @@ def test_the_recipe_exits_with_the_requeue_status(tmp_path):
 @pytest.mark.slow
 def test_every_process_stops_at_the_same_step_when_one_is_signalled(tmp_path):
     """torchrun, 2 processes of FSDP2 on CPU: only rank 1 gets SIGTERM; both save their part of checkpoint-3 and
-    stop after it (torchrun reports the processes' status 75 and exits 1); the resumed run finishes the 6 steps."""
+    stop after it (torchrun reports status 75 and exits 1); the resumed run finishes the 6 steps."""
     out = tmp_path / "out"
     fsdp = ("--fsdp", "--fsdp_config", str(ROOT / "recipes" / "fsdp2.json"))
     args = (*ARGS, *fsdp, "--output_dir", str(out), "--per_device_train_batch_size", "2")
     result = _launch(tmp_path, *args, processes=2, signal_at=3, signal_rank=1)
     log = result.stdout + result.stderr
-    assert result.returncode != 0 and log.count(f"exitcode  : {REQUEUE_STATUS}") == 2, log[-3000:]
+    # torchrun reports the first process to exit (status 75) and stops the other, which may still be exiting
+    assert result.returncode != 0 and f"exitcode  : {REQUEUE_STATUS}" in log, log[-3000:]
     assert log.count("preempted: stopped after step 3") == 2, log[-3000:]
     assert [c.name for c in commits.checkpoints(out)] == ["checkpoint-3"] and commits.problems(
         out / "checkpoint-3"

@@ -11,7 +11,7 @@ from transformers import LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig, Pre
 from llava_manager.processing.templates import LLM_TEMPLATES, TEMPLATES, template_for_config
 from llava_manager.shapes.data import tiny_processor
 from llava_manager.training.data import IGNORE_INDEX, SupervisedDataset
-from llava_manager.training.train import choose_template
+from llava_manager.training.run_config import choose_template
 from llava_manager.training.train_args import parse
 
 VICUNA_SYSTEM = (
@@ -154,6 +154,7 @@ def test_the_default_template_follows_the_checkpoints_llm(tmp_path):
     real = ["--model_name_or_path", str(model_dir)]
     model_args, _, data_args, _ = parse("stage2", real)
     assert data_args.template is None and choose_template(model_args, data_args) == "mistral_instruct"
+    assert data_args.template is None  # resolved, not written back into the arguments
     for stage, argv, expected in [
         ("stage2", ["--template", "vicuna_v1"], "vicuna_v1"),
         ("stage1", [], "plain"),

@@ -154,36 +154,18 @@ class PackingCollator(Collator):
         return batch
 
 
-def build_collator(data_args, model, processor, training_args=None) -> Collator:
-    """The recipes' collator: `PackingCollator` with `--padding_free true` (row budget `--max_packed_tokens`, default
-    `--max_length`), else the padded `data.Collator`. With packing, a `--max_length` above the budget is lowered to
-    it, so that a sample too long to pack is skipped (and reported) as over-length by the data set."""
+def build_collator(model, processor, packed_tokens: int | None = None) -> Collator:
+    """The recipes' collator: `PackingCollator` with rows of at most `packed_tokens` tokens (`--padding_free`; the
+    budget `run_config.packing_budget` resolved), else the padded `data.Collator`."""
     from ..families import family_of_config
 
     family = family_of_config(model.config).name
     pad = processor.tokenizer.pad_token_id
-    if not getattr(data_args, "padding_free", False):
+    if packed_tokens is None:
         return Collator(pad, family)
-    budget = data_args.max_packed_tokens or data_args.max_length
-    if budget < 1:
-        raise ValueError(f"--max_packed_tokens {budget}: a positive number of tokens.")
-    if training_args is not None and training_args.n_gpu > 1:
-        raise ValueError(
-            f"--padding_free with {training_args.n_gpu} GPUs in one process: torch's DataParallel would "
-            f"split a packed batch's rows from their sample boundaries (cu_seq_lens). Launch one process "
-            f"per GPU (torchrun, accelerate launch, deepspeed), or make one GPU visible."
-        )
-    if data_args.max_length > budget:
-        logger.info(
-            "padding-free: --max_length %d lowered to the packing budget --max_packed_tokens %d (longer "
-            "samples are skipped as over-length)",
-            data_args.max_length,
-            budget,
-        )
-        data_args.max_length = budget
     logger.info(
         "padding-free: samples packed into rows of at most %d tokens (%s attention)",
-        budget,
+        packed_tokens,
         model.config.get_text_config()._attn_implementation,
     )
-    return PackingCollator(pad, family, max_packed_tokens=budget)
+    return PackingCollator(pad, family, max_packed_tokens=packed_tokens)

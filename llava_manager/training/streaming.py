@@ -396,29 +396,17 @@ class StreamingSupervisedDataset(IterableDataset):
 
 
 def streaming_dataset(
-    data_path, image_folder, data_args, training_args, processor, model_config=None
+    config, data_path, image_folder, data_args, training_args, processor, model_config=None
 ) -> StreamingSupervisedDataset:
-    """The recipes' streamed data set (`--streaming`), with the Trainer settings it needs (see the module doc)."""
-    if training_args.max_steps is None or training_args.max_steps <= 0:
-        raise ValueError("--streaming reads an endless stream: give the length of the run with --max_steps.")
-    for flag in ("group_by_modality_length", "token_budget"):
-        if getattr(data_args, flag, None):
-            raise ValueError(f"--{flag} orders a data set with a length; a stream has none: drop it or --streaming.")
-    config = training_args.accelerator_config
-    if getattr(config, "split_batches", False) or getattr(config, "dispatch_batches", None):
-        raise ValueError(
-            "--streaming: each process reads its own batches; drop split_batches / dispatch_batches "
-            "from --accelerator_config."
-        )
-    config.dispatch_batches = False
-    seed = training_args.data_seed or training_args.seed  # as train.build_dataset seeds load_records
+    """The recipes' streamed data set (`--streaming`; `run_config.check_streaming` checked the flags it needs)."""
+    seed = config.data_seed  # as train.build_dataset seeds load_records
     entries = stream_sources(data_path, seed)
     dataset = StreamingSupervisedDataset(
         entries,
         processor,
         image_folder,
-        data_args.template,
-        data_args.max_length,
+        config.template,
+        config.max_length,
         data_args.strict_data,
         model_config=model_config,
         seed=seed,

@@ -17,16 +17,15 @@ from ..core.patch import apply_manager, has_manager, manager_config
 from ..core.persistence import from_pretrained
 from ..families import family_of_config, get_family
 from ..processing.processors import load_processor
-from ..processing.templates import template_for_config
-from ..runtime import commits, preemption, processes
+from ..runtime import preemption, processes
 from ..shapes import score as shapes_score
 from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
-from . import fsdp, threads, train_args
+from . import fsdp, run_config, threads, train_args
 from .data import SupervisedDataset, load_records
 from .liger import apply_liger
 from .packing import build_collator
 from .parts import set_trainable
-from .sampling import SamplingOptions
+from .run_config import RunConfig
 from .trainer import ManagerTrainer, SkipReport
 
 logger = logging.getLogger(__name__)
@@ -43,22 +42,6 @@ def checkpoint_family(model_args) -> str:
             f"so drop --family (it picks the embedded default's family when no model is given)."
         )
     return family
-
-
-def choose_template(model_args, data_args) -> str:
-    """`--template`, else (Stage-1.5 / Stage-2 from a model directory) the template of the checkpoint's LLM
-    (`templates.LLM_TEMPLATES`: qwen2 -> qwen_1_5, llama -> vicuna_v1, mistral -> mistral_instruct); an LLM without
-    one is an error naming --template. The embedded default's is set by `train_args.parse` (qwen_1_5)."""
-    if data_args.template is None:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
-        family_of_config(config)  # not a LLaVA family: that error first
-        data_args.template = template_for_config(config)
-        logger.info(
-            "conversation template: %s (from %s's LLM; --template chooses another)",
-            data_args.template,
-            model_args.model_name_or_path,
-        )
-    return data_args.template
 
 
 def build_model(model_args, manager_args, training_args):
@@ -99,34 +82,29 @@ def build_model(model_args, manager_args, training_args):
     return model, processor
 
 
-def build_dataset(data_args, training_args, processor, model_config=None):
+def build_dataset(config: RunConfig, data_args, training_args, processor, model_config=None):
+    """The training data: the embedded synthetic set or `--data_path`, map-style or streamed (`--streaming`), with
+    the run's template and length budget (`config`)."""
     if data_args.data_path is None:
         with training_args.main_process_first(desc="synthetic data"):
             paths = write_shapes_dataset(
-                Path(training_args.output_dir) / "shapes_data",
-                data_args.synthetic_samples,
-                seed=training_args.data_seed or training_args.seed,
+                Path(training_args.output_dir) / "shapes_data", data_args.synthetic_samples, seed=config.data_seed
             )
-        data_path = paths["captions" if data_args.template == "plain" else "instruct"]
+        data_path = paths["captions" if config.template == "plain" else "instruct"]
         image_folder = paths["image_folder"]
     else:
         data_path, image_folder = data_args.data_path, data_args.image_folder
     if data_args.streaming:  # an endless IterableDataset over JSON / shards / a mixture (streaming.py)
         from .streaming import streaming_dataset
 
-        return streaming_dataset(data_path, image_folder, data_args, training_args, processor, model_config)
-    if data_args.skip_corrupt_data:
-        raise ValueError(
-            "--skip_corrupt_data skips unreadable pieces of a stream (--streaming); map-style data is read whole "
-            "before training, and an unreadable file is an error naming it then: drop the flag or add --streaming."
-        )
-    records = load_records(data_path, seed=training_args.data_seed or training_args.seed)
+        return streaming_dataset(config, data_path, image_folder, data_args, training_args, processor, model_config)
+    records = load_records(data_path, seed=config.data_seed)
     return SupervisedDataset(
         records,
         processor,
         image_folder,
-        data_args.template,
-        data_args.max_length,
+        config.template,
+        config.max_length,
         data_args.strict_data,
         model_config=model_config,
     )
@@ -152,28 +130,23 @@ def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
 
 
 def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTrainer:
-    # the checkpoint to resume from, checked complete before anything loads (runtime/commits.py)
-    resume = commits.resolve(training_args.resume_from_checkpoint, training_args.output_dir)
-    choose_template(model_args, data_args)  # before the weights load: an LLM without a default fails at once
-    sampling = SamplingOptions.from_args(data_args, training_args)  # checked before the weights load too
+    # every derived setting, checked before any weight loads (run_config.py); nothing below changes an argument
+    config = run_config.resolve(stage, model_args, manager_args, data_args, training_args)
     model, processor = build_model(model_args, manager_args, training_args)
-    # --padding_free: packing.PackingCollator; built before the data set, whose --max_length it may lower to the budget
-    collator = build_collator(data_args, model, processor, training_args)
-    dataset = build_dataset(data_args, training_args, processor, model.config)
     trainer = ManagerTrainer(
         model=model,
         args=training_args,
-        train_dataset=dataset,
-        data_collator=collator,
+        train_dataset=build_dataset(config, data_args, training_args, processor, model.config),
+        data_collator=build_collator(model, processor, config.packed_tokens),
         processing_class=processor.tokenizer,
         vision_tower_lr=model_args.vision_tower_lr,
         manager_lr=model_args.manager_lr,
         peak_tflops=model_args.peak_tflops,
         skip_nonfinite_steps=model_args.skip_nonfinite_steps,
+        sampling=config.sampling,
+        stage=stage,
     )
-    trainer.sampling = sampling  # --group_by_modality_length, --token_budget (sampling.py)
-    trainer.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=config.resume)
     if trainer.preemption.stopped_at is not None:  # runtime/preemption.py: the checkpoint is saved; no final export
         logger.warning(
             "preempted: stopped after step %d with %s/checkpoint-%d saved; nothing exported. Requeue the job with "

@@ -139,15 +139,19 @@ class ManagerTrainer(RunTrainer):
         manager_lr: float | None = None,
         peak_tflops: float | None = None,
         skip_nonfinite_steps: int = 0,
+        sampling=None,
+        stage: str | None = None,
         **kwargs,
     ):
         per_module = bool(vision_tower_lr or manager_lr)
+        self.sampling = sampling  # --group_by_modality_length / --token_budget (SamplingOptions); None: the default
         super().__init__(*args, skip_nonfinite_steps=skip_nonfinite_steps, per_module_lrs=per_module, **kwargs)
         self.vision_tower_lr, self.manager_lr = vision_tower_lr, manager_lr
         self.skips = SkipReport()
         self.callback_handler.callbacks.insert(0, ManagerNormCallback())
         # tokens/s, samples/s, padding fraction, MFU (throughput.py); fed by compute_loss
         self.throughput = ThroughputCallback(peak_tflops=peak_tflops)
+        self.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
         self.callback_handler.callbacks.insert(1, self.throughput)
         self.add_callback(ZeroStaleGradientsCallback())
 
@@ -227,7 +231,7 @@ class ManagerTrainer(RunTrainer):
 
     # -- Data order (sampling.py): --group_by_modality_length, --token_budget ------------------------------------
 
-    sampling = None  # a `sampling.SamplingOptions`; set by `train.run` (None: the Trainer's own sampler)
+    sampling = None  # a `sampling.SamplingOptions` (the constructor's); None: the Trainer's own sampler
 
     def _sampling_lengths(self, dataset) -> list[int]:
         """The signed estimated lengths of `dataset` (`lengths.dataset_lengths`), computed once."""
