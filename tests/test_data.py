@@ -10,6 +10,7 @@ from PIL import Image
 
 from llava_manager.shapes.data import tiny_processor, write_shapes_dataset
 from llava_manager.training.data import (
+    BATCH_INFO,
     IGNORE_INDEX,
     Collator,
     SupervisedDataset,
@@ -219,7 +220,7 @@ def test_collator_pads_and_batches_mixed_samples(processor, folder):
     from llava_manager.shapes.data import tiny_model_config
 
     model = apply_manager(LlavaOnevisionForConditionalGeneration(tiny_model_config(processor)))
-    batch.pop("skipped")
+    batch.pop(BATCH_INFO)
     loss = model(**batch).loss
     assert torch.isfinite(loss)
 

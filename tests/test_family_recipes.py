@@ -22,7 +22,7 @@ from llava_manager.processing.images import unsupported_reason
 from llava_manager.processing.processors import family_of_processor, load_processor
 from llava_manager.shapes import score as shapes_score
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
-from llava_manager.training.data import Collator, SupervisedDataset
+from llava_manager.training.data import BATCH_INFO, Collator, SupervisedDataset
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING, parse
 
@@ -84,7 +84,7 @@ def test_the_embedded_default_of_every_family_trains_and_exports(family_run):
 
     # The export is the trained model, on a batch of the family's own collation.
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
-    batch.pop("skipped")
+    batch.pop(BATCH_INFO)
     with torch.no_grad():
         assert torch.equal(exported.eval()(**batch).logits, trainer.model.eval()(**batch).logits)
 
@@ -208,7 +208,7 @@ def test_the_collated_batch_is_what_the_family_forward_takes(family, folder):
     dataset = SupervisedDataset(RECORDS, processor, folder, model_config=model.config)
     samples = [dataset[i] for i in range(len(RECORDS))]
     batch = Collator(processor.tokenizer.pad_token_id, family)(samples)
-    assert batch.pop("skipped") == []
+    assert batch.pop(BATCH_INFO) == {"skipped": []}
     forward = inspect.signature(adapter.model_class.forward).parameters
     assert set(batch) <= set(forward)
     expected = {"input_ids", "labels", "attention_mask", "pixel_values"}

@@ -29,7 +29,7 @@ from llava_manager.processing.images import (
 )
 from llava_manager.processing.processors import build_processor
 from llava_manager.shapes.data import draw_shape, tiny_model_config, tiny_processor
-from llava_manager.training.data import Collator, SupervisedDataset
+from llava_manager.training.data import BATCH_INFO, Collator, SupervisedDataset
 
 EXTREME_SIZES = [
     (1, 1),
@@ -370,7 +370,7 @@ def test_each_kind_trains(processor, training, kind):
     sample = SupervisedDataset([record(image)], processor, folder, strict=True)[0]
     assert sample["skipped"] == []
     batch = Collator(processor.tokenizer.pad_token_id)([sample, sample])
-    assert batch.pop("skipped") == []
+    assert batch.pop(BATCH_INFO) == {"skipped": []}
     model.zero_grad()
     loss = model(**batch).loss
     loss.backward()

@@ -17,8 +17,8 @@ from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_p
 
 from llava_manager import apply_manager, get_managers
 from llava_manager.shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
-from llava_manager.training.data import IGNORE_INDEX, Collator, SupervisedDataset
-from llava_manager.training.packing import ACCOUNTING_KEYS, PackingCollator, model_inputs, pack_rows
+from llava_manager.training.data import BATCH_INFO, IGNORE_INDEX, Collator, SupervisedDataset, model_inputs
+from llava_manager.training.packing import PackingCollator, pack_rows
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING
 
@@ -253,15 +253,20 @@ def test_the_packed_batch(family, shapes):
         assert batch["batch_num_images"].tolist() == [len(samples[i].get("pixel_values", ())) for i in order]
         assert 0 in batch["batch_num_images"].tolist() and 2 in batch["batch_num_images"].tolist()
 
-    # token accounting for the throughput logs, and a deterministic collation
-    assert set(ACCOUNTING_KEYS) <= set(batch)
-    assert batch["num_tokens"] == sum(lengths) and batch["num_padding"] == len(rows) * width - sum(lengths)
-    assert batch["sample_lengths"].tolist() == [lengths[i] for i in order]
+    # token accounting for the throughput logs beside the skip records, under one key; a deterministic collation
+    info = batch[BATCH_INFO]
+    assert set(info) == {"skipped", "num_tokens", "num_padding", "sample_lengths"}
+    assert info["num_tokens"] == sum(lengths) and info["num_padding"] == len(rows) * width - sum(lengths)
+    assert info["sample_lengths"].tolist() == [lengths[i] for i in order]
     again = collate(samples)
-    assert again.keys() == batch.keys() and all(
-        torch.equal(v, again[k]) if isinstance(v, torch.Tensor) else v == again[k] for k, v in batch.items()
-    )
-    assert set(model_inputs(batch)) == set(batch) - set(ACCOUNTING_KEYS) - {"skipped"}
+
+    def same(a, b):
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+    assert same(batch, again)
+    assert set(model_inputs(batch)) == set(batch) - {BATCH_INFO} and not set(info) & set(model_inputs(batch))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from llava_manager import apply_manager
 from llava_manager.analysis.timing import count_flops
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
 from llava_manager.training import data as training_data
+from llava_manager.training.data import BATCH_INFO
 from llava_manager.training.packing import PackingCollator
 from llava_manager.training.throughput import (
     COUNTS,
@@ -236,7 +237,8 @@ def test_tiny_run_logs_counts_summed_over_gradient_accumulation(tmp_path, monkey
         ],
     )
     if padding_free:  # the packed batches' own accounting (rows filled to the longest) is what the logs count
-        assert all(b["num_tokens"] + b["num_padding"] == b["input_ids"].numel() for b in batches)
+        info = [b[BATCH_INFO] for b in batches]
+        assert all(i["num_tokens"] + i["num_padding"] == b["input_ids"].numel() for i, b in zip(info, batches))
     image_token_id = trainer.model.config.image_token_id
     # the loader may collate a batch ahead; the first four are the micro-batches of steps 1 and 2, in order
     expected = [

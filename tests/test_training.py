@@ -13,6 +13,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 import llava_manager
 from llava_manager import apply_manager, get_managers
 from llava_manager.shapes.data import tiny_model_config, tiny_processor
+from llava_manager.training.data import BATCH_INFO
 from llava_manager.training.parts import module_parameters, parameter_groups, set_trainable
 from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING, parse
@@ -147,7 +148,7 @@ def test_exported_model_is_the_trained_model(stage2_run):
     exported = llava_manager.from_pretrained(out).eval()
     live = trainer.model.eval()
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    batch.pop("skipped")
+    batch.pop(BATCH_INFO)
     with torch.no_grad():
         assert torch.equal(exported(**batch).logits, live(**batch).logits)
 

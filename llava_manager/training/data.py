@@ -359,14 +359,22 @@ class SupervisedDataset(Dataset):
         return out
 
 
+BATCH_INFO = "batch_info"  # the batch's key for what is not a model input (skip records, token accounting)
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch without `BATCH_INFO`: what the model takes, for a model called by hand."""
+    return {k: v for k, v in batch.items() if k != BATCH_INFO}
+
+
 @dataclass
 class Collator:
     """Right-pads tokens (labels with -100) and batches the images as `family`'s forward takes them (a `FAMILIES`
     key; default LLaVA-OneVision): LLaVA-1.5's `(images, 3, H, W)` pixels are concatenated; the anyres families'
     `(images, crops, 3, H, W)` are padded with zero crops to the batch's largest crop count, with `image_sizes`;
-    OneVision also gets `batch_num_images` (images per sample: a sample with several gets base crops only). The
-    samples' skip records go on as `"skipped"` for the trainer to count. `packing.PackingCollator` is the
-    padding-free variant (`--padding_free true`)."""
+    OneVision also gets `batch_num_images` (images per sample: a sample with several gets base crops only). What
+    is not a model input travels under one key, `BATCH_INFO`: the samples' skip records (`"skipped"`, for the
+    trainer to count). `packing.PackingCollator` is the padding-free variant (`--padding_free true`)."""
 
     pad_token_id: int
     family: str = "llava_onevision"
@@ -389,7 +397,7 @@ class Collator:
             input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
         batch: dict[str, Any] = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
         batch.update(self.batch_images(samples))
-        batch["skipped"] = [record for s in samples for record in s.get("skipped", ())]
+        batch[BATCH_INFO] = {"skipped": [record for s in samples for record in s.get("skipped", ())]}
         return batch
 
     def batch_images(self, samples: list[dict]) -> dict[str, Any]:

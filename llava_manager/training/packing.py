@@ -42,10 +42,10 @@ Nothing else in these models mixes positions: norms and MLPs act per token, the 
 managers add per image token (`core.patch` computes their positions from the whole batch's placeholder mask, flat
 over rows, in the same order as the image features).
 
-Token accounting, for the throughput logs: the batch carries `num_tokens` (real tokens, int), `num_padding` (padding
-tokens, int; rows x width - num_tokens) and `sample_lengths` (a LongTensor of each sample's length in packed order).
-`ManagerTrainer.compute_loss` hands the batch to the throughput counter and then pops these keys (`ACCOUNTING_KEYS`,
-`pop_accounting`) before the model sees it. A model called by hand takes `model_inputs(batch)`.
+Token accounting, for the throughput logs: the batch's `BATCH_INFO` (`data.py`, beside the skip records) carries
+`num_tokens` (real tokens, int), `num_padding` (padding tokens, int; rows x width - num_tokens) and `sample_lengths`
+(a LongTensor of each sample's length in packed order). `ManagerTrainer.compute_loss` pops `BATCH_INFO` before the
+model sees the batch. A model called by hand takes `data.model_inputs(batch)`.
 """
 
 from __future__ import annotations
@@ -58,12 +58,9 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithFlattening
 
-from .data import IGNORE_INDEX, Collator
+from .data import BATCH_INFO, IGNORE_INDEX, Collator
 
 logger = logging.getLogger(__name__)
-
-ACCOUNTING_KEYS = ("num_tokens", "num_padding", "sample_lengths")  # popped by the trainer before the forward
-NOT_MODEL_INPUTS = ACCOUNTING_KEYS + ("skipped",)
 
 
 def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -88,16 +85,6 @@ def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
         rows[row].append(index)
         room[row] -= length
     return rows
-
-
-def pop_accounting(batch: dict[str, Any]) -> dict[str, Any]:
-    """Remove the token-accounting keys (`ACCOUNTING_KEYS`) from `batch`; returns those present."""
-    return {key: batch.pop(key) for key in ACCOUNTING_KEYS if key in batch}
-
-
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch without what the model does not take (the skip records and the token accounting)."""
-    return {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
 
 
 @dataclass
@@ -145,12 +132,12 @@ class PackingCollator(Collator):
         order = [i for row in rows for i in row]
         batch.update(self.batch_images([samples[i] for i in order]))
         num_tokens = sum(lengths)
-        batch.update(
-            num_tokens=num_tokens,
-            num_padding=len(rows) * width - num_tokens,
-            sample_lengths=torch.tensor([lengths[i] for i in order], dtype=torch.long),
-        )
-        batch["skipped"] = [record for s in samples for record in s.get("skipped", ())]
+        batch[BATCH_INFO] = {
+            "skipped": [record for s in samples for record in s.get("skipped", ())],
+            "num_tokens": num_tokens,
+            "num_padding": len(rows) * width - num_tokens,
+            "sample_lengths": torch.tensor([lengths[i] for i in order], dtype=torch.long),
+        }
         return batch
 
 

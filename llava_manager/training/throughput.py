@@ -52,6 +52,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from .data import BATCH_INFO
+
 logger = logging.getLogger(__name__)
 
 # Dense (no sparsity) bf16 tensor-core peaks per GPU, TFLOP/s, from NVIDIA's data sheets. Matched in this order
@@ -95,8 +97,9 @@ def sequence_lengths(inputs: dict) -> tuple[torch.Tensor, int]:
     """
     input_ids = inputs["input_ids"]
     computed = input_ids.numel()
-    if inputs.get("sample_lengths") is not None:
-        return torch.as_tensor(inputs["sample_lengths"], device=input_ids.device), computed
+    info = inputs.get(BATCH_INFO) or {}
+    if info.get("sample_lengths") is not None:
+        return torch.as_tensor(info["sample_lengths"], device=input_ids.device), computed
     cu = inputs.get("cu_seq_lens_q")
     if cu is not None:
         return cu.diff().flatten(), computed

@@ -15,7 +15,8 @@ from transformers import TrainerCallback
 
 from ..core.patch import get_managers
 from ..runtime.trainer import RunTrainer
-from . import fsdp, packing
+from . import fsdp
+from .data import BATCH_INFO
 from .parts import parameter_groups
 from .shards import CorruptDataError
 from .throughput import ThroughputCallback
@@ -171,10 +172,9 @@ class ManagerTrainer(RunTrainer):
         )
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        self.skips.add(inputs.pop("skipped", []))
         if model.training:  # training micro-batches only (prediction_step comes here too, in eval mode)
-            self.throughput.count(inputs)
-        packing.pop_accounting(inputs)  # a packed batch's num_tokens / num_padding / sample_lengths (packing.py)
+            self.throughput.count(inputs)  # reads the packed batch's token accounting in BATCH_INFO (packing.py)
+        self.skips.add(inputs.pop(BATCH_INFO, {}).get("skipped", []))  # what is not a model input (data.py)
         return super().compute_loss(model, inputs, *args, **kwargs)  # RunTrainer watches the loss
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -185,8 +185,7 @@ class ManagerTrainer(RunTrainer):
             raise CorruptDataError(f"step {step} (reading its batch or the next): {error}") from error
 
     def prediction_step(self, model, inputs, *args, **kwargs):
-        inputs.pop("skipped", None)
-        packing.pop_accounting(inputs)
+        inputs.pop(BATCH_INFO, None)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
     def log(self, logs, *args, **kwargs):
