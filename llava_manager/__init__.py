@@ -6,9 +6,9 @@ from ._compat import check_versions
 check_versions()
 
 from .core.config import ManagerConfig  # noqa: E402
+from .core.managers import Manager, ManagerStack  # noqa: E402
 from .core.patch import apply_manager, get_managers, has_manager, manager_config, manager_plan, remove_manager  # noqa: E402
 from .core.persistence import LlavaOnevisionManagerForConditionalGeneration, from_pretrained, load_manager, save_manager  # noqa: E402
-from .core.saum import Manager, ManagerStack  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -29,7 +29,7 @@ from llava_manager import (
     remove_manager,
     save_manager,
 )
-from llava_manager.core.saum import Manager
+from llava_manager.core.managers import Manager
 
 # The top half up to the feature layer: CLIP tiny (6 layers, vision_feature_layer=-2 -> f = 5) gives 3, 4, 5;
 # SigLIP tiny (-1 -> f = 6) gives 4, 5, 6. Managers before decoder layers 0 and 4 of 8.

@@ -7,7 +7,7 @@ from reference import add_reference_hooks
 from test_math import randomize
 
 from llava_manager import apply_manager, get_managers
-from llava_manager.core.saum import Manager
+from llava_manager.core.managers import Manager
 
 IMAGES = [(40, 80), (100, 110)]
 

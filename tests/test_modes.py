@@ -100,7 +100,7 @@ def test_jitter_zero_makes_training_forward_exact():
 
 
 def test_noise_is_uniform_in_the_jitter_band():
-    from llava_manager.core.saum import Manager
+    from llava_manager.core.managers import Manager
 
     manager = Manager(0, [1, 2], hidden_size=64, jitter=0.02)
     with torch.no_grad():

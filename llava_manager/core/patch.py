@@ -25,7 +25,7 @@ from transformers.utils import ModelOutput
 
 from ..families import FamilyAdapter, GroupedFeatures, ManagedOutput, count_grouped_rows, family_of
 from .config import ManagerConfig
-from .saum import Manager, ManagerStack
+from .managers import Manager, ManagerStack
 
 _RUNTIME_ATTR = "_llava_manager_runtime"
 CONFIG_KEY = "manager_config"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from .base import FamilyAdapter, GroupedFeatures, ManagedImageOutput, ManagedOutput, count_grouped_rows
+from .base import FamilyAdapter, GroupedFeatures, ManagedOutput, count_grouped_rows
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_next_video import LlavaNextVideoAdapter
@@ -27,7 +27,6 @@ __all__ = [
     "FAMILIES",
     "FamilyAdapter",
     "GroupedFeatures",
-    "ManagedImageOutput",
     "ManagedOutput",
     "count_grouped_rows",
     "family_of",

@@ -32,10 +32,6 @@ class ManagedOutput(BaseModelOutputWithPooling):
     deepstack_features: GroupedFeatures | None = None
 
 
-# Kept under its first name: a patched OneVision model's image encoder output.
-ManagedImageOutput = ManagedOutput
-
-
 class FamilyAdapter:
     """How one LLaVA family lays out vision tokens. Subclasses set the class attributes and implement
     `image_features` (and `video_features` when the family takes videos); one instance serves every model."""

@@ -83,10 +83,6 @@ def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
     return ImageOnly
 
 
-# Kept under its first name: the OneVision processor without a video processor.
-ImageOnlyProcessor = image_only(FAMILIES["llava_onevision"].processor_class)
-
-
 def family_of_processor(processor) -> str:
     """The `FAMILIES` key of `processor` (a family's processor class, or its image-only variant)."""
     classes = {adapter.processor_class: name for name, adapter in FAMILIES.items()}

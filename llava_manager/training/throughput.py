@@ -13,7 +13,7 @@ W&B logger files `train_samples_per_second` under the run summary, where a per-i
 
 The last log of a run (the Trainer's summary with `train_runtime`) gets the whole run's `train_tokens_per_second`,
 `train_padding_fraction` and `train_mfu`, and the main process writes `{output_dir}/throughput.json` (samples/s and
-tokens/s in total and per device, padding, MFU, world size, device name), which `python -m llava_manager.plan
+tokens/s in total and per device, padding, MFU, world size, device name), which `python -m llava_manager.cost
 --throughput` reads. That summary leaves out the first optimizer step (start-up, allocation, autotuning) when the run
 has more than one, and, like the interval figures, the time spent evaluating and saving checkpoints.
 
@@ -236,7 +236,7 @@ class ThroughputCallback(TrainerCallback):
         self.peak_tflops_arg, self.device_name_arg, self.table, self.clock = peak_tflops, device_name, table, clock
         self.intervals: list[dict] = []  # per log: the summed counts, seconds, and the logged values
         self.summary: dict | None = None
-        self.stage: str | None = None  # set by `train.run`; recorded in throughput.json for the plan
+        self.stage: str | None = None  # the constructor's stage; recorded in throughput.json for `llava_manager.cost`
         self._pending = self._local_total = self._warm_local = None
         self._image_token_id, self._patches_per_frame = None, 0
         self.flops: ModelFlops | None = None

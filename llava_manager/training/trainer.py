@@ -152,7 +152,7 @@ class ManagerTrainer(RunTrainer):
         self.callback_handler.callbacks.insert(0, ManagerNormCallback())
         # tokens/s, samples/s, padding fraction, MFU (throughput.py); fed by compute_loss
         self.throughput = ThroughputCallback(peak_tflops=peak_tflops)
-        self.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.plan`
+        self.throughput.stage = stage  # recorded in throughput.json, for `python -m llava_manager.cost`
         self.callback_handler.callbacks.insert(1, self.throughput)
         self.add_callback(ZeroStaleGradientsCallback())
 

@@ -1,11 +1,14 @@
-"""The static aggregation unimodal manager (SAUM) of LLaVA-OV-Manager, in plain torch.
+"""The MLLM's managers: LLaVA-OV-Manager's static aggregation unimodal manager (`Manager`, the paper's SAUM for
+MLLMs) and the stack of them (`ManagerStack`), in plain torch. Not the two-tower model's managers
+(`llava_manager.tower.managers`: `SAUM`, `AAUM`, `SAM`, Eq. 4-7), which aggregate over both towers.
 
 Paper Eq. 12-14: the manager before decoder layer l adds
 
     M_l = sum_i W_l[i] (.) V'_i,    scaled elementwise by eps ~ U(1 - j, 1 + j) in training,
 
-to the hidden states at the image positions. `V'_i` is vision layer i brought into the LLM's space and laid
-out like the image tokens (see `features.py`). W is zero-initialised, so a fresh manager adds exactly 0.
+to the hidden states at the image positions. `V'_i` is vision layer i brought into the LLM's space and laid out like
+the image tokens (each family's adapter in `llava_manager/families/`). W is zero-initialised, so a fresh manager adds
+exactly 0.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The cost of the paper's curriculum on your GPUs: measured samples/s -> wall time and GPU-hours per stage.
 
-    python -m llava_manager.plan --samples-per-second 52 9.5 8.1 --gpus 8 --nodes 2
-    python -m llava_manager.plan --throughput runs/*/throughput.json --gpus 8
-    python -m llava_manager.plan --throughput stage2=runs/s2_probe/throughput.json --samples-per-second 52 9.5 8.1
+    python -m llava_manager.cost --samples-per-second 52 9.5 8.1 --gpus 8 --nodes 2
+    python -m llava_manager.cost --throughput runs/*/throughput.json --gpus 8
+    python -m llava_manager.cost --throughput stage2=runs/s2_probe/throughput.json --samples-per-second 52 9.5 8.1
 
 Measure each stage with a short run on one node of the hardware you will use, with the stage's real settings (model,
 batch size, max length, data mix, DeepSpeed config), e.g. `python recipes/stage2.py ... --max_steps 50`. The
@@ -179,7 +179,7 @@ def three(name: str, cast):
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
-        prog="python -m llava_manager.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m llava_manager.cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--samples-per-second",
