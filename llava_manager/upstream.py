@@ -73,11 +73,13 @@ _CHECKPOINT = "llava_manager/core/checkpoint.py"
 _PATCH = "llava_manager/core/patch.py"
 _TRAINER = "llava_manager/training/trainer.py"
 _TOWER_TRAINER = "llava_manager/tower/training/trainer.py"
+_RUN_TRAINER = "llava_manager/runtime/trainer.py"
 _FSDP = "llava_manager/training/fsdp.py"
 _PACKING = "llava_manager/training/packing.py"
 _IMAGES = "llava_manager/processing/images.py"
 _PROCESSORS = "llava_manager/processing/processors.py"
 _EVAL = "llava_manager/evaluation/lmms_eval_model.py"
+_EVAL_MAIN = "llava_manager/evaluation/__main__.py"
 _TOWER = "llava_manager/tower/modeling.py"
 _BUDGET = "llava_manager/tower/analysis/budget.py"
 _BT = "transformers.models.bridgetower.modeling_bridgetower"
@@ -153,7 +155,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.trainer.Trainer._save_checkpoint",
         "method",
-        "llava_manager/core/commits.py",
+        "llava_manager/runtime/commits.py",
         "CommittedCheckpoints overrides it to remove a torn folder first, rotate over complete checkpoints only "
         "(save_total_limit is lifted around the call) and commit the checkpoint once every process has written it",
         params=("model", "trial"),
@@ -165,7 +167,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.trainer.Trainer._get_output_dir",
         "method",
-        "llava_manager/core/commits.py",
+        "llava_manager/runtime/commits.py",
         "CommittedCheckpoints reads the run folder the checkpoint goes to, as _save_checkpoint does",
         params=("trial",),
         callers=("transformers.trainer.Trainer._save_checkpoint",),
@@ -236,7 +238,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.trainer.Trainer.get_optimizer_cls_and_kwargs",
         "signature",
-        f"{_TRAINER}, {_TOWER_TRAINER}",
+        _RUN_TRAINER,
         "create_optimizer builds the optimizer class and kwargs of the args",
         params=("args", "model"),
         positional=2,
@@ -254,7 +256,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.trainer.Trainer.compute_loss",
         "signature",
-        f"{_TRAINER}, {_TOWER_TRAINER}",
+        f"{_TRAINER}, {_TOWER_TRAINER}, {_RUN_TRAINER}",
         "both trainers override it and call super() (TowerTrainer with return_outputs=True)",
         params=("model", "inputs", "return_outputs"),
         positional=2,
@@ -309,7 +311,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.TrainingArguments.hf_deepspeed_config",
         "attribute",
-        f"{_TRAINER}, {_TOWER_TRAINER}",
+        _RUN_TRAINER,
         f"the parsed DeepSpeed config (an 'optimizer' section is refused, offload picks DeepSpeedCPUAdam); set "
         f"in __post_init__ ({_INSTANCE})",
     ),
@@ -339,7 +341,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.trainer_pt_utils.AcceleratorConfig.use_configured_state",
         "attribute",
-        "llava_manager/training/cpu_distributed.py",
+        "llava_manager/runtime/cpu_distributed.py",
         "DeepSpeed on CPU: the Trainer uses the gloo PartialState we made instead of its own",
     ),
     UpstreamAPI(
@@ -507,7 +509,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.LlavaOnevisionModel.image_newline",
         "attribute",
-        f"{_TRAINER}, llava_manager/training/throughput.py",
+        "llava_manager/training/parts.py, llava_manager/training/throughput.py",
         f"counted with the projector's parameters (read with getattr; LLaVA-1.5 has none) ({_INSTANCE})",
     ),
     *(
@@ -991,7 +993,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _A,
         "accelerate.state.PartialState",
         "signature",
-        "llava_manager/training/cpu_distributed.py",
+        "llava_manager/runtime/cpu_distributed.py",
         "DeepSpeed on CPU: a gloo process group made before the Trainer (backend goes through **kwargs)",
         params=("backend",),
     ),
@@ -1030,14 +1032,14 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _A,
         "accelerate.utils.deepspeed.HfDeepSpeedConfig.is_offload",
         "method",
-        f"{_TRAINER}, {_TOWER_TRAINER}",
+        _RUN_TRAINER,
         "ZeRO-Offload: the optimizer becomes DeepSpeedCPUAdam",
     ),
     UpstreamAPI(
         _A,
         "accelerate.utils.deepspeed.HfDeepSpeedConfig.config",
         "attribute",
-        f"{_TRAINER}, {_TOWER_TRAINER}",
+        _RUN_TRAINER,
         f"the DeepSpeed config dict (an 'optimizer' section is refused) ({_INSTANCE})",
     ),
     # ---- DeepSpeed ---------------------------------------------------------------------------------------------------
@@ -1076,7 +1078,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _D,
         "deepspeed.ops.adam.DeepSpeedCPUAdam",
         "signature",
-        f"{_TRAINER}, {_TOWER_TRAINER}",
+        _RUN_TRAINER,
         "ZeRO-Offload's optimizer, built with our parameter groups",
         params=("model_params", "lr", "betas", "eps"),
         positional=1,
@@ -1207,12 +1209,33 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
     ),
     UpstreamAPI(
         _L,
-        "lmms_eval.utils.Collator.get_original",
-        "method",
-        _EVAL,
-        "puts the answers back in request order",
-        params=("newarr",),
+        "lmms_eval.__main__.cli_evaluate",
+        "function",
+        _EVAL_MAIN,
+        "python -m llava_manager.evaluation runs the lmms-eval command through it; it swallows an evaluation's "
+        "exception (logged) unless --verbosity DEBUG, which is why cli_evaluate_single is wrapped",
+        params=("args",),
+        mentions=("parse_eval_args()", "cli_evaluate_single(args)"),
+    ),
+    UpstreamAPI(
+        _L,
+        "lmms_eval.__main__.cli_evaluate_single",
+        "function",
+        _EVAL_MAIN,
+        "replaced in its module, for one cli_evaluate call, by a wrapper that records the exception of each "
+        "evaluation and whether it wrote a results file; cli_evaluate looks it up in the module when it calls it",
+        params=("args",),
         positional=1,
+        callers=("lmms_eval.__main__.cli_evaluate",),
+    ),
+    UpstreamAPI(
+        _L,
+        "lmms_eval.__main__.parse_eval_args",
+        "function",
+        _EVAL_MAIN,
+        "reads the command line from sys.argv, which python -m llava_manager.evaluation sets for the call",
+        callers=("lmms_eval.__main__.cli_evaluate",),
+        mentions=("parse_eval_args()",),
     ),
     UpstreamAPI(
         _L,
@@ -1227,7 +1250,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _TORCH,
         "torch.nn.Module._modules",
         "attribute",
-        f"{_PATCH}, llava_manager/core/saum.py",
+        f"{_PATCH}, llava_manager/core/managers.py",
         f"the children dict: ManagerStack iterates it and remove_manager looks the stack up in it without "
         f"peft's attribute forwarding ({_INSTANCE})",
     ),
@@ -1332,7 +1355,7 @@ OWN_PRIVATE_HELPERS: dict[str, tuple[str, ...]] = {
         "_sampling_cache",
         "_finite_loss_total",
     ),
-    "llava_manager.training.preemption:PreemptionCallback": ("_handle", "_agreed", "_previous"),
+    "llava_manager.runtime.preemption:PreemptionCallback": ("_handle", "_agreed", "_previous"),
     "llava_manager.training.throughput:ThroughputCallback": (
         "_tick",
         "_reduce",
@@ -1354,6 +1377,9 @@ OWN_PRIVATE_HELPERS: dict[str, tuple[str, ...]] = {
         "_continuation_nll",
         "_log_refusal",
         "_log_refusal_count",
+        "_keys",
+        "_answers_from_store",
+        "_store",
     ),
     "llava_manager.tower.modeling:ManagerTowerModel": (
         "_text_mask",

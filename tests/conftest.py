@@ -3,6 +3,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+# lmms-eval runs keep no answers in the user's cache unless a test gives its own store (response_cache=FOLDER)
+os.environ.setdefault("LLAVA_MANAGER_RESPONSE_CACHE", "none")
 
 import pytest  # noqa: E402
 from helpers import DISTRIBUTED_ENV  # noqa: E402

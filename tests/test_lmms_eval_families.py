@@ -2,8 +2,9 @@
 with a processor whose tokenizer has the family's chat template, loaded through the class lmms-eval resolves for
 `llava_manager`, scored on fake lmms-eval documents with real PIL images of odd modes and sizes; answers and losses
 are checked against an independent computation (the prompt written out here, a plain greedy loop without cache,
-the model's own loss). Also: `llava_ov_manager` keeps working for OneVision and refuses other families, and bad
-model_args are refused before anything is loaded."""
+the model's own loss). Also: `llava_ov_manager` keeps working for OneVision and refuses other families, bad
+model_args are refused before anything is loaded, and a second model on the same response store answers stored
+requests (refusals included) without running the model."""
 
 from __future__ import annotations
 
@@ -184,21 +185,24 @@ def saved(request, tmp_path_factory):
 
 
 def lmms_model(name: str, directory, **kwargs):
+    """The model lmms-eval resolves for `name`; without a response store unless `response_cache` is given, so that
+    every answer is the model's."""
     from lmms_eval.models import get_model
 
+    kwargs.setdefault("response_cache", "none")
     lm = get_model(name)(pretrained=str(directory), device="cpu", dtype="float32", **kwargs)
     lm.task_dict = {"docs": {"test": DOCS}}
     return lm
 
 
-def generation_requests(doc_ids):
+def generation_requests(doc_ids, visual=lambda doc: [doc["image"]]):
     from lmms_eval.api.instance import Instance
 
     kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0, "until": ["."]}
     return [
         Instance(
             "generate_until",
-            (QUESTION, kwargs, lambda doc: [doc["image"]], d, "docs", "test"),
+            (QUESTION, kwargs, visual, d, "docs", "test"),
             idx=0,
             metadata={"task": "docs", "doc_id": d, "repeats": 1},
         )
@@ -206,13 +210,13 @@ def generation_requests(doc_ids):
     ]
 
 
-def choice_requests(doc_ids):
+def choice_requests(doc_ids, visual=lambda doc: [doc["image"]]):
     from lmms_eval.api.instance import Instance
 
     return [
         Instance(
             "loglikelihood",
-            (QUESTION, choice, lambda doc: [doc["image"]], d, "docs", "test"),
+            (QUESTION, choice, visual, d, "docs", "test"),
             idx=k,
             metadata={"task": "docs", "doc_id": d, "repeats": 1},
         )
@@ -343,6 +347,13 @@ def test_model_args_are_checked_before_loading(unloadable, tmp_path):
         unloadable.LlavaManager(pretrained=str(tmp_path), prompt_format="chat", device="cpu")
     with pytest.raises(ValueError, match=r"llava_manager: unknown model_args \['colour'\]"):
         unloadable.LlavaManager(pretrained=str(tmp_path), colour="red")
+    (tmp_path / "store").write_text("")
+    with pytest.raises(ValueError, match=r"response_cache: .*store is a file, not a folder"):
+        unloadable.LlavaManager(pretrained=str(tmp_path), response_cache=str(tmp_path / "store"), device="cpu")
+    with pytest.raises(FileNotFoundError, match=rf"llava_manager: pretrained={tmp_path}/missing does not exist"):
+        unloadable.LlavaManager(pretrained=str(tmp_path / "missing"), device="cpu")
+    with pytest.raises(FileNotFoundError, match=rf"llava_manager: manager_path={tmp_path}/missing is not a folder"):
+        unloadable.LlavaManager(pretrained=str(tmp_path), manager_path=str(tmp_path / "missing"), device="cpu")
     with pytest.raises(ValueError, match="config model_type 'llama' is not a supported LLaVA family"):
         family_config("llava").text_config.save_pretrained(tmp_path)  # a text-only checkpoint
         unloadable.LlavaManager(pretrained=str(tmp_path), device="cpu")
@@ -363,3 +374,40 @@ def test_both_names_resolve_through_the_entry_points():
 
     assert {"llava_manager", "llava_ov_manager"} <= set(list_available_models())
     assert get_model("llava_manager") is LlavaManager and get_model("llava_ov_manager") is LlavaOvManager
+
+
+@pytest.mark.parametrize("saved", ["llava_onevision"], indirect=True)
+def test_stored_answers_come_back_without_the_model(saved, tmp_path, monkeypatch):
+    """A first model answers and stores; a second one on the same store and checkpoint answers the same, refusals
+    ("" and +inf) included, and runs the model only on what is not stored; other settings do not share answers."""
+    from llava_manager.evaluation.lmms_eval_model import LlavaManager
+
+    _, directory = saved
+    store = tmp_path / "responses"
+    missing = lambda doc: [str(tmp_path / "no-such-image.png")]  # noqa: E731  (refused: "missing image")
+    requests = lambda: (  # noqa: E731
+        generation_requests([0, 1, 2, 0]) + generation_requests([3], missing),  # doc 0 twice: lmms-eval's repeats
+        choice_requests([1]) + choice_requests([2], missing),
+    )
+    first = lmms_model("llava_manager", directory, batch_size=2, response_cache=str(store))
+    generation, choices = requests()
+    answers = first.generate_until(generation)
+    losses = [r.text for r in first.loglikelihood(choices)]
+    assert answers[-1] == "" and answers[0] == answers[3] and any(answers)
+    assert [nll for nll, _ in losses[2:]] == [math.inf, math.inf] and all(math.isfinite(n) for n, _ in losses[:2])
+    [file] = store.iterdir()
+    assert len(file.read_text().splitlines()) == len(generation) + len(choices)
+
+    calls = []
+    monkeypatch.setattr(LlavaManager, "_generate", lambda self, contexts, *a: calls.append(len(contexts)) or [])
+    monkeypatch.setattr(LlavaManager, "_continuation_nll", lambda self, *a: calls.append("nll") or (0.0, True))
+    second = lmms_model("llava_manager", directory, batch_size=2, response_cache=str(store))
+    generation, choices = requests()
+    assert second.generate_until(generation) == answers
+    assert [r.text for r in second.loglikelihood(choices)] == losses  # the very same floats
+    assert calls == []
+    second.generate_until(generation_requests([2, 0, 0, 0]))  # doc 0's third repeat is not stored
+    assert calls == [1]
+    other = lmms_model("llava_manager", directory, response_cache=str(store), prompt_format="chat_template")
+    other.loglikelihood(choice_requests([1]))
+    assert calls == [1, "nll", "nll"]

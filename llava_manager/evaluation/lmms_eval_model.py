@@ -26,13 +26,30 @@ families were supported); it refuses other checkpoints before loading them. What
   naming the task, doc_id and reason, and the rest of the batch is scored: it gets "" in generation and a +inf
   negative log-likelihood (never preferred over a scored choice) in loglikelihood.
 Videos are not scored: a video visual is refused like any other visual that is not an image.
+
+Response store (`response_cache=auto|none|FOLDER`, see `llava_manager.evaluation.responses`): every answer is
+written to disk as soon as it is made (generation: after each batch; loglikelihood: every LOGLIKELIHOOD_GROUP
+requests), keyed by the model (its files' names, sizes and modification times), the settings that change an answer
+(dtype, device type, prompt format, chat template, ll_reduction, use_cache, attn_implementation, the torch and
+transformers versions) and the request (kind, task, split, doc_id, context, generation kwargs or continuation). A
+rerun of an evaluation that died answers the stored requests from disk and runs the model on the rest only: its
+results are those of an uninterrupted run. `auto` (the default) is $LLAVA_MANAGER_RESPONSE_CACHE, else
+~/.cache/llava_manager/lmms_eval_responses. Refusals are stored too, except those of a run-time failure (e.g. out of
+memory), which run again.
+
+Batch size: answers do not depend on `--batch_size` (tested through the command line at 1 and 8 on documents of
+different prompt lengths and image sizes, tests/test_lmms_eval.py): generation pads on the left with an attention
+mask (transformers derives the position ids from it), each document's image tokens are laid out by the processor for
+its own image, and loglikelihood scores one request at a time. The batch size is not part of the store's keys.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
+import transformers
 from accelerate import Accelerator
 from lmms_eval import utils
 from lmms_eval.api.instance import GenerationResult, Instance
@@ -49,6 +66,7 @@ from ..families import FAMILIES, FamilyAdapter, family_of_config
 from ..processing.images import ImageError, open_image, to_rgb, unsupported_reason
 from ..processing.processors import load_processor
 from ..processing.prompts import PROMPT_FORMATS, chat_prompt
+from .responses import ResponseStore, fingerprint, request_key, store_folder
 
 ARGS = (
     "pretrained",
@@ -65,7 +83,15 @@ ARGS = (
     "max_frames_num",
     "ll_reduction",
     "max_batch_size",
+    "response_cache",
 )
+LOGLIKELIHOOD_GROUP = 16  # loglikelihood answers are written to the response store in groups of this many
+
+
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 class LlavaManager(LlavaHf):
@@ -90,6 +116,7 @@ class LlavaManager(LlavaHf):
         attn_implementation: str | None = None,
         max_frames_num: int = 32,
         ll_reduction: str = "mean",
+        response_cache: str | None = "auto",
         **unknown,
     ) -> None:
         # upstream: see llava_manager/upstream.py
@@ -101,6 +128,8 @@ class LlavaManager(LlavaHf):
             raise ValueError(f"{self.name}: ll_reduction={ll_reduction!r}; use 'mean' (as llava_hf) or 'sum'.")
         if prompt_format is not None and prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"{self.name}: prompt_format {prompt_format!r}: use one of {PROMPT_FORMATS}.")
+        self.check_paths(pretrained, manager_path)
+        responses = store_folder(response_cache)
         # The family, the processor and the prompt format are checked before the model is loaded: a checkpoint of
         # another family, or a chat template that renders no image placeholder, fails here, not at the first document.
         self.family = self.check_family(pretrained, revision)
@@ -146,6 +175,39 @@ class LlavaManager(LlavaHf):
         if accelerator.num_processes > 1:
             self._model = accelerator.prepare_model(self._model, evaluation_mode=True)
         self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
+        self.responses = None
+        if responses is not None:
+            settings = {
+                "dtype": str(model.dtype),
+                "device": self._device.type,
+                "prompt_format": self.prompt_format,
+                "chat_template": self.chat_template,
+                "ll_reduction": ll_reduction,
+                "use_cache": use_cache,
+                "attn_implementation": attn_implementation,
+                # numerics may change with them; our version too (prompts, image handling)
+                "versions": [torch.__version__, transformers.__version__, _package_version()],
+            }
+            name = fingerprint(pretrained, manager_path, revision, settings)
+            self.responses = ResponseStore(responses, name, accelerator.process_index)
+            eval_logger.info(
+                f"{self.name}: response store {self.responses.path} ({len(self.responses.answers)} answers stored for "
+                "this model and these settings; response_cache=none turns it off)"
+            )
+
+    def check_paths(self, pretrained: str, manager_path: str | None) -> None:
+        """A `pretrained` that can only be a local path (a Hub id is `name` or `owner/name`) and a `manager_path`
+        must exist."""
+        local = str(pretrained).startswith(("/", ".", "~")) or str(pretrained).count("/") > 1
+        if local and not Path(pretrained).expanduser().exists():
+            raise FileNotFoundError(
+                f"{self.name}: pretrained={pretrained} does not exist; give a model folder (save_pretrained) or a "
+                "Hugging Face Hub id (owner/name)."
+            )
+        if manager_path and not Path(manager_path).expanduser().is_dir():
+            raise FileNotFoundError(
+                f"{self.name}: manager_path={manager_path} is not a folder; give a folder written by save_manager."
+            )
 
     def check_family(self, pretrained: str, revision: str) -> FamilyAdapter:
         """The family of the checkpoint at `pretrained`, from its config; one this model does not take is refused."""
@@ -206,75 +268,127 @@ class LlavaManager(LlavaHf):
         }
 
     def loglikelihood(self, requests: list[Instance]) -> list:
-        """(negative log-likelihood, greedy) per request; a refused document (see the module doc) gets (+inf, False)."""
-        results, refused = [], 0
-        for context, continuation, doc_to_visual, doc_id, task, split in tqdm(
-            [r.args for r in requests], disable=self.rank != 0, desc="loglikelihood"
-        ):
+        """(negative log-likelihood, greedy) per request; a refused document (see the module doc) gets (+inf, False).
+        Requests in the response store are answered from it; the others are stored in groups as they are scored."""
+        args = []
+        for context, continuation, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
             if not isinstance(continuation, str):
                 continuation = continuation(self.task_dict[task][split][doc_id])
-            images = None
-            try:
-                images = self.visuals(doc_to_visual, doc_id, task, split)
-                nll, greedy = self._continuation_nll(context, continuation, images)
-            except Exception as error:
-                if not (isinstance(error, ImageError) or images):
-                    raise  # not an image problem
-                refused += 1
-                self._log_refusal(task, split, doc_id, error, "it gets a +inf negative log-likelihood")
-                nll, greedy = float("inf"), False
-            # lmms-eval 0.7 turns any result that is not text or GenerationResult into a string; this keeps the pair.
-            results.append(GenerationResult(text=(nll, greedy)))
-        self._log_refusal_count("loglikelihood", refused, len(requests))
-        return results
+            args.append((context, continuation, doc_to_visual, doc_id, task, split))
+        keys = self._keys("loglikelihood", args)
+        results = self._answers_from_store("loglikelihood", keys, args)
+        todo = [i for i, result in enumerate(results) if result is None]
+        refused, scored = 0, []
+        try:
+            for i in tqdm(todo, disable=self.rank != 0, desc="loglikelihood"):
+                context, continuation, doc_to_visual, doc_id, task, split = args[i]
+                images = None
+                try:
+                    images = self.visuals(doc_to_visual, doc_id, task, split)
+                    results[i] = self._continuation_nll(context, continuation, images)
+                except Exception as error:
+                    if not (isinstance(error, ImageError) or images):
+                        raise  # not an image problem
+                    refused += 1
+                    self._log_refusal(task, split, doc_id, error, "it gets a +inf negative log-likelihood")
+                    results[i] = (float("inf"), False)
+                    if not isinstance(error, ImageError):
+                        continue  # a run-time failure (out of memory?) may not happen again: not stored
+                scored.append(i)
+                if len(scored) >= LOGLIKELIHOOD_GROUP:
+                    self._store("loglikelihood", keys, args, scored, results)
+                    scored = []
+        finally:
+            self._store("loglikelihood", keys, args, scored, results)
+        self._log_refusal_count("loglikelihood", refused, len(todo))
+        # lmms-eval 0.7 turns any result that is not text or GenerationResult into a string; this keeps the pair.
+        return [GenerationResult(text=result) for result in results]
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Generated text per request; a refused document (see the module doc) gets "", the rest of its batch is
-        generated as if it were not there."""
-        results, refused = [], 0
-        order = utils.Collator([r.args for r in requests], lambda x: (-len(x[0]), x[0]), grouping=True)
-        batches = order.get_batched(n=self.batch_size, batch_fn=None)
-        progress = tqdm(total=len(requests), disable=self.rank != 0, desc="generate")
-        for batch in batches:
-            contexts, all_kwargs, doc_to_visuals, doc_ids, tasks, splits = zip(*batch)
+        generated as if it were not there. Requests in the response store are answered from it; the others are
+        batched (longest context first) and stored batch by batch."""
+        args = [r.args for r in requests]
+        keys = self._keys("generate_until", args)
+        results = self._answers_from_store("generate_until", keys, args)
+        todo = [i for i, result in enumerate(results) if result is None]
+        refused = 0
+        order = utils.Collator([(*args[i], i) for i in todo], lambda x: (-len(x[0]), x[0]), grouping=True)
+        progress = tqdm(total=len(todo), disable=self.rank != 0, desc="generate")
+        for batch in order.get_batched(n=self.batch_size, batch_fn=None):
+            contexts, all_kwargs, doc_to_visuals, doc_ids, tasks, splits, indices = zip(*batch)
             kwargs = dict(all_kwargs[0])  # grouped by generation kwargs
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             texts, usable = [""] * len(batch), {}  # usable: position in the batch -> the document's images
-            for k, args in enumerate(zip(doc_to_visuals, doc_ids, tasks, splits)):
+            transient = set()  # positions refused on a run-time failure, which may not happen again: not stored
+            for k, visual_args in enumerate(zip(doc_to_visuals, doc_ids, tasks, splits)):
                 try:
-                    usable[k] = self.visuals(*args)
+                    usable[k] = self.visuals(*visual_args)
                 except ImageError as error:
                     refused += 1
                     self._log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
-            if not usable:
-                results.extend(texts)
-                progress.update(len(batch))
-                continue
-            try:
-                generated = self._generate([contexts[k] for k in usable], list(usable.values()), kwargs)
-            except Exception:  # a run-time failure the checks did not foresee: each document on its own
-                generated = []
-                for k in list(usable):
-                    try:
-                        generated += self._generate([contexts[k]], [usable[k]], kwargs)
-                    except Exception as error:
-                        if not usable[k]:
-                            raise  # a document without images: not an image problem
-                        del usable[k]
-                        refused += 1
-                        self._log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
+            generated = []
+            if usable:
+                try:
+                    generated = self._generate([contexts[k] for k in usable], list(usable.values()), kwargs)
+                except Exception:  # a run-time failure the checks did not foresee: each document on its own
+                    for k in list(usable):
+                        try:
+                            generated += self._generate([contexts[k]], [usable[k]], kwargs)
+                        except Exception as error:
+                            if not usable[k]:
+                                raise  # a document without images: not an image problem
+                            del usable[k]
+                            refused += 1
+                            transient.add(k)
+                            self._log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
             for k, text in zip(list(usable), generated):
                 for stop in until:
                     if stop:
                         text = text.split(stop)[0]
                 texts[k] = text
                 self.cache_hook.add_partial("generate_until", (contexts[k], all_kwargs[0]), text)
-            results.extend(texts)
+            for k, text in enumerate(texts):
+                results[indices[k]] = text
+            stored = [indices[k] for k in range(len(batch)) if k not in transient]
+            self._store("generate_until", keys, args, stored, results)
             progress.update(len(batch))
         progress.close()
-        self._log_refusal_count("generate_until", refused, len(requests))
-        return order.get_original(results)
+        self._log_refusal_count("generate_until", refused, len(todo))
+        return results
+
+    def _keys(self, kind: str, args: list[tuple]) -> list[str] | None:
+        """The response store's key of each request (None without a store); identical requests (lmms-eval's
+        repeats) get keys of their own."""
+        if self.responses is None:
+            return None
+        seen, keys = Counter(), []
+        for context, request, _, doc_id, task, split in args:
+            key = request_key(kind, task, split, doc_id, context, request)
+            keys.append(request_key(kind, task, split, doc_id, context, request, seen[key]))
+            seen[key] += 1
+        return keys
+
+    def _answers_from_store(self, kind: str, keys: list[str] | None, args: list[tuple]) -> list:
+        """Per request, its stored answer, or None when it must run; logs how many came from the store, by task."""
+        if keys is None:
+            return [None] * len(args)
+        answers = [self.responses[key] if key in self.responses else None for key in keys]
+        tasks = Counter(request[4] for request, answer in zip(args, answers) if answer is not None)
+        found = sum(tasks.values())
+        by_task = f" ({', '.join(f'{task}: {n}' for task, n in sorted(tasks.items()))})" if found else ""
+        eval_logger.info(
+            f"{self.name}: {kind}: {found} of {len(keys)} requests answered from the response store "
+            f"{self.responses.path}{by_task}; {len(keys) - found} to run"
+        )
+        return answers
+
+    def _store(self, kind: str, keys: list[str] | None, args: list[tuple], indices: list[int], results: list) -> None:
+        """Appends the answers of the requests at `indices` to the response store (if any)."""
+        if keys is not None:
+            about = lambda i: {"kind": kind, "task": args[i][4], "doc_id": args[i][3]}  # noqa: E731
+            self.responses.add([(keys[i], about(i), results[i]) for i in indices])
 
     def _generate(self, contexts: list[str], images: list[list], kwargs: dict) -> list[str]:
         """One `generate` call for a batch of documents; the new text of each, before stop strings."""
