@@ -20,7 +20,7 @@ from llava_manager.analysis import collect
 from llava_manager.analysis.inputs import encode
 from llava_manager.families.llava_onevision import ONEVISION_PINPOINTS, onevision_0_5b_config
 from llava_manager.processing.processors import build_processor
-from llava_manager.shapes.data import tiny_processor
+from llava_manager.synthetic.data import tiny_processor
 
 
 def peak_gib() -> float:

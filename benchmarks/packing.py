@@ -45,7 +45,7 @@ from llava_manager.analysis.timing import ratio_to, rounds, timed
 from llava_manager.families import get_family
 from llava_manager.families.llava_onevision import SIGLIP_SO400M, onevision_0_5b_config
 from llava_manager.processing.processors import build_processor
-from llava_manager.shapes.data import tiny_tokenizer, vocabulary
+from llava_manager.synthetic.data import tiny_tokenizer, vocabulary
 from llava_manager.training.data import Collator, SupervisedDataset, model_inputs
 from llava_manager.training.packing import PackingCollator
 from llava_manager.training.throughput import COUNTS, count_batch

@@ -18,7 +18,7 @@ import time
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from llava_manager.shapes.data import tiny_processor, write_shapes_dataset
+from llava_manager.synthetic.data import tiny_processor, write_shapes_dataset
 from llava_manager.training.data import Collator, SupervisedDataset, load_records
 from llava_manager.training.train import run
 

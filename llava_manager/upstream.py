@@ -809,7 +809,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         "function",
         _PACKING,
         "the block-diagonal mask of packed samples (create_causal_mask reaches it directly or through "
-        "packed_sequence_compatibility_function, by release; tests/test_packing.py checks the masks' effect)",
+        "packed_sequence_compatibility_function, by release; tests/training/test_packing.py checks the masks' effect)",
     ),
     UpstreamAPI(
         _T,
@@ -1345,8 +1345,9 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
 
 
 # Our own private methods and attributes in subclasses of upstream classes ("module:Class" -> names). They must not
-# exist in any upstream base class: one that did would be overridden (or overwritten) silently. tests/test_upstream.py
-# requires every private name such a class defines to be either registered above or listed here.
+# exist in any upstream base class: one that did would be overridden (or overwritten) silently.
+# tests/package/test_upstream.py requires every private name such a class defines to be either registered above or
+# listed here.
 OWN_PRIVATE_HELPERS: dict[str, tuple[str, ...]] = {
     "llava_manager.core.checkpoint:StrictCheckpointLoading": ("_loads_own_checkpoints",),
     "llava_manager.training.trainer:ManagerTrainer": (

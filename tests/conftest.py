@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("LLAVA_MANAGER_RESPONSE_CACHE", "none")
 
 import pytest  # noqa: E402
-from helpers import DISTRIBUTED_ENV  # noqa: E402
+from support.helpers import DISTRIBUTED_ENV  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def _restore_distributed_env():
 
 
 def _published(tmp_path_factory, variant: str):
-    from published import PUBLISHED_REPOS, write_published_checkpoint
+    from support.published import PUBLISHED_REPOS, write_published_checkpoint
 
     name = PUBLISHED_REPOS[variant].split("/")[1]
     return write_published_checkpoint(tmp_path_factory.mktemp("published") / name, variant)
@@ -32,7 +32,7 @@ def _published(tmp_path_factory, variant: str):
 @pytest.fixture(scope="session")
 def published_si(tmp_path_factory):
     """A tiny random checkpoint with the files and field values of llava-hf/llava-onevision-qwen2-0.5b-si-hf
-    (see tests/published.py); built once per session. Read-only: copy it before changing anything."""
+    (see tests/support/published.py); built once per session. Read-only: copy it before changing anything."""
     return _published(tmp_path_factory, "si")
 
 

@@ -8,7 +8,7 @@ documents with prompts of different lengths and images of different sizes (tasks
         --include_path eval/shapes_tasks --tasks shapes_gen,shapes_mc --output_path results/shapes
     (shapes_varied_gen,shapes_varied_mc: the same questions, varied prompt lengths and image sizes)
 
-The documents are `llava_manager.shapes.score.heldout_docs`, the ones the main job (`python recipes/stage2.py`)
+The documents are `llava_manager.synthetic.score.heldout_docs`, the ones the main job (`python recipes/stage2.py`)
 scores itself on at the end: with the same --samples and --seed, lmms-eval gives the scores it printed.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llava_manager.shapes.score import CHOICES, DEFAULT_SAMPLES, HELDOUT_SEED, heldout_docs
+from llava_manager.synthetic.score import CHOICES, DEFAULT_SAMPLES, HELDOUT_SEED, heldout_docs
 
 __all__ = ["CHOICES", "VARIED_SIZES", "varied_docs", "write", "write_varied"]
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..families import FamilyAdapter, GroupedFeatures, ManagedOutput, count_grouped_rows, family_of
+from ..families import Family, GroupedFeatures, ManagedOutput, count_grouped_rows, family_of
 from .config import ManagerConfig
 from .managers import Manager, ManagerStack
 
@@ -41,7 +41,7 @@ class ManagerPlan:
         adapter, inner = family_of(model)
         if getattr(inner, _RUNTIME_ATTR, None) is not None:
             raise RuntimeError("apply_manager: this model already has managers; call remove_manager(model) first.")
-        self.adapter: FamilyAdapter = adapter
+        self.adapter: Family = adapter
         self.inner = inner
         self.config = config
         self.vision_layer_modules = adapter.vision_layers(inner)

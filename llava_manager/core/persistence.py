@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
-from ..families import FAMILIES, FamilyAdapter, family_of_config
+from ..families import FAMILIES, Family, family_of_config
 from .checkpoint import CheckpointMismatchError, check_load
 from .config import ManagerConfig
 from .patch import CONFIG_KEY, ManagerPlan, _Runtime, _runtime_of, apply_manager
@@ -101,7 +101,7 @@ def check_manager_state(state: dict[str, torch.Tensor], expected: dict[str, tupl
         raise ValueError(f"Manager weights in {source} do not match the managers: " + "; ".join(problems) + ".")
 
 
-def manager_model_class(adapter: FamilyAdapter) -> type[PreTrainedModel]:
+def manager_model_class(adapter: Family) -> type[PreTrainedModel]:
     """The family's `...ForConditionalGeneration` built with the managers its config records (`config.manager_config`),
     so that transformers' own `from_pretrained` loads base and manager weights together (dtype, device_map, shards).
     One subclass per family, made once."""

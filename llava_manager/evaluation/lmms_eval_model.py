@@ -38,9 +38,10 @@ results are those of an uninterrupted run. `auto` (the default) is $LLAVA_MANAGE
 memory), which run again.
 
 Batch size: answers do not depend on `--batch_size` (tested through the command line at 1 and 8 on documents of
-different prompt lengths and image sizes, tests/test_lmms_eval.py): generation pads on the left with an attention
-mask (transformers derives the position ids from it), each document's image tokens are laid out by the processor for
-its own image, and loglikelihood scores one request at a time. The batch size is not part of the store's keys.
+different prompt lengths and image sizes, `tests/evaluation/test_lmms_eval.py`): generation pads on the left with
+an attention mask (transformers derives the position ids from it), each document's image tokens are laid out by the
+processor for its own image, and loglikelihood scores one request at a time. The batch size is not part of the
+store's keys.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from transformers import AutoConfig
 
 from ..core.patch import has_manager
 from ..core.persistence import from_pretrained, load_manager
-from ..families import FAMILIES, FamilyAdapter, family_of_config
+from ..families import FAMILIES, Family, family_of_config
 from ..processing.images import ImageError, open_image, to_rgb, unsupported_reason
 from ..processing.processors import load_processor
 from ..processing.prompts import PROMPT_FORMATS, chat_prompt
@@ -209,7 +210,7 @@ class LlavaManager(LlavaHf):
                 f"{self.name}: manager_path={manager_path} is not a folder; give a folder written by save_manager."
             )
 
-    def check_family(self, pretrained: str, revision: str) -> FamilyAdapter:
+    def check_family(self, pretrained: str, revision: str) -> Family:
         """The family of the checkpoint at `pretrained`, from its config; one this model does not take is refused."""
         adapter = family_of_config(AutoConfig.from_pretrained(pretrained, revision=revision))
         if self.families is not None and adapter.name not in self.families:

@@ -1,6 +1,6 @@
 """The LLaVA families `apply_manager` supports: one adapter per family, registered in one table.
 
-Adding a family means one adapter file (a `FamilyAdapter` subclass: where the vision layers are, the first-token
+Adding a family means one adapter file (a `Family` subclass: where the vision layers are, the first-token
 drop, the packing, the video pooling) and one row in `FAMILIES`.
 """
 
@@ -12,20 +12,20 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from .base import FamilyAdapter, GroupedFeatures, ManagedOutput, count_grouped_rows
+from .base import Family, GroupedFeatures, ManagedOutput, count_grouped_rows
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 
-FAMILIES: dict[str, FamilyAdapter] = {
+FAMILIES: dict[str, Family] = {
     adapter.name: adapter
     for adapter in (LlavaAdapter(), LlavaNextAdapter(), LlavaNextVideoAdapter(), LlavaOnevisionAdapter())
 }
 
 __all__ = [
     "FAMILIES",
-    "FamilyAdapter",
+    "Family",
     "GroupedFeatures",
     "ManagedOutput",
     "count_grouped_rows",
@@ -41,13 +41,13 @@ def supported_classes() -> list[str]:
     return [cls.__name__ for adapter in FAMILIES.values() for cls in (adapter.model_class, adapter.base_class)]
 
 
-def get_family(name: str) -> FamilyAdapter:
+def get_family(name: str) -> Family:
     if name not in FAMILIES:
         raise ValueError(f"Unknown LLaVA family {name!r}; supported: {', '.join(FAMILIES)}.")
     return FAMILIES[name]
 
 
-def family_of(model: nn.Module) -> tuple[FamilyAdapter, nn.Module]:
+def family_of(model: nn.Module) -> tuple[Family, nn.Module]:
     """The adapter of `model`'s family and its bare `...Model`; a model of no known family is refused."""
     for adapter in FAMILIES.values():
         inner = adapter.inner(model)
@@ -58,7 +58,7 @@ def family_of(model: nn.Module) -> tuple[FamilyAdapter, nn.Module]:
     raise TypeError(f"apply_manager supports {', '.join(supported_classes())}; got {type(model).__name__}.")
 
 
-def family_of_config(config: PretrainedConfig) -> FamilyAdapter:
+def family_of_config(config: PretrainedConfig) -> Family:
     """The adapter for a model config (by its `model_type`)."""
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:

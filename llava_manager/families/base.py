@@ -32,7 +32,7 @@ class ManagedOutput(BaseModelOutputWithPooling):
     deepstack_features: GroupedFeatures | None = None
 
 
-class FamilyAdapter:
+class Family:
     """How one LLaVA family lays out vision tokens. Subclasses set the class attributes and implement
     `image_features` (and `video_features` when the family takes videos); one instance serves every model."""
 

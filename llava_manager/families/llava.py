@@ -7,7 +7,7 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaModel, LlavaProcessor
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from .base import FamilyAdapter, GroupedFeatures, fold_layers, project_crops, tiny_text, tiny_vision, unfold_groups
+from .base import Family, GroupedFeatures, fold_layers, project_crops, tiny_text, tiny_vision, unfold_groups
 
 # openai/clip-vit-large-patch14-336, the vision tower of every published LLaVA-1.5 / NeXT checkpoint.
 CLIP_L_336 = dict(
@@ -69,7 +69,7 @@ def tiny_config(
     return LlavaConfig(**kwargs)
 
 
-class LlavaAdapter(FamilyAdapter):
+class LlavaAdapter(Family):
     name = "llava"
     title = "LLaVA-1.5"
     model_class = LlavaForConditionalGeneration

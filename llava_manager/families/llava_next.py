@@ -9,7 +9,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from .base import (
-    FamilyAdapter,
+    Family,
     GroupedFeatures,
     fold_layers,
     grid_pixel_inputs,
@@ -93,7 +93,7 @@ def next_image_features(inner, hidden, call, manage) -> GroupedFeatures:
     return unfold_groups(packed, len(hidden))
 
 
-class LlavaNextAdapter(FamilyAdapter):
+class LlavaNextAdapter(Family):
     name = "llava_next"
     title = "LLaVA-NeXT"
     model_class = LlavaNextForConditionalGeneration

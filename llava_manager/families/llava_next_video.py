@@ -13,7 +13,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from transformers.models.llava_next_video.modeling_llava_next_video import image_size_to_num_patches
 
 from .base import (
-    FamilyAdapter,
+    Family,
     GroupedFeatures,
     fold_layers,
     grid_pixel_inputs,
@@ -66,7 +66,7 @@ def tiny_config(
     return LlavaNextVideoConfig(**kwargs)
 
 
-class LlavaNextVideoAdapter(FamilyAdapter):
+class LlavaNextVideoAdapter(Family):
     name = "llava_next_video"
     title = "LLaVA-NeXT-Video"
     model_class = LlavaNextVideoForConditionalGeneration

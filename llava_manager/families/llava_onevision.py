@@ -17,7 +17,7 @@ from transformers import (
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from .base import (
-    FamilyAdapter,
+    Family,
     GroupedFeatures,
     fold_layers,
     grid_pixel_inputs,
@@ -133,7 +133,7 @@ def tiny_config(
     )
 
 
-class LlavaOnevisionAdapter(FamilyAdapter):
+class LlavaOnevisionAdapter(Family):
     name = "llava_onevision"
     title = "LLaVA-OneVision"
     model_class = LlavaOnevisionForConditionalGeneration

@@ -21,8 +21,8 @@ What this module adds to the Trainer's own FSDP support (`setup`, called when th
   CPU it sets up plain multi-process data parallelism (`DistributedType.MULTI_CPU`) and drops the FSDP plugin, so
   the Trainer would silently train with DDP. `prepare` (before the `TrainingArguments`) gives the run a CPU process
   group and `setup` switches accelerate's state to FSDP with the plugin, as accelerate does itself for GPUs. Training,
-  FULL and SHARDED checkpoints, the export and exact resume then work at world size 2 (tests/test_fsdp.py). Nothing
-  changes on a GPU machine.
+  FULL and SHARDED checkpoints, the export and exact resume then work at world size 2
+  (tests/training/test_fsdp.py). Nothing changes on a GPU machine.
 - FSDP's own activation checkpointing (`fsdp_activation_checkpointing: true`) is refused: it wraps each decoder layer
   in torch's `CheckpointWrapper`, which runs the layer's forward pre-hooks inside the checkpoint; the managers add
   their term in such a hook and only during the forward (the token positions are gone by the backward), so the

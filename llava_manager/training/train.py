@@ -18,8 +18,8 @@ from ..core.persistence import from_pretrained
 from ..families import family_of_config, get_family
 from ..processing.processors import load_processor
 from ..runtime import preemption, processes
-from ..shapes import score as shapes_score
-from ..shapes.data import tiny_model_config, tiny_processor, write_shapes_dataset
+from ..synthetic import score as shapes_score
+from ..synthetic.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from . import fsdp, run_config, threads, train_args
 from .data import SupervisedDataset, load_records
 from .liger import apply_liger
@@ -181,14 +181,14 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
 def score_heldout(training_args, data_args) -> dict | None:
     """The embedded default proves itself: its export, scored on held-out shapes images (`shapes_score`), printed
     and written to `{output_dir}/shapes_score.json`. Skipped for a run cut short by `--max_steps` (tests, smoke
-    runs; `python -m llava_manager.shapes.score DIR` scores any export) and for Stage-1's caption format."""
+    runs; `python -m llava_manager.synthetic.score DIR` scores any export) and for Stage-1's caption format."""
     out = Path(training_args.output_dir)
     if data_args.template == "plain":
         return None
     if training_args.max_steps > 0:
         logger.info(
             "held-out score skipped: --max_steps %d cuts the run short; score the export with "
-            "`python -m llava_manager.shapes.score %s`",
+            "`python -m llava_manager.synthetic.score %s`",
             training_args.max_steps,
             out,
         )
