@@ -1,4 +1,4 @@
-"""Item 10-11: ManagerConfig defaults, resolution, JSON round trip, and errors raised before touching the model."""
+"""ManagerConfig defaults, resolution, JSON round trip, and errors raised before touching the model."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Item 4: generate() with KV cache, greedy, sampling, beams; managers act on the prefill only."""
+"""generate() with KV cache, greedy, sampling, beams; managers act on the prefill only."""
 
 import pytest
 import torch

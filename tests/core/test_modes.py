@@ -1,4 +1,4 @@
-"""Item 6 and compile: gradient checkpointing, dtypes, .to(), eval/train noise, determinism, torch.compile."""
+"""A patched model in every mode: gradient checkpointing, dtypes, .to(), eval/train noise, determinism, compile."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Item 7: LoRA on the LLM with the managers trainable through peft's `modules_to_save`, saved and reloaded."""
+"""LoRA on the LLM with the managers trainable through peft's `modules_to_save`, saved and reloaded."""
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model

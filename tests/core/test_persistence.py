@@ -1,4 +1,4 @@
-"""Item 8: save_manager / load_manager, save_pretrained / from_pretrained, strict loading, no pickle."""
+"""save_manager / load_manager, save_pretrained / from_pretrained, strict loading, no pickle."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Item 9: remove_manager gives back the untouched base model."""
+"""remove_manager gives back the untouched base model."""
 
 import torch
 from support.helpers import make_batch, randomize, tiny_model

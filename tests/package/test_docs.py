@@ -132,6 +132,23 @@ def test_readme_links_every_docs_page():
     assert not unlinked, f"README.md does not link {unlinked}"
 
 
+def test_the_file_map_lists_every_module():
+    """docs/development.md's file map names every module of the package: by its path, by its name in its folder's
+    row, or as part of a subpackage folder listed whole (package `__init__.py` files need no row)."""
+    rows = [line for line in (DOCS / "development.md").read_text().splitlines() if line.startswith("| `")]
+    named = {n for row in rows for n in re.findall(r"`(llava_manager/[\w/]+\.py)`", row)}
+    whole = {f for row in rows for f in re.findall(r"^\| `(llava_manager/\w+/\w+/)`", row)}
+
+    def listed(module: str) -> bool:
+        folder, _, name = module.rpartition("/")
+        in_row = any(f"`{folder}/`" in row and f"`{name}`" in row for row in rows)
+        return module in named or in_row or any(module.startswith(f) for f in whole)
+
+    modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "llava_manager").rglob("*.py"))
+    unlisted = [m for m in modules if not m.endswith("/__init__.py") and not listed(m)]
+    assert not unlisted, f"docs/development.md's file map leaves out {unlisted}"
+
+
 def test_the_checks_catch_what_is_wrong(tmp_path):
     """The checks fail on a broken link, a missing anchor, a wrong path and a wrong module, against the filesystem."""
     (tmp_path / "docs").mkdir()

@@ -1,4 +1,4 @@
-"""Item 5: left padding, different crop counts, multi-image samples, the inputs_embeds path."""
+"""The patch on every input layout: left padding, different crop counts, multi-image samples, inputs_embeds."""
 
 import pytest
 import torch
