@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import llava_manager
+
 ROOT = Path(__file__).resolve().parents[2]
+# Where the package's files are: the checkout, or (CI: tests run from a copy without llava_manager/) the wheel.
+PACKAGE_PARENT = Path(llava_manager.__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
@@ -60,6 +64,13 @@ def anchors(text: str) -> set[str]:
     return found
 
 
+def exists(root: Path, relative: str) -> bool:
+    """Whether the repository path exists: in `root`, or for the package's own files in the installed package."""
+    if (root / relative).exists():
+        return True
+    return root.resolve() == ROOT and relative.startswith("llava_manager") and (PACKAGE_PARENT / relative).exists()
+
+
 def link_problems(page: Path, text: str, root: Path = ROOT) -> list[str]:
     """Every relative link and image of `text` (the content of `page`) that does not resolve."""
     problems, root = [], root.resolve()
@@ -71,7 +82,7 @@ def link_problems(page: Path, text: str, root: Path = ROOT) -> list[str]:
         resolved = (page.parent / path_part).resolve() if path_part else page.resolve()
         if path_part and not resolved.is_relative_to(root):
             problems.append(f"{target}: outside the repository")
-        elif not resolved.exists():
+        elif not exists(root, resolved.relative_to(root).as_posix()):
             problems.append(f"{target}: no such file ({resolved.relative_to(root)})")
         elif anchor and resolved.suffix == ".md":
             if anchor not in anchors(resolved.read_text() if path_part else text):
@@ -98,12 +109,10 @@ def path_tokens(text: str) -> set[str]:
 
 
 def path_problems(text: str, root: Path = ROOT) -> list[str]:
-    problems = [
-        f"`{token}`: no such file or folder" for token in sorted(path_tokens(text)) if not (root / token).exists()
-    ]
+    problems = [f"`{token}`: no such file or folder" for token in sorted(path_tokens(text)) if not exists(root, token)]
     for module in sorted(set(MODULE.findall(text))):
-        base = root / module.replace(".", "/")
-        if not (base.with_suffix(".py").is_file() or (base / "__main__.py").is_file()):
+        base = module.replace(".", "/")
+        if not (exists(root, base + ".py") or exists(root, base + "/__main__.py")):
             problems.append(f"python -m {module}: no such module")
     return problems
 
@@ -144,7 +153,8 @@ def test_the_file_map_lists_every_module():
         in_row = any(f"`{folder}/`" in row and f"`{name}`" in row for row in rows)
         return module in named or in_row or any(module.startswith(f) for f in whole)
 
-    modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "llava_manager").rglob("*.py"))
+    package = PACKAGE_PARENT / "llava_manager"
+    modules = sorted(p.relative_to(PACKAGE_PARENT).as_posix() for p in package.rglob("*.py"))
     unlisted = [m for m in modules if not m.endswith("/__init__.py") and not listed(m)]
     assert not unlisted, f"docs/development.md's file map leaves out {unlisted}"
 

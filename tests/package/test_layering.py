@@ -6,9 +6,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "llava_manager"
+import llava_manager
 
-# area -> the areas it may import (besides itself). Top-level modules (`__init__`, `__main__`, `plan`, `upstream`,
+PACKAGE = Path(llava_manager.__file__).resolve().parent  # the checkout's, or the installed wheel's in CI
+
+# area -> the areas it may import (besides itself). Top-level modules (`__init__`, `__main__`, `cost`, `upstream`,
 # `_compat`) are the package's front and may import any area.
 ALLOWED = {
     "families": set(),
