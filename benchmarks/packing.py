@@ -176,7 +176,7 @@ def main() -> None:
         type=int,
         nargs="+",
         default=None,
-        help="row budgets of the packed batches, one variant each (default: 16,384 and 8,192 x the "
+        help="row lengths of the packed batches, one variant each (default: 16,384 and 8,192 x the "
         "length scale: the paper's max length, and half of it)",
     )
     parser.add_argument("--repeats", type=int, default=5)

@@ -5,14 +5,14 @@ samples, the same per-token losses and gradients as the padded batch.
 tokens already expanded, so every length counts the image tokens) and:
 
 - packs them into rows of at most `max_packed_tokens` tokens (`pack_rows`): greedy first-fit in arrival order (each
-  sample goes to the first row with room, else opens a new one), deterministic. A sample longer than the budget is
-  refused with an error; `train.py` keeps such samples out beforehand by capping the data set's `--max_length` at the
-  budget, so they are skipped and reported like any over-length sample.
+  sample goes to the first row with room, else opens a new one), deterministic. A sample longer than a row is
+  refused with an error; `run_config.py` keeps such samples out beforehand by capping the data set's `--max_length`
+  at the row length, so they are skipped and reported like any over-length sample.
 - flattens each row with transformers' `DataCollatorWithFlattening`: `input_ids`, `labels` with each sample's first
   label set to -100, `position_ids` restarting at 0 for every sample. The shorter rows are filled to the longest with
   a padding segment (pad tokens, labels -100, positions 0, 1, ... of their own), so that padding is a separate
   "sample" too. No `attention_mask`. (Those padding segments are computed, as padding is in a padded batch: the
-  default budget, `--max_length`, usually holds a whole batch in one row, with no padding at all; with smaller rows,
+  default row length, `--max_length`, usually holds a whole batch in one row, with no padding at all; with smaller rows,
   `--token_budget` in its `packed` mode sizes the batches to fill them.)
 - gives the images in packed order (row by row, sample by sample: the order of their image tokens in the batch, which
   is the order in which the model scatters the image features and in which the managers' hooks add their terms):
@@ -63,24 +63,24 @@ from .data import BATCH_INFO, IGNORE_INDEX, Collator
 logger = logging.getLogger(__name__)
 
 
-def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices of `lengths` grouped into rows of at most `budget` tokens: greedy first-fit in arrival order (each
-    sample goes to the first row it fits in, else a new row). Deterministic; every row's sum is <= `budget`."""
-    if budget < 1:
-        raise ValueError(f"max_packed_tokens {budget}: a positive number of tokens.")
+def pack_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into rows of at most `row_tokens` tokens: greedy first-fit in arrival order (each
+    sample goes to the first row it fits in, else a new row). Deterministic; every row's sum is <= `row_tokens`."""
+    if row_tokens < 1:
+        raise ValueError(f"max_packed_tokens {row_tokens}: a positive number of tokens.")
     rows: list[list[int]] = []
     room: list[int] = []
     for index, length in enumerate(lengths):
-        if length > budget:
+        if length > row_tokens:
             raise ValueError(
-                f"a sample of {length} tokens (image tokens included) is longer than the packing budget "
-                f"--max_packed_tokens {budget}: it cannot be packed. Raise --max_packed_tokens, or keep "
-                f"--max_length at most the budget so that such samples are skipped as over-length."
+                f"a sample of {length} tokens (image tokens included) is longer than a packed row "
+                f"(--max_packed_tokens {row_tokens}): it cannot be packed. Raise --max_packed_tokens, or keep "
+                f"--max_length at most the row length so that such samples are skipped as over-length."
             )
         row = next((r for r, free in enumerate(room) if free >= length), None)
         if row is None:
             rows.append([])
-            room.append(budget)
+            room.append(row_tokens)
             row = len(rows) - 1
         rows[row].append(index)
         room[row] -= length
@@ -89,7 +89,7 @@ def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
 
 @dataclass
 class PackingCollator(Collator):
-    """`data.Collator` for padding-free training: see the module doc. `max_packed_tokens` is the row budget."""
+    """`data.Collator` for padding-free training: see the module doc. `max_packed_tokens` is the row length."""
 
     max_packed_tokens: int = 16384
 
@@ -143,7 +143,7 @@ class PackingCollator(Collator):
 
 def build_collator(model, processor, packed_tokens: int | None = None) -> Collator:
     """The recipes' collator: `PackingCollator` with rows of at most `packed_tokens` tokens (`--padding_free`; the
-    budget `run_config.packing_budget` resolved), else the padded `data.Collator`."""
+    row length `run_config.packed_row_length` resolved), else the padded `data.Collator`."""
     from ..families import family_of_config
 
     family = family_of_config(model.config).name

@@ -2,8 +2,8 @@
 
 `resolve(stage, model_args, manager_args, data_args, training_args)` checks the arguments against each other and
 derives what the builders need: the checkpoint to resume from (complete, `runtime/commits.py`), the conversation
-template (`--template`, else the checkpoint LLM's), the length budget (`--max_length`, lowered to the packing row
-budget with `--padding_free`), the data order (`sampling.SamplingOptions`) and the data seed. The model, collator,
+template (`--template`, else the checkpoint LLM's), the sample length (`--max_length`, lowered to the packed row
+length with `--padding_free`), the data order (`sampling.SamplingOptions`) and the data seed. The model, collator,
 data set and trainer are then built from it, and none of them changes another's arguments. The one setting it
 completes in the `TrainingArguments` is accelerate's `dispatch_batches` (off with `--streaming`: each process reads
 its own batches).
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RunConfig:
     """What `resolve` derived: `resume` (a complete checkpoint or None), `template`, `max_length` (tokens a sample
-    may take), `packed_tokens` (a packed row's budget with `--padding_free`; None: padded batches), `sampling`,
+    may take), `packed_tokens` (a packed row's length with `--padding_free`; None: padded batches), `sampling`,
     `data_seed`."""
 
     stage: str
@@ -54,29 +54,29 @@ def choose_template(model_args, data_args) -> str:
     return template
 
 
-def packing_budget(data_args, training_args) -> tuple[int, int | None]:
+def packed_row_length(data_args, training_args) -> tuple[int, int | None]:
     """(max_length, packed_tokens): with `--padding_free`, rows of at most `--max_packed_tokens` (default
-    `--max_length`) tokens, and `--max_length` lowered to that budget, so that a sample too long to pack is skipped
+    `--max_length`) tokens, and `--max_length` lowered to that row length, so that a sample too long to pack is skipped
     (and reported) as over-length by the data set."""
     if not data_args.padding_free:
         return data_args.max_length, None
-    budget = data_args.max_packed_tokens or data_args.max_length
-    if budget < 1:
-        raise ValueError(f"--max_packed_tokens {budget}: a positive number of tokens.")
+    row = data_args.max_packed_tokens or data_args.max_length
+    if row < 1:
+        raise ValueError(f"--max_packed_tokens {row}: a positive number of tokens.")
     if training_args.n_gpu > 1:
         raise ValueError(
             f"--padding_free with {training_args.n_gpu} GPUs in one process: torch's DataParallel would "
             f"split a packed batch's rows from their sample boundaries (cu_seq_lens). Launch one process "
             f"per GPU (torchrun, accelerate launch, deepspeed), or make one GPU visible."
         )
-    if data_args.max_length > budget:
+    if data_args.max_length > row:
         logger.info(
-            "padding-free: --max_length %d lowered to the packing budget --max_packed_tokens %d (longer samples "
+            "padding-free: --max_length %d lowered to the packed row length --max_packed_tokens %d (longer samples "
             "are skipped as over-length)",
             data_args.max_length,
-            budget,
+            row,
         )
-    return min(data_args.max_length, budget), budget
+    return min(data_args.max_length, row), row
 
 
 def check_streaming(data_args, training_args) -> None:
@@ -108,7 +108,7 @@ def resolve(stage: str, model_args, manager_args, data_args, training_args) -> R
     """The run's derived settings, checked before any weight loads (see the module doc)."""
     resume = commits.resolve(training_args.resume_from_checkpoint, training_args.output_dir)
     template = choose_template(model_args, data_args)  # an LLM without a default template fails here
-    max_length, packed_tokens = packing_budget(data_args, training_args)
+    max_length, packed_tokens = packed_row_length(data_args, training_args)
     sampling = SamplingOptions.from_args(data_args, training_args)
     check_streaming(data_args, training_args)
     model_args.modules()  # --train_modules

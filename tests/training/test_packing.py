@@ -1,6 +1,6 @@
 """Padding-free training (`llava_manager/training/packing.py`, `--padding_free true`): on the same samples, a packed
 step gives the padded step's per-token losses and gradients (managers included) for every family, under SDPA, eager
-and a flash-attention-style varlen attention; the packing itself (first-fit, budget, positions, labels, images in
+and a flash-attention-style varlen attention; the packing itself (first-fit, row length, positions, labels, images in
 packed order, accounting); and the stage-2 recipe's loss with and without packing."""
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def test_without_the_packed_positions_the_samples_would_see_each_other(shapes):
 # The packing
 
 
-def test_first_fit_in_arrival_order_within_the_budget():
+def test_first_fit_in_arrival_order_within_the_row_length():
     assert pack_rows([5, 4, 3, 2, 6], 8) == [[0, 2], [1, 3], [4]]
     assert pack_rows([5, 4, 3, 2, 6], 8) == pack_rows([5, 4, 3, 2, 6], 8)  # deterministic
     assert pack_rows([3, 3, 3], 9) == [[0, 1, 2]] and pack_rows([9, 9], 9) == [[0], [1]]
@@ -205,9 +205,7 @@ def test_first_fit_in_arrival_order_within_the_budget():
     rows = pack_rows(lengths, 40)
     assert sorted(i for row in rows for i in row) == list(range(60))
     assert all(sum(lengths[i] for i in row) <= 40 for row in rows) and all(row == sorted(row) for row in rows)
-    with pytest.raises(
-        ValueError, match="a sample of 9 tokens .* longer than the packing budget --max_packed_tokens 8"
-    ):
+    with pytest.raises(ValueError, match=r"a sample of 9 tokens .* longer than a packed row \(--max_packed_tokens 8\)"):
         pack_rows([5, 9], 8)
     with pytest.raises(ValueError, match="max_packed_tokens 0"):
         PackingCollator(0, "llava", max_packed_tokens=0)

@@ -1,5 +1,5 @@
 """`run_config.resolve`: the recipes' derived settings in one step, before anything is built, without writing into
-the arguments (the template, the packing budget and --max_length, the data order, the flags that exclude each
+the arguments (the template, the packed row length and --max_length, the data order, the flags that exclude each
 other)."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_the_embedded_default_resolves_to_its_template_and_length(tmp_path):
         (["--max_length", "2048", "--max_packed_tokens", "1024"], 2048, None),  # no packing: no budget
     ],
 )
-def test_the_packing_budget_bounds_the_sample_length(tmp_path, argv, max_length, packed):
+def test_the_packed_row_length_bounds_the_sample_length(tmp_path, argv, max_length, packed):
     config = _resolve("stage2", argv, tmp_path)
     assert (config.max_length, config.packed_tokens) == (max_length, packed)
     assert config.sampling.token_budget_mode == ("packed" if packed else "padded")
