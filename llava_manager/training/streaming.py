@@ -23,9 +23,10 @@ seed, the world size, the per-device batch size and `--dataloader_num_workers`:
   takes its place; `--strict_data` raises. A reader that goes through a whole pass without a usable row raises.
 - Corrupt files: a parquet row group (or arrow file) that cannot be read stops the run with a `CorruptDataError`
   naming the file, the row group, its rows in the mixture and the training step. `--skip_corrupt_data true` skips
-  what is left of that piece instead, as one skip record (reason "corrupt data", the file and row group as its id, the
-  rows not read in its detail) in the report, each pass it is reached; the order stays a function of the data, so a
-  resumed run meets it at the same point. A file whose parquet footer cannot be read fails at the start.
+  what is left of that piece (a row group with `datasets` 5.2; a whole file with 4.6) instead, as one skip record
+  (reason "corrupt data", the file and row group as its id, the rows not read in its detail) in the report, each
+  pass it is reached; the order stays a function of the data, so a resumed run meets it at the same point. A file
+  whose parquet footer cannot be read fails at the start.
 - Several processes: each rank's readers read only their own pieces and decode only their own samples. accelerate
   wraps an IterableDataset in `IterableDatasetShard`, which reads world_size x batch consecutive elements and keeps
   the rank's slice; this dataset yields cheap placeholders (None) at the other ranks' positions, so the wrapper keeps
