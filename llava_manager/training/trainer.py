@@ -74,9 +74,8 @@ class ZeroStaleGradientsCallback(TrainerCallback):
 
 
 class SkipReport:
-    """Samples the data set skipped, with their reasons. `earlier` holds the records of the run up to the checkpoint
-    it resumed from (restored on the main process only, so that gathering the processes' records counts them once).
-    """
+    """Samples the data set skipped, with their reasons. On resume, `restore` puts the records of the run up to the
+    checkpoint in front (on the main process only, so that gathering the processes' records counts them once)."""
 
     FILE = "data_skipped.json"  # in the output folder at the end, and in every checkpoint (with the records)
 
