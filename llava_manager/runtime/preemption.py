@@ -58,6 +58,16 @@ class PreemptionCallback(TrainerCallback):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+        if self.stopped_at is not None:
+            logger.warning(
+                "preempted: stopped after step %d with %s/checkpoint-%d saved; nothing of the run is exported, "
+                "scored or evaluated. Requeue the job with --resume_from_checkpoint last to continue exactly (exit "
+                "status %d)",
+                self.stopped_at,
+                args.output_dir,
+                self.stopped_at,
+                REQUEUE_STATUS,
+            )
 
     def _agreed(self, model) -> bool:
         flag = self.received is not None

@@ -2,12 +2,24 @@
 
 A process that exits with its process group still open can abort in the group's destructor ("terminate called
 without an active exception", SIGABRT) while the others are still writing the export, and the launcher then reports
-the whole run failed. The recipes' `main` calls `close` after `run`, which returns with the export written.
+the whole run failed. The recipes' `main` calls `finish` after `run`: `close`, then the requeue status of a preempted
+run.
 """
 
 from __future__ import annotations
 
+import sys
+
 from transformers import Trainer
+
+from .preemption import REQUEUE_STATUS
+
+
+def finish(trainer: Trainer) -> None:
+    """A recipe's end: `close`, then exit with `preemption.REQUEUE_STATUS` if the run was preempted."""
+    close(trainer)
+    if trainer.preemption.stopped_at is not None:
+        sys.exit(REQUEUE_STATUS)
 
 
 def close(trainer: Trainer) -> None:

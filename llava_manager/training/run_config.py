@@ -80,8 +80,9 @@ def packed_row_length(data_args, training_args) -> tuple[int, int | None]:
 
 
 def check_streaming(data_args, training_args) -> None:
-    """`--streaming` reads an endless stream, each process its own batches: the flags that need a length, or
-    batches dispatched from one process, are refused; accelerate's `dispatch_batches` is turned off."""
+    """`--streaming` reads an endless stream, each process its own batches: a run without `--max_steps`, or batches
+    dispatched from one process, are refused (the data orders that need a length: `SamplingOptions.from_args`);
+    accelerate's `dispatch_batches` is turned off."""
     if not data_args.streaming:
         if data_args.skip_corrupt_data:
             raise ValueError(
@@ -92,9 +93,6 @@ def check_streaming(data_args, training_args) -> None:
         return
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("--streaming reads an endless stream: give the length of the run with --max_steps.")
-    for flag in ("group_by_modality_length", "token_budget"):
-        if getattr(data_args, flag, None):
-            raise ValueError(f"--{flag} orders a data set with a length; a stream has none: drop it or --streaming.")
     config = training_args.accelerator_config
     if getattr(config, "split_batches", False) or getattr(config, "dispatch_batches", None):
         raise ValueError(

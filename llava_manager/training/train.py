@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from ..core.patch import apply_manager, has_manager, manager_config
 from ..core.persistence import from_pretrained
 from ..families import family_of_config, get_family
 from ..processing.processors import load_processor
-from ..runtime import preemption, processes
+from ..runtime import processes
 from ..synthetic import score as shapes_score
 from ..synthetic.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from . import fsdp, run_config, threads, train_args
@@ -111,12 +110,9 @@ def build_dataset(config: RunConfig, data_args, training_args, processor, model_
 
 
 def main(stage: str, argv: list[str] | None = None) -> None:
-    """A recipe's command line: `run`, then every process ends together (runtime/processes.py); a preempted run exits
-    with `preemption.REQUEUE_STATUS`."""
-    trainer = run(stage, argv)
-    processes.close(trainer)
-    if trainer.preemption.stopped_at is not None:
-        sys.exit(preemption.REQUEUE_STATUS)
+    """A recipe's command line: `run`, then every process ends together, a preempted run with the requeue status
+    (runtime/processes.py)."""
+    processes.finish(run(stage, argv))
 
 
 def run(stage: str, argv: list[str] | None = None) -> ManagerTrainer:
@@ -147,15 +143,7 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
         stage=stage,
     )
     trainer.train(resume_from_checkpoint=config.resume)
-    if trainer.preemption.stopped_at is not None:  # runtime/preemption.py: the checkpoint is saved; no final export
-        logger.warning(
-            "preempted: stopped after step %d with %s/checkpoint-%d saved; nothing exported. Requeue the job with "
-            "--resume_from_checkpoint last to continue exactly (exit status %d)",
-            trainer.preemption.stopped_at,
-            training_args.output_dir,
-            trainer.preemption.stopped_at,
-            preemption.REQUEUE_STATUS,
-        )
+    if trainer.preemption.stopped_at is not None:  # saved and logged (runtime/preemption.py); no final export
         return trainer
 
     skips = trainer.gather_skips()

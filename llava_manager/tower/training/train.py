@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from ...runtime import commits, preemption, processes
+from ...runtime import commits, processes
 from .args import parse
 from .data import attach_collators, build_data
 from .model import build_model, load_processor
@@ -20,12 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None, *, recipe: str = "finetune") -> None:
-    """A recipe's command line: `run`, then every process ends together (llava_manager/runtime/processes.py); a
-    preempted run exits with `preemption.REQUEUE_STATUS`."""
-    trainer = run(argv, recipe=recipe)
-    processes.close(trainer)
-    if trainer.preemption.stopped_at is not None:
-        sys.exit(preemption.REQUEUE_STATUS)
+    """A recipe's command line: `run`, then every process ends together, a preempted run with the requeue status
+    (llava_manager/runtime/processes.py)."""
+    processes.finish(run(argv, recipe=recipe))
 
 
 def run(argv: list[str] | None = None, *, recipe: str = "finetune") -> TowerTrainer:
@@ -80,15 +76,7 @@ def run(argv: list[str] | None = None, *, recipe: str = "finetune") -> TowerTrai
         max_text_len=d.max_text_len,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
-    if trainer.preemption.stopped_at is not None:  # the checkpoint is saved; no export, no evaluation
-        logger.warning(
-            "preempted: stopped after step %d with %s/checkpoint-%d saved; nothing exported or evaluated. Requeue "
-            "the job with --resume_from_checkpoint last to continue exactly (exit status %d)",
-            trainer.preemption.stopped_at,
-            t.output_dir,
-            trainer.preemption.stopped_at,
-            preemption.REQUEUE_STATUS,
-        )
+    if trainer.preemption.stopped_at is not None:  # saved and logged (runtime/preemption.py); no export or evaluation
         return trainer
     trainer.save_model()
     trainer.save_state()
