@@ -19,7 +19,7 @@ MANAGE_CHOICES = ("both", "base", "grids")
 class ManagerConfig:
     """Where managers sit, what they aggregate and how they are trained.
 
-    The defaults are the paper's LLaVA-OV-Manager (Sec. V-B2, Eq. 12-14), for every LLaVA family: a manager
+    The defaults are the paper's LLaVA-OV-Manager (Sec. V-B2, Eq. 12-14), for every family: a manager
     before every 4th decoder layer starting at layer 0, each a learned weighted sum of the top half of the vision
     layers up to the one that feeds the LLM, applied to the base image, the grid crops and video frames, with
     multiplicative jitter U(0.98, 1.02) in training.
@@ -45,11 +45,18 @@ class ManagerConfig:
         default=True,
         metadata={
             "help": "Video frames get manager terms too, brought through the model's own frame pooling "
-            "(families that take videos: LLaVA-NeXT-Video, LLaVA-OneVision)."
+            "(families that take videos: LLaVA-NeXT-Video, LLaVA-OneVision, the Qwen-VL families)."
         },
     )
     jitter: float = field(
         default=0.02, metadata={"help": "Training noise: the term is multiplied by U(1 - jitter, 1 + jitter)."}
+    )
+    deepstack: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the model's own DeepStack (Qwen3-VL adds three vision layers after decoder layers 1-3); "
+            "False turns it off, to compare managers instead of DeepStack with managers on top of it."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -69,8 +76,9 @@ class ManagerConfig:
             self.vision_layers = _int_list("vision_layers", self.vision_layers, minimum=1)
         if self.manage not in MANAGE_CHOICES:
             raise ValueError(f"ManagerConfig.manage must be one of {MANAGE_CHOICES}, got {self.manage!r}.")
-        if not isinstance(self.manage_videos, bool):
-            raise ValueError(f"ManagerConfig.manage_videos must be True or False, got {self.manage_videos!r}.")
+        for name in ("manage_videos", "deepstack"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ManagerConfig.{name} must be True or False, got {getattr(self, name)!r}.")
         if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
             raise ValueError(f"ManagerConfig.jitter must be a number in [0, 1), got {self.jitter!r}.")
         self.jitter = float(self.jitter)

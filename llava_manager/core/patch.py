@@ -1,13 +1,16 @@
-"""`apply_manager` / `remove_manager`: instance-only, reversible patching of a LLaVA-family model.
+"""`apply_manager` / `remove_manager`: instance-only, reversible patching of a vision-language model.
 
 What a patch adds to one model instance, and nothing else:
 - `model.model.managers`: a `ManagerStack` (the only new parameters);
 - forward hooks on the aggregated vision layers, which record their outputs while the model encodes images or videos;
 - instance wrappers of `get_image_features` and `get_video_features` (they also build the managers' multi-layer
-  features through the family adapter and return them as `deepstack_features`, a field that `generate()` repeats for
-  beams and slices for chunked prefill) and of `get_placeholder_mask` (records where the image and video tokens are);
+  features through the family adapter and return them in `deepstack_features`, after the model's own DeepStack
+  features if it has any: a field that `generate()` repeats for beams and slices for chunked prefill) and of
+  `get_placeholder_mask` (records where the image and video tokens are). The wrappers are re-entrant: an encoder
+  that calls the other (Qwen3-VL's video encoder calls its image encoder) is recorded once, as the outer call;
 - forward pre-hooks on the managed decoder layers, which add the manager terms at those positions, and a pre/post
-  hook pair on `model.model` that scopes the positions to one forward call;
+  hook pair on `model.model` that scopes the positions to one forward call; where the model has its own DeepStack,
+  a pre-hook on its language model that hands it only its own features (or none, with `deepstack=False`);
 - `config.manager_config`, so that `save_pretrained` records the patch.
 Decode steps carry no image or video tokens: every hook returns at its first line.
 Nothing here knows a family: `families` says where a model keeps its layers and how it lays out its tokens.
@@ -31,7 +34,7 @@ _RUNTIME_ATTR = "_llava_manager_runtime"
 CONFIG_KEY = "manager_config"
 _ENCODERS = {"image": "get_image_features", "video": "get_video_features"}
 # Arguments of the encoders that default to the config's value of the same name when not given.
-_CONFIG_DEFAULTS = ("vision_feature_select_strategy", "vision_aspect_ratio")
+_CONFIG_DEFAULTS = ("vision_feature_layer", "vision_feature_select_strategy", "vision_aspect_ratio")
 
 
 class ManagerPlan:
@@ -49,7 +52,12 @@ class ManagerPlan:
         self.num_decoder_layers = len(self.decoder_layers)
         self.hidden_size = adapter.text_hidden_size(inner.config)
         self.feature_layer = adapter.feature_layer(inner.config, len(self.vision_layer_modules))
+        self.own_deepstack = adapter.own_deepstack(inner.config)
         adapter.check(inner.config, config.manage)
+        if not config.deepstack and not self.own_deepstack:
+            raise ValueError(
+                f"ManagerConfig.deepstack=False turns a model's own DeepStack off; {adapter.title} has none."
+            )
         self.inject_layers = config.resolve_inject_layers(self.num_decoder_layers)
         self.vision_layers = config.resolve_vision_layers(self.feature_layer)
         self.modalities = ("image", "video") if adapter.has_video and config.manage_videos else ("image",)
@@ -70,10 +78,10 @@ class ManagerPlan:
 
 
 def apply_manager(model: nn.Module, config: ManagerConfig | None = None, **overrides: Any) -> nn.Module:
-    """Patch a LLaVA-family model in place with zero-initialised managers and return it.
+    """Patch a vision-language model in place with zero-initialised managers and return it.
 
-    `model`: any class of `families.supported_classes()` (LLaVA-1.5, NeXT, NeXT-Video, OneVision; the
-    `...ForConditionalGeneration` or the bare `...Model`). `config` is a `ManagerConfig`; keyword arguments override
+    `model`: any class of `families.supported_classes()` (the LLaVA family, Qwen2-VL / Qwen2.5-VL, Qwen3-VL /
+    Qwen3.5, InternVL, Gemma 3, Mistral3; the `...ForConditionalGeneration` or the bare `...Model`). `config` is a `ManagerConfig`; keyword arguments override
     its fields (`apply_manager(model, interval=1)`). Every check runs before the model is touched, so a failure never
     leaves it half-patched.
     """
@@ -134,7 +142,7 @@ class _Runtime:
     # ---- install / uninstall -------------------------------------------------------------------------------
     def install(self) -> None:
         plan, inner = self.plan, self.inner
-        embed = inner.language_model.get_input_embeddings().weight
+        embed = plan.adapter.input_embeddings(inner).weight
         managers = []
         for layer in plan.inject_layers:
             device = next(plan.decoder_layers[layer].parameters(), embed).device
@@ -151,6 +159,9 @@ class _Runtime:
         for layer in plan.inject_layers:
             hook = functools.partial(self._inject, self.slot_of_layer[layer])
             self.handles.append(plan.decoder_layers[layer].register_forward_pre_hook(hook, with_kwargs=True))
+        if plan.own_deepstack:
+            language_model = plan.adapter.language_model(inner)
+            self.handles.append(language_model.register_forward_pre_hook(self._own_deepstack, with_kwargs=True))
         self.handles.append(inner.register_forward_pre_hook(self._begin_forward, with_kwargs=True))
         self.handles.append(inner.register_forward_hook(self._end_forward, always_call=True))
         for name in self.wrapped:
@@ -194,10 +205,19 @@ class _Runtime:
     def _begin_forward(self, module, args, kwargs):
         self._reset()
         self.in_forward = True
+        expected = self.plan.own_deepstack + len(self.plan.vision_layers)
         for modality, encoded in (kwargs.get("mm_encoder_outputs") or {}).items():
             features = getattr(encoded, "deepstack_features", None)
-            if modality in self.plan.modalities and features is not None:
-                self.pending[modality] = features
+            if modality in self.plan.modalities and features is not None and len(features) == expected:
+                self.pending[modality] = features[self.plan.own_deepstack :]
+
+    def _own_deepstack(self, module, args, kwargs):
+        """The language model gets the model's own DeepStack features only (none with `deepstack=False`)."""
+        embeds = kwargs.get("deepstack_visual_embeds")
+        if embeds is None:
+            return None
+        keep = self.plan.own_deepstack if self.plan.config.deepstack else 0
+        return args, {**kwargs, "deepstack_visual_embeds": list(embeds[:keep]) or None}
 
     def _end_forward(self, module, args, output):
         self._reset()
@@ -227,6 +247,8 @@ class _Runtime:
 
     def _encode(self, modality: str, *args, **kwargs):
         name = _ENCODERS[modality]
+        if self.recording is not None:  # called from inside the other encoder: the outer call records and builds
+            return self._call_original(name, *args, **kwargs)
         self.recording = {}
         try:
             output = self._call_original(name, *args, **kwargs)
@@ -245,7 +267,11 @@ class _Runtime:
             grouped = adapter.image_features(self.inner, hidden, call, self.plan.config.manage)
         else:
             grouped = adapter.video_features(self.inner, hidden, call)
-        output = ManagedOutput(**dict(output.items()), deepstack_features=grouped)
+        own = list(getattr(output, "deepstack_features", None) or [])[: self.plan.own_deepstack]
+        if "deepstack_features" in output.__dataclass_fields__:
+            output.deepstack_features = own + grouped
+        else:
+            output = ManagedOutput(**dict(output.items()), deepstack_features=own + grouped)
         if self.in_forward:
             self.pending[modality] = grouped
         return output

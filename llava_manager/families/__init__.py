@@ -1,7 +1,8 @@
-"""The LLaVA families `apply_manager` supports: one adapter per family, registered in one table.
+"""The model families `apply_manager` supports: one adapter per family, registered in one table.
 
-Adding a family means one adapter file (a `Family` subclass: where the vision layers are, the first-token
-drop, the packing, the video pooling) and one row in `FAMILIES`.
+Adding a family means one adapter file (a `Family` subclass: where the vision layers are, how one layer becomes
+image tokens: the first-token drop, the projector or merger, the packing, the video pooling) and one row in
+`FAMILIES`.
 """
 
 from __future__ import annotations
@@ -13,18 +14,40 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from .base import Family, GroupedFeatures, ManagedOutput, count_grouped_rows
+from .gemma3 import Gemma3Adapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .mistral3 import Mistral3Adapter
+from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from .qwen3_vl import Qwen3_5Adapter, Qwen3_5MoeAdapter, Qwen3VLAdapter, Qwen3VLMoeAdapter
 
+# The LLaVA family first (the paper's), then the other families.
+LLAVA_FAMILIES = ("llava", "llava_next", "llava_next_video", "llava_onevision")
 FAMILIES: dict[str, Family] = {
     adapter.name: adapter
-    for adapter in (LlavaAdapter(), LlavaNextAdapter(), LlavaNextVideoAdapter(), LlavaOnevisionAdapter())
+    for adapter in (
+        LlavaAdapter(),
+        LlavaNextAdapter(),
+        LlavaNextVideoAdapter(),
+        LlavaOnevisionAdapter(),
+        Qwen2VLAdapter(),
+        Qwen2_5_VLAdapter(),
+        Qwen3VLAdapter(),
+        Qwen3VLMoeAdapter(),
+        Qwen3_5Adapter(),
+        Qwen3_5MoeAdapter(),
+        InternVLAdapter(),
+        Gemma3Adapter(),
+        Mistral3Adapter(),
+    )
 }
 
 __all__ = [
     "FAMILIES",
+    "LLAVA_FAMILIES",
     "Family",
     "GroupedFeatures",
     "ManagedOutput",
@@ -43,7 +66,7 @@ def supported_classes() -> list[str]:
 
 def get_family(name: str) -> Family:
     if name not in FAMILIES:
-        raise ValueError(f"Unknown LLaVA family {name!r}; supported: {', '.join(FAMILIES)}.")
+        raise ValueError(f"Unknown model family {name!r}; supported: {', '.join(FAMILIES)}.")
     return FAMILIES[name]
 
 
@@ -63,7 +86,7 @@ def family_of_config(config: PretrainedConfig) -> Family:
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
         raise ValueError(
-            f"config model_type {model_type!r} is not a supported LLaVA family; supported: {', '.join(FAMILIES)}."
+            f"config model_type {model_type!r} is not a supported model family; supported: {', '.join(FAMILIES)}."
         )
     return FAMILIES[model_type]
 
@@ -97,19 +120,29 @@ def random_inputs(
     parts, inputs = [], {}
     if images:
         pixels = adapter.pixel_inputs(cfg, height, width, batch_size, grid, dtype, device)
-        one = {k: v[:1] for k, v in pixels.items()}
-        count = len(inner.get_image_features(**one).pooler_output[0])
-        parts.append(torch.full((batch_size, count), cfg.image_token_id))
+        count = len(inner.get_image_features(**pixels).pooler_output[0])
+        parts.append(torch.tensor(adapter.placeholders(cfg, "image", count, pixels)).expand(batch_size, -1))
         inputs.update(pixels)
     if video_frames:
         if not adapter.has_video:
             raise ValueError(f"{adapter.title} takes no videos; video_frames must be 0.")
-        size = cfg.vision_config.image_size
-        videos = torch.randn(batch_size, video_frames, 3, size, size, dtype=dtype, device=device)
-        count = inner.get_video_features(videos[:1]).pooler_output[0].shape[0]
-        parts.append(torch.full((batch_size, count), cfg.video_token_id))
-        inputs["pixel_values_videos"] = videos
-    special = min(cfg.image_token_id, getattr(cfg, "video_token_id", None) or cfg.image_token_id)
+        videos = adapter.video_inputs(cfg, video_frames, batch_size, dtype, device)
+        count = len(inner.get_video_features(**videos).pooler_output[0])
+        parts.append(torch.tensor(adapter.placeholders(cfg, "video", count, videos)).expand(batch_size, -1))
+        inputs.update(videos)
+    special = min(_special_token_ids(cfg))
     text = torch.randint(0, min(cfg.text_config.vocab_size, special) - 1, (batch_size, text_tokens))
     input_ids = torch.cat([text[:, :2], *parts, text[:, 2:]], dim=1).to(device)
-    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **inputs)
+    return dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        **adapter.token_inputs(cfg, input_ids),
+        **inputs,
+    )
+
+
+def _special_token_ids(config: PretrainedConfig) -> list[int]:
+    """The image, video and vision-boundary token ids of `config` (random text stays below all of them)."""
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "boi_token_id")
+    ids = [getattr(config, name, None) for name in names]
+    return [i for i in ids if isinstance(i, int)]

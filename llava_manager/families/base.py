@@ -2,13 +2,14 @@
 (the `V'` of paper Eq. 12-14) laid out like the model's own image or video tokens.
 
 A family adapter says where a model keeps its pieces and how it turns one vision layer into tokens: the first-token
-drop, the projector, the per-image packing (grid crops, unpadding, newlines), the video pooling. Everything else
-(the manager math, the hooks, persistence) is shared and knows no family.
+drop, the projector or merger, the per-image packing (grid crops, unpadding, newlines, window order), the video
+pooling. Everything else (the manager math, the hooks, persistence) is shared and knows no family.
 
-Layout: `grouped[k][g]` is aggregated vision layer k for token group g (one image or one video, in placeholder
-order), a `(tokens_g, hidden)` tensor whose row r lines up with placeholder token r of that group. transformers'
-`generate()` repeats (beam search) and slices (chunked prefill) this exact layout when it is stored as
-`deepstack_features` of an encoder output. Rows of tokens the managers leave alone (newlines, unmanaged crops) are 0.
+Layout: `grouped[k][g]` is aggregated vision layer k for token group g (one image, tile, crop or video, in
+placeholder order), a `(tokens_g, hidden)` tensor whose row r lines up with placeholder token r of that group.
+transformers' `generate()` repeats (beam search) and slices (chunked prefill) this exact layout when it is stored as
+`deepstack_features` of an encoder output, so the managers' features travel there, after the model's own DeepStack
+features where it has them (Qwen3-VL). Rows of tokens the managers leave alone (newlines, unmanaged crops) are 0.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ManagedOutput(BaseModelOutputWithPooling):
 
 
 class Family:
-    """How one LLaVA family lays out vision tokens. Subclasses set the class attributes and implement
+    """How one family of vision-language models lays out vision tokens. Subclasses set the class attributes and implement
     `image_features` (and `video_features` when the family takes videos); one instance serves every model."""
 
     name: ClassVar[str]  # the config's model_type
@@ -52,6 +53,9 @@ class Family:
     has_video: ClassVar[bool] = False
     # Published checkpoints and their shapes, built in code: {"llava-1.5-7b": (hub id, config factory)}.
     published: ClassVar[dict[str, tuple[str, Callable[[], PretrainedConfig]]]] = {}
+    # The token-type input the forward takes beside `input_ids` (Gemma 3's `token_type_ids`, the Qwen families'
+    # `mm_token_type_ids`), which collators, packing and generation must carry along.
+    token_type_key: ClassVar[str | None] = None
 
     # ---- where things are ------------------------------------------------------------------------------------
     def inner(self, model: nn.Module) -> nn.Module | None:
@@ -62,12 +66,27 @@ class Family:
             return model
         return None
 
+    def vision_tower(self, inner: nn.Module) -> nn.Module:
+        tower = getattr(inner, "vision_tower", None)
+        return tower if tower is not None else inner.visual
+
     def vision_layers(self, inner: nn.Module) -> nn.ModuleList:
         """The vision encoder layers; `hidden_states[k]` is the output of `layers[k - 1]`."""
-        return vision_encoder_layers(inner.vision_tower)
+        return vision_encoder_layers(self.vision_tower(inner))
+
+    def language_model(self, inner: nn.Module) -> nn.Module:
+        return inner.language_model
 
     def decoder_layers(self, inner: nn.Module) -> nn.ModuleList:
-        return inner.language_model.layers
+        return self.language_model(inner).layers
+
+    def input_embeddings(self, inner: nn.Module) -> nn.Module:
+        return self.language_model(inner).get_input_embeddings()
+
+    def own_deepstack(self, config: PretrainedConfig) -> int:
+        """How many DeepStack features the model's own encoder output carries (Qwen3-VL: one per entry of
+        `deepstack_visual_indexes`); the managers' features follow them in `deepstack_features`."""
+        return 0
 
     def text_hidden_size(self, config: PretrainedConfig) -> int:
         return config.text_config.hidden_size
@@ -104,6 +123,21 @@ class Family:
     def tiny_config(self, **overrides: Any) -> PretrainedConfig:
         raise NotImplementedError
 
+    def placeholders(self, config: PretrainedConfig, modality: str, count: int, inputs: dict[str, Any]) -> list[int]:
+        """The tokens a processor writes for one image or video of `count` feature rows (`inputs`: its pixels)."""
+        return [getattr(config, f"{modality}_token_id")] * count
+
+    def token_inputs(self, config: PretrainedConfig, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inputs the forward needs beside `input_ids` that follow from the placeholder tokens (token types)."""
+        return {}
+
+    def video_inputs(
+        self, config: PretrainedConfig, frames: int, batch_size: int, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Random pixels for `batch_size` samples of one video of `frames` frames, as the processor lays them out."""
+        size = config.vision_config.image_size
+        return {"pixel_values_videos": torch.randn(batch_size, frames, 3, size, size, dtype=dtype, device=device)}
+
     def pixel_inputs(
         self,
         config: PretrainedConfig,
@@ -121,18 +155,22 @@ class Family:
 
 
 # ---- shared pieces --------------------------------------------------------------------------------------------
+# Where vision towers keep their layers: CLIP, SigLIP (inside a SiglipVisionModel), InternViT, Pixtral, Qwen-VL.
+VISION_LAYER_PATHS = ("encoder.layers", "vision_model.encoder.layers", "encoder.layer", "transformer.layers", "blocks")
+
+
 def vision_encoder_layers(vision_tower: nn.Module) -> nn.ModuleList:
-    """The CLIP / SigLIP encoder layers; `hidden_states[k]` is the output of `layers[k - 1]`."""
-    for path in ("encoder", "vision_model.encoder"):
+    """The vision encoder's layers, wherever the tower keeps them; `hidden_states[k]` is the output of
+    `layers[k - 1]`."""
+    for path in VISION_LAYER_PATHS:
         module = vision_tower
         for name in path.split("."):
             module = getattr(module, name, None)
-        layers = getattr(module, "layers", None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
+        if isinstance(module, nn.ModuleList):
+            return module
     raise TypeError(
         f"Cannot find the encoder layers of the vision tower {type(vision_tower).__name__} (looked for "
-        f"`encoder.layers` and `vision_model.encoder.layers`, the CLIP and SigLIP layouts)."
+        f"{', '.join('`' + p + '`' for p in VISION_LAYER_PATHS)})."
     )
 
 

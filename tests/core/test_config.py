@@ -112,7 +112,11 @@ def test_a_family_the_table_does_not_know_is_refused_with_the_supported_classes(
     expected = (
         "LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
         "LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel, LlavaOnevisionForConditionalGeneration, "
-        "LlavaOnevisionModel"
+        "LlavaOnevisionModel, Qwen2VLForConditionalGeneration, Qwen2VLModel, Qwen2_5_VLForConditionalGeneration, "
+        "Qwen2_5_VLModel, Qwen3VLForConditionalGeneration, Qwen3VLModel, Qwen3VLMoeForConditionalGeneration, "
+        "Qwen3VLMoeModel, Qwen3_5ForConditionalGeneration, Qwen3_5Model, Qwen3_5MoeForConditionalGeneration, "
+        "Qwen3_5MoeModel, InternVLForConditionalGeneration, InternVLModel, Gemma3ForConditionalGeneration, "
+        "Gemma3Model, Mistral3ForConditionalGeneration, Mistral3Model"
     )
     with pytest.raises(TypeError) as error:
         apply_manager(VipLlavaForConditionalGeneration(cfg))

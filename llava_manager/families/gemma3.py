@@ -1,0 +1,67 @@
+"""Gemma 3 (`Gemma3ForConditionalGeneration`): a SigLIP tower (`vision_tower.vision_model.encoder.layers`) whose
+`post_layernorm` output feeds the LLM through the multimodal projector (4 x 4 average pooling to 256 tokens, an
+RMSNorm, a matmul). Every aggregated layer goes through `post_layernorm` and the projector, so the feature layer's
+term is the model's own image tokens. Each image, and each Pan & Scan crop, is its own group of 256 tokens; the
+forward takes `token_type_ids` (1 at image tokens) for the bidirectional attention inside each image."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Model, Gemma3Processor
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+from .base import Family, GroupedFeatures, tiny_vision
+
+
+def gemma3_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128, **overrides) -> Gemma3Config:
+    """A Gemma 3 small enough for a unit test: text 32 x `num_text_layers` (sliding and global layers), SigLIP
+    24 x `num_vision_layers`, 16 px images of 4 px patches pooled to 4 tokens."""
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        sliding_window=16,
+    )
+    vision = tiny_vision("siglip_vision_model", num_vision_layers, vision_use_head=False)
+    vision.update(image_size=16, patch_size=4)
+    kwargs = dict(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        boi_token_index=vocab_size - 3,
+        eoi_token_index=vocab_size - 2,
+        image_token_index=vocab_size - 1,
+        tie_word_embeddings=True,
+    )
+    kwargs.update(overrides)
+    return Gemma3Config(**kwargs)
+
+
+class Gemma3Adapter(Family):
+    name = "gemma3"
+    title = "Gemma 3"
+    model_class = Gemma3ForConditionalGeneration
+    base_class = Gemma3Model
+    config_class = Gemma3Config
+    processor_class = Gemma3Processor
+    image_processor_class = Gemma3ImageProcessorPil
+    token_type_key = "token_type_ids"
+
+    def feature_layer(self, config, num_vision_layers: int) -> int:
+        return num_vision_layers  # the tower's last_hidden_state (after post_layernorm)
+
+    def image_features(self, inner, hidden, call, manage) -> GroupedFeatures:
+        tower = inner.vision_tower
+        norm = getattr(tower, "vision_model", tower).post_layernorm
+        return [list(inner.multi_modal_projector(norm(layer))) for layer in hidden]
+
+    def tiny_config(self, **overrides) -> Gemma3Config:
+        return gemma3_tiny_config(**overrides)
+
+    def token_inputs(self, config, input_ids):
+        return {"token_type_ids": (input_ids == config.image_token_id).long()}

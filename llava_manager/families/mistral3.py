@@ -1,0 +1,68 @@
+"""Mistral3 (`Mistral3ForConditionalGeneration`, Mistral-Small-3.1 and later): a Pixtral tower
+(`vision_tower.transformer.layers`) over images of their own sizes, packed as one row of patches, then the
+projector (RMSNorm, a 2 x 2 patch merger, an MLP) per image. Each aggregated layer goes through the projector on
+its own. Pixtral-12B itself is a LLaVA model with a Pixtral tower: the LLaVA adapter takes it."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Mistral3Model, PixtralProcessor
+from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+from .base import Family, GroupedFeatures, resolve_feature_layer, tiny_text
+
+
+def mistral3_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128, **overrides) -> Mistral3Config:
+    """A Mistral3 small enough for a unit test: Mistral 32 x `num_text_layers`, Pixtral 24 x `num_vision_layers`,
+    16 px images of 4 px patches (16 patches, 4 tokens after the 2 x 2 merger)."""
+    vision = dict(
+        model_type="pixtral",
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=num_vision_layers,
+        num_attention_heads=4,
+        head_dim=6,
+        image_size=16,
+        patch_size=4,
+    )
+    kwargs = dict(
+        text_config=tiny_text("mistral", num_text_layers, vocab_size),
+        vision_config=vision,
+        image_token_index=vocab_size - 1,
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        multimodal_projector_bias=False,
+    )
+    kwargs.update(overrides)
+    return Mistral3Config(**kwargs)
+
+
+class Mistral3Adapter(Family):
+    name = "mistral3"
+    title = "Mistral3"
+    model_class = Mistral3ForConditionalGeneration
+    base_class = Mistral3Model
+    config_class = Mistral3Config
+    processor_class = PixtralProcessor
+    image_processor_class = PixtralImageProcessorPil
+
+    def feature_layer(self, config, num_vision_layers: int) -> int:
+        return resolve_feature_layer(config.vision_feature_layer, num_vision_layers)
+
+    def image_features(self, inner, hidden, call, manage) -> GroupedFeatures:
+        image_sizes = call["image_sizes"]
+        ratio = inner.vision_tower.patch_size * inner.config.spatial_merge_size
+        sizes = (torch.as_tensor(image_sizes) // ratio).prod(dim=-1).tolist()
+        return [
+            list(torch.split(inner.multi_modal_projector(layer.squeeze(0), image_sizes), sizes)) for layer in hidden
+        ]
+
+    def tiny_config(self, **overrides) -> Mistral3Config:
+        return mistral3_tiny_config(**overrides)
+
+    def pixel_inputs(self, config, height, width, batch_size, grid, dtype, device):
+        size = config.vision_config.image_size
+        return {
+            "pixel_values": torch.randn(batch_size, 3, size, size, dtype=dtype, device=device),
+            "image_sizes": torch.tensor([[size, size]] * batch_size, device=device),
+        }

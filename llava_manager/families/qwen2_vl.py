@@ -1,0 +1,226 @@
+"""Qwen2-VL and Qwen2.5-VL (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`): a native-
+resolution ViT (`visual.blocks`) over flattened patches described by `image_grid_thw` / `video_grid_thw`, whose
+last block feeds the LLM through `visual.merger` (LayerNorm, then an MLP over each 2 x 2 block of patches). Each
+aggregated layer goes through the merger on its own (it is not linear). Qwen2.5-VL runs its blocks in window
+order and puts the merged tokens back in token order; so is every recorded layer. Videos (`temporal_patch_size` 2)
+take the same path; the forward needs `mm_token_type_ids` for its M-RoPE positions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLModel,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLModel,
+    Qwen2VLProcessor,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.vision_utils import get_vision_window_index
+
+from .base import Family, GroupedFeatures
+
+# Token ids shared by every published Qwen2-VL, Qwen2.5-VL and Qwen3-VL checkpoint (their tokenizer's added tokens).
+QWEN_VL_TOKENS = dict(
+    vision_start_token_id=151652, vision_end_token_id=151653, image_token_id=151655, video_token_id=151656
+)
+
+
+def precomputed(call: dict[str, Any], modality: str, name: str) -> Any:
+    """A precomputed vision tensor passed to the encoder call (`window_index` or `image_window_index`), if any."""
+    extra = call.get("kwargs") or {}
+    value = extra.get(f"{modality}_{name}")
+    return extra.get(name) if value is None else value
+
+
+def merged_layers(
+    inner: torch.nn.Module, hidden: Sequence[torch.Tensor], grid_thw: torch.Tensor, order: torch.Tensor | None = None
+) -> GroupedFeatures:
+    """Each recorded layer through the model's own merger, in token order (`order`), split per image or video."""
+    visual = inner.visual
+    sizes = (torch.as_tensor(grid_thw).prod(-1) // visual.spatial_merge_size**2).tolist()
+    grouped = []
+    for layer in hidden:
+        merged = visual.merger(layer)
+        if order is not None:
+            merged = merged[order.to(merged.device)]
+        grouped.append(list(torch.split(merged, sizes)))
+    return grouped
+
+
+class QwenVLFamily(Family):
+    """What the Qwen-VL families share: flattened patches with grids, the merger, M-RoPE token types."""
+
+    image_processor_class = Qwen2VLImageProcessorPil
+    video_processor_class = "Qwen2VLVideoProcessor"  # needs torchvision
+    has_video = True
+    token_type_key = "mm_token_type_ids"
+
+    def feature_layer(self, config, num_vision_layers: int) -> int:
+        return num_vision_layers  # the merger takes the last block's output
+
+    def grid(self, call: dict[str, Any], modality: str) -> torch.Tensor:
+        return call["image_grid_thw" if modality == "image" else "video_grid_thw"]
+
+    def token_order(self, inner, grid_thw: torch.Tensor, call: dict[str, Any], modality: str) -> torch.Tensor | None:
+        """Where the blocks run tokens in another order than the merged output's: the permutation back."""
+        return None
+
+    def image_features(self, inner, hidden, call, manage) -> GroupedFeatures:
+        grid = self.grid(call, "image")
+        return merged_layers(inner, hidden, grid, self.token_order(inner, grid, call, "image"))
+
+    def video_features(self, inner, hidden, call) -> GroupedFeatures:
+        grid = self.grid(call, "video")
+        return merged_layers(inner, hidden, grid, self.token_order(inner, grid, call, "video"))
+
+    # ---- inputs ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def patch_grid(config, height: int, width: int) -> tuple[int, int]:
+        """The patch grid the processor resizes a `height` x `width` image to (multiples of the merge size)."""
+        vision = config.vision_config
+        unit = vision.patch_size * vision.spatial_merge_size
+        return tuple(max(1, round(side / unit)) * vision.spatial_merge_size for side in (height, width))
+
+    @staticmethod
+    def patches(config, grids: Sequence[Sequence[int]], dtype, device) -> torch.Tensor:
+        vision = config.vision_config
+        width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        count = sum(t * h * w for t, h, w in grids)
+        return torch.randn(count, width, dtype=dtype, device=device)
+
+    def pixel_inputs(self, config, height, width, batch_size, grid, dtype, device):
+        h, w = self.patch_grid(config, height, width)
+        grids = [[1, h, w]] * batch_size
+        return {
+            "pixel_values": self.patches(config, grids, dtype, device),
+            "image_grid_thw": torch.tensor(grids, device=device),
+        }
+
+    def video_inputs(self, config, frames, batch_size, dtype, device):
+        vision = config.vision_config
+        side = 2 * vision.spatial_merge_size
+        t = -(-frames // vision.temporal_patch_size)
+        grids = [[t, side, side]] * batch_size
+        return {
+            "pixel_values_videos": self.patches(config, grids, dtype, device),
+            "video_grid_thw": torch.tensor(grids, device=device),
+        }
+
+    def placeholders(self, config, modality, count, inputs):
+        """`<|vision_start|>`, the pad tokens, `<|vision_end|>`, as the Qwen processors write them."""
+        pad = getattr(config, f"{modality}_token_id")
+        return [config.vision_start_token_id, *[pad] * count, config.vision_end_token_id]
+
+    def token_inputs(self, config, input_ids):
+        types = torch.zeros_like(input_ids)
+        types[input_ids == config.image_token_id] = 1
+        types[input_ids == config.video_token_id] = 2
+        return {"mm_token_type_ids": types}
+
+
+def _tiny_text(num_layers: int, vocab_size: int, **overrides) -> dict[str, Any]:
+    return dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+        tie_word_embeddings=False,
+        **overrides,
+    )
+
+
+def _tiny_tokens(vocab_size: int) -> dict[str, int]:
+    return dict(
+        vision_start_token_id=vocab_size - 4,
+        vision_end_token_id=vocab_size - 3,
+        image_token_id=vocab_size - 2,
+        video_token_id=vocab_size - 1,
+    )
+
+
+def qwen2_vl_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128, **overrides) -> Qwen2VLConfig:
+    """A Qwen2-VL small enough for a unit test: text 32 x `num_text_layers`, ViT 32 x `num_vision_layers` with
+    4 px patches, 2 x 2 merge, temporal patches of 2."""
+    vision = dict(
+        depth=num_vision_layers,
+        embed_dim=32,
+        hidden_size=32,
+        num_heads=4,
+        mlp_ratio=2,
+        patch_size=4,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_channels=3,
+    )
+    kwargs = dict(
+        text_config=_tiny_text(num_text_layers, vocab_size), vision_config=vision, **_tiny_tokens(vocab_size)
+    )
+    kwargs.update(overrides)
+    return Qwen2VLConfig(**kwargs)
+
+
+def qwen2_5_vl_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128, **overrides) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL small enough for a unit test: window attention over 2 x 2 merged tokens (16 px windows of 4 px
+    patches), full attention in blocks 2 and 5, so that images larger than one window are reordered."""
+    vision = dict(
+        depth=num_vision_layers,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=4,
+        out_hidden_size=32,
+        patch_size=4,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=16,
+        fullatt_block_indexes=[2, 5],
+        in_channels=3,
+    )
+    kwargs = dict(
+        text_config=_tiny_text(num_text_layers, vocab_size), vision_config=vision, **_tiny_tokens(vocab_size)
+    )
+    kwargs.update(overrides)
+    return Qwen2_5_VLConfig(**kwargs)
+
+
+class Qwen2VLAdapter(QwenVLFamily):
+    name = "qwen2_vl"
+    title = "Qwen2-VL"
+    model_class = Qwen2VLForConditionalGeneration
+    base_class = Qwen2VLModel
+    config_class = Qwen2VLConfig
+    processor_class = Qwen2VLProcessor
+
+    def tiny_config(self, **overrides) -> Qwen2VLConfig:
+        return qwen2_vl_tiny_config(**overrides)
+
+
+class Qwen2_5_VLAdapter(QwenVLFamily):
+    name = "qwen2_5_vl"
+    title = "Qwen2.5-VL"
+    model_class = Qwen2_5_VLForConditionalGeneration
+    base_class = Qwen2_5_VLModel
+    config_class = Qwen2_5_VLConfig
+    processor_class = Qwen2_5_VLProcessor
+
+    def token_order(self, inner, grid_thw, call, modality):
+        window_index = precomputed(call, modality, "window_index")
+        if window_index is None:  # computed here, so the call's own precomputed kwargs stay the model's
+            visual = inner.visual
+            window_index, _ = get_vision_window_index(
+                torch.as_tensor(grid_thw), visual.spatial_merge_size, visual.window_size, visual.patch_size
+            )
+        return torch.argsort(window_index)
+
+    def tiny_config(self, **overrides) -> Qwen2_5_VLConfig:
+        return qwen2_5_vl_tiny_config(**overrides)
