@@ -13,6 +13,43 @@ from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImagePr
 from .base import Family, GroupedFeatures, tiny_vision
 
 
+def gemma3_4b_it_config(**overrides) -> Gemma3Config:
+    """The shape of google/gemma-3-4b-it: SigLIP 1152 x 27 layers at 896 px (256 tokens per image), Gemma 3
+    2560 x 34 layers (4.30B parameters). From its config.json (a copy on huggingface.co:
+    mlx-community/gemma-3-4b-it-bf16); the text fields it leaves out are `Gemma3TextConfig`'s defaults."""
+    text = dict(
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=34,
+        sliding_window=1024,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        vocab_size=262208,
+        query_pre_attn_scalar=256,
+    )
+    vision = dict(
+        model_type="siglip_vision_model",
+        hidden_size=1152,
+        image_size=896,
+        intermediate_size=4304,
+        num_attention_heads=16,
+        num_hidden_layers=27,
+        patch_size=14,
+        vision_use_head=False,
+    )
+    kwargs = dict(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=256,
+        boi_token_index=255999,
+        eoi_token_index=256000,
+        image_token_index=262144,
+        eos_token_id=[1, 106],
+    )
+    return Gemma3Config(**{**kwargs, **overrides})
+
+
 def gemma3_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128, **overrides) -> Gemma3Config:
     """A Gemma 3 small enough for a unit test: text 32 x `num_text_layers` (sliding and global layers), SigLIP
     24 x `num_vision_layers`, 16 px images of 4 px patches pooled to 4 tokens."""
@@ -51,6 +88,7 @@ class Gemma3Adapter(Family):
     processor_class = Gemma3Processor
     image_processor_class = Gemma3ImageProcessorPil
     token_type_key = "token_type_ids"
+    published = {"gemma-3-4b-it": ("google/gemma-3-4b-it", gemma3_4b_it_config)}
 
     def feature_layer(self, config, num_vision_layers: int) -> int:
         return num_vision_layers  # the tower's last_hidden_state (after post_layernorm)

@@ -19,6 +19,50 @@ def square_size(value) -> int:
     return value if isinstance(value, int) else int(value[0])
 
 
+def internvl3_1b_config(**overrides) -> InternVLConfig:
+    """The shape of OpenGVLab/InternVL3-1B-hf: InternViT-300M (1024 x 24 layers, 448 px tiles of 14 px patches, 256
+    tokens per tile after the pixel shuffle), Qwen2.5 896 x 24 layers. The text and projector fields are the config
+    transformers' processor tests reuse (hf-internal-testing/tiny-processor-internvl, config.json); the vision
+    fields not written there are `InternVLVisionConfig`'s defaults, as the checkpoint loads them."""
+    text = dict(
+        model_type="qwen2",
+        vocab_size=151674,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000000.0},
+        tie_word_embeddings=True,
+    )
+    vision = dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        image_size=[448, 448],
+        patch_size=[14, 14],
+        attention_bias=True,
+        layer_scale_init_value=0.1,
+        use_mean_pooling=True,
+    )
+    kwargs = dict(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=151667,
+        image_seq_length=256,
+        downsample_ratio=0.5,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=True,
+    )
+    return InternVLConfig(**{**kwargs, **overrides})
+
+
 def internvl_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128, **overrides) -> InternVLConfig:
     """An InternVL small enough for a unit test: Qwen2 32 x `num_text_layers`, InternViT 24 x `num_vision_layers`,
     16 px tiles of 4 px patches (16 patches, 4 tokens after the pixel shuffle)."""
@@ -54,6 +98,7 @@ class InternVLAdapter(Family):
     processor_class = InternVLProcessor
     image_processor_class = GotOcr2ImageProcessorPil
     video_processor_class = "InternVLVideoProcessor"  # needs torchvision
+    published = {"InternVL3-1B-hf": ("OpenGVLab/InternVL3-1B-hf", internvl3_1b_config)}
 
     def image_features(self, inner, hidden, call, manage) -> GroupedFeatures:
         config = inner.config

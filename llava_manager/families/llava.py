@@ -1,5 +1,6 @@
 """LLaVA-1.5 (`LlavaForConditionalGeneration`): CLIP ViT-L/336, `vision_feature_layer=-2`, the "default" strategy
-(the CLS token dropped), one crop per image (no anyres), no newline, no video."""
+(the CLS token dropped), one crop per image (no anyres), no newline, no video. The same class with a Pixtral tower
+(Pixtral-12B) takes images at their own sizes, packed as one row of patches and split per image by `image_sizes`."""
 
 from __future__ import annotations
 
@@ -52,6 +53,50 @@ def llava_1_5_7b_config(**overrides) -> LlavaConfig:
     return LlavaConfig(**kwargs)
 
 
+def pixtral_12b_config(**overrides) -> LlavaConfig:
+    """The shape of mistral-community/pixtral-12b: a LLaVA model with a Pixtral tower (1024 x 24 layers, 16 px
+    patches, images at their own sizes) and Mistral-Nemo 5120 x 40 layers (12.7B parameters). From copies of its
+    config.json on huggingface.co (saujasv/pixtral-12b); the tower fields it leaves out are
+    `PixtralVisionConfig`'s defaults."""
+    text = dict(
+        model_type="mistral",
+        hidden_size=5120,
+        head_dim=128,
+        intermediate_size=14336,
+        num_hidden_layers=40,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=1024000,
+        rms_norm_eps=1e-5,
+        vocab_size=131072,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000000.0},
+    )
+    vision = dict(
+        model_type="pixtral",
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        head_dim=64,
+        image_size=1024,
+        patch_size=16,
+        hidden_act="gelu",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    kwargs = dict(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=10,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_seq_length=1,
+        tie_word_embeddings=False,
+    )
+    kwargs.update(overrides)
+    return LlavaConfig(**kwargs)
+
+
 def tiny_config(
     num_text_layers: int = 8, num_vision_layers: int = 6, vocab_size: int = 128, **overrides
 ) -> LlavaConfig:
@@ -77,7 +122,10 @@ class LlavaAdapter(Family):
     config_class = LlavaConfig
     processor_class = LlavaProcessor
     image_processor_class = LlavaImageProcessorPil
-    published = {"llava-1.5-7b": ("llava-hf/llava-1.5-7b-hf", llava_1_5_7b_config)}
+    published = {
+        "llava-1.5-7b": ("llava-hf/llava-1.5-7b-hf", llava_1_5_7b_config),
+        "pixtral-12b": ("mistral-community/pixtral-12b", pixtral_12b_config),
+    }
 
     def image_features(self, inner, hidden, call, manage) -> GroupedFeatures:
         folded = fold_layers(project_crops(inner, hidden, call["vision_feature_select_strategy"]))

@@ -12,6 +12,49 @@ from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImag
 from .base import Family, GroupedFeatures, resolve_feature_layer, tiny_text
 
 
+def mistral_small_3_1_config(**overrides) -> Mistral3Config:
+    """The shape of mistralai/Mistral-Small-3.1-24B-Instruct-2503: Pixtral 1024 x 24 layers (14 px patches),
+    Mistral 5120 x 40 layers (24.0B parameters). From its config.json (the model page on huggingface.co; the vision
+    fields cut off there from copies of the same file)."""
+    text = dict(
+        model_type="mistral",
+        hidden_size=5120,
+        head_dim=128,
+        intermediate_size=32768,
+        num_hidden_layers=40,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        vocab_size=131072,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000000.0},
+        sliding_window=None,
+    )
+    vision = dict(
+        model_type="pixtral",
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        head_dim=64,
+        image_size=1540,
+        patch_size=14,
+        hidden_act="silu",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    kwargs = dict(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=10,
+        spatial_merge_size=2,
+        multimodal_projector_bias=False,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    return Mistral3Config(**{**kwargs, **overrides})
+
+
 def mistral3_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128, **overrides) -> Mistral3Config:
     """A Mistral3 small enough for a unit test: Mistral 32 x `num_text_layers`, Pixtral 24 x `num_vision_layers`,
     16 px images of 4 px patches (16 patches, 4 tokens after the 2 x 2 merger)."""
@@ -45,6 +88,12 @@ class Mistral3Adapter(Family):
     config_class = Mistral3Config
     processor_class = PixtralProcessor
     image_processor_class = PixtralImageProcessorPil
+    published = {
+        "Mistral-Small-3.1-24B-Instruct-2503": (
+            "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+            mistral_small_3_1_config,
+        )
+    }
 
     def feature_layer(self, config, num_vision_layers: int) -> int:
         return resolve_feature_layer(config.vision_feature_layer, num_vision_layers)

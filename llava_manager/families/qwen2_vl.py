@@ -32,6 +32,91 @@ QWEN_VL_TOKENS = dict(
 )
 
 
+def qwen2_vl_7b_config(**overrides) -> Qwen2VLConfig:
+    """The shape of Qwen/Qwen2-VL-7B-Instruct: ViT 1280 x 32 blocks, Qwen2 3584 x 28 layers (8.29B parameters).
+    Its config.json (copies on huggingface.co: Qwen/Qwen2-VL-7B-Instruct-GPTQ-Int8) gives the text fields; its
+    `vision_config` names only the patch size and channels, so the tower is `Qwen2VLVisionConfig`'s defaults,
+    which is how transformers loads the checkpoint."""
+    text = dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        bos_token_id=151643,
+        eos_token_id=151645,
+        tie_word_embeddings=False,
+    )
+    vision = dict(
+        depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16, patch_size=14, spatial_merge_size=2
+    )
+    kwargs = dict(text_config=text, vision_config=vision, tie_word_embeddings=False, **QWEN_VL_TOKENS)
+    return Qwen2VLConfig(**{**kwargs, **overrides})
+
+
+# Qwen2.5-VL's ViT, the same in every size but for the merger's output width.
+QWEN2_5_VIT = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+    hidden_act="silu",
+)
+
+
+def qwen2_5_vl_7b_config(**overrides) -> Qwen2_5_VLConfig:
+    """The shape of Qwen/Qwen2.5-VL-7B-Instruct: ViT 1280 x 32 blocks (window attention, full attention in blocks
+    7, 15, 23, 31), Qwen2 3584 x 28 layers (8.29B parameters). From a verbatim copy of its config.json
+    (github.com/Harrison-HXLiu/vlm_api_test, models/Qwen2.5-VL-7B-Instruct/config.json)."""
+    text = dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=128000,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        bos_token_id=151643,
+        eos_token_id=151645,
+        tie_word_embeddings=False,
+    )
+    vision = dict(QWEN2_5_VIT, out_hidden_size=3584)
+    kwargs = dict(text_config=text, vision_config=vision, tie_word_embeddings=False, **QWEN_VL_TOKENS)
+    return Qwen2_5_VLConfig(**{**kwargs, **overrides})
+
+
+def qwen2_5_vl_3b_config(**overrides) -> Qwen2_5_VLConfig:
+    """The shape of Qwen/Qwen2.5-VL-3B-Instruct: the same ViT, Qwen2 2048 x 36 layers (3.75B parameters). From a
+    verbatim copy of its config.json (github.com/zhanggaojian/Qwen2.5-VL-3B-LLMQ_Samples,
+    models/Qwen2.5-VL-3B-Instruct/config.json)."""
+    text = dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        max_position_embeddings=128000,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        bos_token_id=151643,
+        eos_token_id=151645,
+        tie_word_embeddings=True,
+    )
+    vision = dict(QWEN2_5_VIT, out_hidden_size=2048)
+    kwargs = dict(text_config=text, vision_config=vision, tie_word_embeddings=True, **QWEN_VL_TOKENS)
+    return Qwen2_5_VLConfig(**{**kwargs, **overrides})
+
+
 def precomputed(call: dict[str, Any], modality: str, name: str) -> Any:
     """A precomputed vision tensor passed to the encoder call (`window_index` or `image_window_index`), if any."""
     extra = call.get("kwargs") or {}
@@ -200,6 +285,7 @@ class Qwen2VLAdapter(QwenVLFamily):
     base_class = Qwen2VLModel
     config_class = Qwen2VLConfig
     processor_class = Qwen2VLProcessor
+    published = {"Qwen2-VL-7B-Instruct": ("Qwen/Qwen2-VL-7B-Instruct", qwen2_vl_7b_config)}
 
     def tiny_config(self, **overrides) -> Qwen2VLConfig:
         return qwen2_vl_tiny_config(**overrides)
@@ -212,6 +298,10 @@ class Qwen2_5_VLAdapter(QwenVLFamily):
     base_class = Qwen2_5_VLModel
     config_class = Qwen2_5_VLConfig
     processor_class = Qwen2_5_VLProcessor
+    published = {
+        "Qwen2.5-VL-3B-Instruct": ("Qwen/Qwen2.5-VL-3B-Instruct", qwen2_5_vl_3b_config),
+        "Qwen2.5-VL-7B-Instruct": ("Qwen/Qwen2.5-VL-7B-Instruct", qwen2_5_vl_7b_config),
+    }
 
     def token_order(self, inner, grid_thw, call, modality):
         window_index = precomputed(call, modality, "window_index")

@@ -26,7 +26,81 @@ from transformers import (
     Qwen3VLProcessor,
 )
 
-from .qwen2_vl import QwenVLFamily
+from .qwen2_vl import QWEN_VL_TOKENS, QwenVLFamily
+
+QWEN3_ROPE = {"rope_type": "default", "rope_theta": 5000000, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
+# Qwen3-VL's ViT (SigLIP-2 sized, 16 px patches, DeepStack from blocks 8, 16 and 24), as the 8B and 30B-A3B give it.
+QWEN3_VIT = dict(
+    depth=27,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[8, 16, 24],
+    hidden_act="gelu_pytorch_tanh",
+)
+
+
+def qwen3_vl_8b_config(**overrides) -> Qwen3VLConfig:
+    """The shape of Qwen/Qwen3-VL-8B-Instruct: ViT 1152 x 27 blocks, Qwen3 4096 x 36 layers (8.77B parameters).
+    From a verbatim copy of its config.json (github.com/nikolay-grudanov/Team_5_AI_Tutor,
+    models/Qwen3-VL-8B-Instruct/config.json; its max_position_embeddings, edited there to 8192, is the Hub's)."""
+    text = dict(
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=262144,
+        rope_parameters=dict(QWEN3_ROPE),
+        bos_token_id=151643,
+        eos_token_id=151645,
+        tie_word_embeddings=False,
+    )
+    kwargs = dict(
+        text_config=text,
+        vision_config=dict(QWEN3_VIT, out_hidden_size=4096),
+        tie_word_embeddings=False,
+        **QWEN_VL_TOKENS,
+    )
+    return Qwen3VLConfig(**{**kwargs, **overrides})
+
+
+def qwen3_vl_30b_a3b_config(**overrides) -> Qwen3VLMoeConfig:
+    """The shape of Qwen/Qwen3-VL-30B-A3B-Instruct: the same ViT, a Qwen3-MoE 2048 x 48 layers with 128 experts
+    (8 active), 31.07B parameters, as a stored model report quoting its config.json counts them."""
+    text = dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        norm_topk_prob=True,
+        max_position_embeddings=262144,
+        rope_parameters=dict(QWEN3_ROPE),
+        bos_token_id=151643,
+        eos_token_id=151645,
+        tie_word_embeddings=False,
+    )
+    kwargs = dict(
+        text_config=text,
+        vision_config=dict(QWEN3_VIT, out_hidden_size=2048),
+        tie_word_embeddings=False,
+        **QWEN_VL_TOKENS,
+    )
+    return Qwen3VLMoeConfig(**{**kwargs, **overrides})
 
 
 class Qwen3VLFamily(QwenVLFamily):
@@ -152,6 +226,7 @@ class Qwen3VLAdapter(Qwen3VLFamily):
     model_class = Qwen3VLForConditionalGeneration
     base_class = Qwen3VLModel
     config_class = Qwen3VLConfig
+    published = {"Qwen3-VL-8B-Instruct": ("Qwen/Qwen3-VL-8B-Instruct", qwen3_vl_8b_config)}
 
     def tiny_config(self, **overrides):
         return qwen3_vl_tiny_config(**overrides)
@@ -163,6 +238,7 @@ class Qwen3VLMoeAdapter(Qwen3VLFamily):
     model_class = Qwen3VLMoeForConditionalGeneration
     base_class = Qwen3VLMoeModel
     config_class = Qwen3VLMoeConfig
+    published = {"Qwen3-VL-30B-A3B-Instruct": ("Qwen/Qwen3-VL-30B-A3B-Instruct", qwen3_vl_30b_a3b_config)}
 
     def tiny_config(self, **overrides):
         return qwen3_vl_moe_tiny_config(**overrides)

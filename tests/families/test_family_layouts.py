@@ -28,6 +28,20 @@ PUBLISHED = {
     "LLaVA-NeXT-Video-7B": dict(vision_layers=24, feature_layer=-2, decoder_layers=32, hidden=4096),
     "llava-onevision-qwen2-0.5b-ov": dict(vision_layers=26, feature_layer=-1, decoder_layers=24, hidden=896),
     "llava-onevision-qwen2-7b-ov": dict(vision_layers=26, feature_layer=-1, decoder_layers=28, hidden=3584),
+    # The others feed the LLM from their last vision layer. Sources: the config.json copies cited in each adapter
+    # (Qwen2-VL-7B: vision depth 32 by Qwen2VLVisionConfig's default, 28 x 3584; Qwen2.5-VL-3B/7B: depth 32,
+    # 36 x 2048 / 28 x 3584; Qwen3-VL-8B: depth 27, 36 x 4096; Qwen3-VL-30B-A3B: depth 27, 48 x 2048; InternVL3-1B:
+    # InternViT-300M 24 layers, 24 x 896; gemma-3-4b-it: SigLIP 27 layers, 34 x 2560; Pixtral-12B and
+    # Mistral-Small-3.1: Pixtral 24 layers, 40 x 5120).
+    "pixtral-12b": dict(vision_layers=24, feature_layer=-1, decoder_layers=40, hidden=5120),
+    "Qwen2-VL-7B-Instruct": dict(vision_layers=32, feature_layer=-1, decoder_layers=28, hidden=3584),
+    "Qwen2.5-VL-3B-Instruct": dict(vision_layers=32, feature_layer=-1, decoder_layers=36, hidden=2048),
+    "Qwen2.5-VL-7B-Instruct": dict(vision_layers=32, feature_layer=-1, decoder_layers=28, hidden=3584),
+    "Qwen3-VL-8B-Instruct": dict(vision_layers=27, feature_layer=-1, decoder_layers=36, hidden=4096),
+    "Qwen3-VL-30B-A3B-Instruct": dict(vision_layers=27, feature_layer=-1, decoder_layers=48, hidden=2048),
+    "InternVL3-1B-hf": dict(vision_layers=24, feature_layer=-1, decoder_layers=24, hidden=896),
+    "gemma-3-4b-it": dict(vision_layers=27, feature_layer=-1, decoder_layers=34, hidden=2560),
+    "Mistral-Small-3.1-24B-Instruct-2503": dict(vision_layers=24, feature_layer=-1, decoder_layers=40, hidden=5120),
 }
 
 
@@ -37,7 +51,7 @@ def layouts():
 
 
 def test_published_layouts_follow_the_papers_rule(layouts):
-    assert [r.checkpoint for r in layouts] == list(PUBLISHED)
+    assert sorted(r.checkpoint for r in layouts) == sorted(PUBLISHED)
     for row in layouts:
         spec = PUBLISHED[row.checkpoint]
         f = spec["vision_layers"] + 1 + spec["feature_layer"]  # hidden_states has one more entry than layers
@@ -58,7 +72,7 @@ def test_layouts_command_writes_the_table(tmp_path, capsys):
     paths = analysis(["layouts", "--out", str(tmp_path)])
     with paths["table"].open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["checkpoint"] for r in rows] == list(PUBLISHED)
+    assert sorted(r["checkpoint"] for r in rows) == sorted(PUBLISHED)
     assert "| LLaVA-1.5 | `llava-hf/llava-1.5-7b-hf` |" in capsys.readouterr().out
 
 
