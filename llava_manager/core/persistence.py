@@ -131,9 +131,11 @@ def manager_model_class(adapter: Family) -> type[PreTrainedModel]:
         )
         # transformers renames checkpoint keys (legacy LLaVA layouts) by class name, and skips classes defined outside
         # it unless they are registered: give the subclass the base model's renaming so both read the same files.
-        register_checkpoint_conversion_mapping(
-            name, get_checkpoint_conversion_mapping(adapter.config_class.model_type) or [], overwrite=True
-        )
+        # (transformers looks a class's mapping up by class name first, then by model_type: so do we.)
+        mapping = get_checkpoint_conversion_mapping(base.__name__)
+        if mapping is None:
+            mapping = get_checkpoint_conversion_mapping(adapter.config_class.model_type)
+        register_checkpoint_conversion_mapping(name, mapping or [], overwrite=True)
         _MANAGER_CLASSES[adapter.name] = cls
         globals()[name] = cls  # importable by name: pickle and multiprocessing look classes up there
     return _MANAGER_CLASSES[adapter.name]
@@ -146,7 +148,7 @@ LlavaOnevisionManagerForConditionalGeneration = _MANAGER_CLASSES["llava_onevisio
 
 
 def from_pretrained(pretrained_model_name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
-    """Load a LLaVA-family model saved with `save_pretrained` (its family read from the config): patched if its
+    """Load a model of a supported family saved with `save_pretrained` (its family read from the config): patched if its
     config records managers, plain otherwise.
 
     Takes the keyword arguments of transformers' `from_pretrained` (dtype, device_map, revision, ...). Loading is

@@ -5,8 +5,8 @@ torch.compile and bad inputs; images and, for the families that take them, video
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from support.all_families import ALL_FAMILIES, any_batch, any_model, model_class, reference_hooks
 from support.family_models import (
-    CLASSES,
     FAMILIES,
     FRAMES,
     IMAGES,
@@ -125,11 +125,11 @@ def test_grid_crops_only(family):
         h.remove()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_bare_model_class(family):
     """`apply_manager` on the bare `...Model`: identity at init, then the reference formula."""
-    full = family_model(family)
-    batch = build_batch(full, default_samples(family))
+    full = any_model(family)
+    batch = any_batch(full, family)
     inner = full.model
     with torch.no_grad():
         base = inner(**batch).last_hidden_state
@@ -137,8 +137,8 @@ def test_bare_model_class(family):
     with torch.no_grad():
         assert torch.equal(inner(**batch).last_hidden_state, base)
     weights = randomize(inner)
-    reference = family_model(family)
-    handles = add_reference_hooks(reference, batch, weights, get_managers(inner)[0].vision_layers)
+    reference = any_model(family)
+    handles = reference_hooks(reference, family, batch, weights, get_managers(inner)[0].vision_layers)
     with torch.no_grad():
         torch.testing.assert_close(
             inner(**batch).last_hidden_state, reference.model(**batch).last_hidden_state, rtol=1e-5, atol=1e-5
@@ -147,10 +147,10 @@ def test_bare_model_class(family):
         h.remove()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_gradients_reach_zero_weights_at_step_zero(family):
-    model = family_model(family).train()
-    batch = build_batch(model, default_samples(family))
+    model = any_model(family).train()
+    batch = any_batch(model, family)
     apply_manager(model)
     model(**batch, labels=batch["input_ids"]).loss.backward()
     for m in get_managers(model):
@@ -175,13 +175,13 @@ def test_decode_steps_do_no_manager_work(family, monkeypatch):
     assert sorted(calls) == sorted(m.layer_idx for m in get_managers(model) for _ in range(modalities))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_generate_matches_the_reference(family):
-    model = apply_manager(family_model(family))
-    batch = build_batch(model, default_samples(family))
+    model = apply_manager(any_model(family))
+    batch = any_batch(model, family)
     weights = randomize(model)
-    reference = family_model(family)
-    handles = add_reference_hooks(reference, batch, weights, get_managers(model)[0].vision_layers)
+    reference = any_model(family)
+    handles = reference_hooks(reference, family, batch, weights, get_managers(model)[0].vision_layers)
     expected = reference.generate(**batch, max_new_tokens=6, do_sample=False)
     for h in handles:
         h.remove()
@@ -189,29 +189,29 @@ def test_generate_matches_the_reference(family):
     assert not torch.equal(expected, reference.generate(**batch, max_new_tokens=6, do_sample=False))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_save_load_and_from_pretrained(family, tmp_path):
-    model = apply_manager(family_model(family), interval=2)
-    batch = build_batch(model, default_samples(family))
+    model = apply_manager(any_model(family), interval=2)
+    batch = any_batch(model, family)
     randomize(model)
     with torch.no_grad():
         expected = model(**batch).logits
 
     save_manager(model, tmp_path / "adapter")
-    loaded = load_manager(family_model(family), tmp_path / "adapter")
+    loaded = load_manager(any_model(family), tmp_path / "adapter")
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, expected)
 
     model.save_pretrained(tmp_path / "full")
-    reloaded = from_pretrained(tmp_path / "full")
-    assert isinstance(reloaded, CLASSES[family][1]) and type(reloaded) is not CLASSES[family][1]
+    reloaded = from_pretrained(tmp_path / "full", attn_implementation=model.config._attn_implementation)
+    assert isinstance(reloaded, model_class(family)) and type(reloaded) is not model_class(family)
     assert has_manager(reloaded) and manager_plan(reloaded) == manager_plan(model)
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(**batch).logits, expected)
 
-    family_model(family).save_pretrained(tmp_path / "plain")
+    any_model(family).save_pretrained(tmp_path / "plain")
     plain = from_pretrained(tmp_path / "plain")
-    assert type(plain) is CLASSES[family][1] and not has_manager(plain)
+    assert type(plain) is model_class(family) and not has_manager(plain)
 
 
 def test_load_manager_into_another_family_is_refused(tmp_path):
@@ -222,10 +222,10 @@ def test_load_manager_into_another_family_is_refused(tmp_path):
     assert not has_manager(target)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_remove_restores_the_base_model(family):
-    model = family_model(family)
-    batch = build_batch(model, default_samples(family))
+    model = any_model(family)
+    batch = any_batch(model, family)
     with torch.no_grad():
         expected = model(**batch).logits
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -240,13 +240,13 @@ def test_remove_restores_the_base_model(family):
         assert torch.equal(model(**batch).logits, expected)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_peft_lora_with_trainable_managers(family, tmp_path):
     lora = LoraConfig(
         r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", modules_to_save=["managers"]
     )
-    model = get_peft_model(apply_manager(family_model(family)), lora)
-    batch = build_batch(model, default_samples(family))
+    model = get_peft_model(apply_manager(any_model(family)), lora)
+    batch = any_batch(model, family)
     managers = get_managers(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and sum(".managers." in n for n in trainable) == 2
@@ -258,16 +258,16 @@ def test_peft_lora_with_trainable_managers(family, tmp_path):
     with torch.no_grad():
         expected = model(**batch).logits
     model.save_pretrained(tmp_path)
-    reloaded = PeftModel.from_pretrained(apply_manager(family_model(family)), tmp_path).eval()
+    reloaded = PeftModel.from_pretrained(apply_manager(any_model(family)), tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(**batch).logits, expected)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_torch_compile_matches_eager(family):
-    model = apply_manager(family_model(family))
-    batch = build_batch(model, default_samples(family))
+    model = apply_manager(any_model(family))
+    batch = any_batch(model, family)
     randomize(model)
     with torch.no_grad():
         eager = model(**batch).logits
@@ -283,10 +283,10 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_bad_inputs_are_refused_before_anything_is_touched(family, case):
     overrides, error, message = case
-    model = family_model(family)
+    model = any_model(family)
     hooks, config, modules = hook_counts(model), model.config.to_dict(), len(list(model.modules()))
     with pytest.raises(error, match=message):
         apply_manager(model, **overrides)
