@@ -1,11 +1,12 @@
-"""Manager overhead per LLaVA family, base vs patched side by side (random weights).
+"""Manager overhead per family, base vs patched side by side (random weights).
 
     python benchmarks/overhead.py --family all            # every family; CPU, fp32
     python benchmarks/overhead.py --family llava_next --checkpoint llava-v1.6-mistral-7b
     python benchmarks/overhead.py --family llava --device cuda --dtype bfloat16 --full-depth   # real shape, timed
 
-Input per sample: one image (336 x 336 for the CLIP families, 384 x 384 for OneVision: the family's own crops and
-grids) and, for the families that take videos, a 4-frame video, then a 40-token prompt.
+Input per sample: one image (336 x 336, 384 x 384 for OneVision, or `--image-side`; the family's own crops, grids or
+patch grid; the fixed-size towers of InternVL and Gemma 3 take one tile of their own size) and, for the families that
+take videos, a 4-frame video, then a 40-token prompt.
 
 1. FLOPs at the real published shape, counted by torch's flop counter, not timed (a 7B model does not fit this
    machine in fp32). Every decoder layer of a model has the same shape and sees the same tokens, so FLOPs are
@@ -22,6 +23,7 @@ grids) and, for the families that take videos, a 4-frame video, then a 40-token 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -39,14 +41,15 @@ def build(adapter, make_config, text_layers: int | None, device, dtype):
     config = make_config()
     if text_layers is not None:
         config.text_config.num_hidden_layers = text_layers
-        if getattr(config.text_config, "layer_types", None):
-            config.text_config.layer_types = config.text_config.layer_types[:text_layers]
+        kinds = getattr(config.text_config, "layer_types", None)
+        if kinds:  # the first `text_layers` of the real stack (a whole number of runs of layer kinds)
+            config.text_config.layer_types = [kinds[i % len(kinds)] for i in range(text_layers)]
     torch.manual_seed(0)
     return adapter.model_class(config).to(device, dtype).eval()
 
 
-def inputs_for(model, adapter, prompt_tokens: int):
-    side = IMAGE_SIDE.get(adapter.name, 336)
+def inputs_for(model, adapter, prompt_tokens: int, side: int | None = None):
+    side = side or IMAGE_SIDE.get(adapter.name, 336)
     return random_inputs(model, side, side, prompt_tokens, video_frames=FRAMES if adapter.has_video else 0)
 
 
@@ -77,25 +80,55 @@ def train_step(model, inputs):
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
 
 
-def counted(model, inputs, fn=prefill, **manager) -> tuple[int, int]:
-    base = count_flops(lambda: fn(model, inputs))
-    apply_manager(model, **manager)
+@contextlib.contextmanager
+def frozen(model, when: bool = True):
+    """Parameters not requiring grad for a while: torch's flop counter fails on the PyTorch fallback of Qwen3.5's
+    linear attention when they do, even under no_grad ("Expected gradient function to be set")."""
+    flags = [(p, p.requires_grad) for p in model.parameters()] if when else []
+    for p, _ in flags:
+        p.requires_grad_(False)
     try:
-        patched = count_flops(lambda: fn(model, inputs))
+        yield
     finally:
-        remove_manager(model)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def counted(model, inputs, fn=prefill, **manager) -> tuple[int, int]:
+    with frozen(model, when=fn is prefill):
+        base = count_flops(lambda: fn(model, inputs))
+        apply_manager(model, **manager)
+        try:
+            patched = count_flops(lambda: fn(model, inputs))
+        finally:
+            remove_manager(model)
     return base, patched
 
 
+def layer_period(text_config) -> int:
+    """The shortest repeating run of decoder layer kinds: 1 for uniform stacks, 4 for Qwen3.5's three linear-attention
+    layers and one full-attention layer. FLOPs are affine in the number of such runs. Sliding-window layers count as
+    full attention: on prompts shorter than the window they compute the same matmuls."""
+    kinds = [k.replace("sliding_attention", "full_attention") for k in getattr(text_config, "layer_types", None) or []]
+    depth = text_config.num_hidden_layers
+    for period in range(1, depth + 1):
+        if depth % period == 0 and all(kinds[i] == kinds[i % period] for i in range(len(kinds))):
+            return period
+    return depth
+
+
 def published_flops(adapter, make_config, args, device, dtype) -> dict:
-    """Base and patched prefill FLOPs at the real depth, from counts at depths 1 and 2 (see the module doc)."""
+    """Base and patched prefill FLOPs at the real depth, from counts at one and two runs of layer kinds (one and
+    two layers for uniform stacks; see the module doc)."""
     real = make_config()
     depth = real.text_config.num_hidden_layers
+    period = layer_period(real.text_config)
     counts = {}
-    for layers in (1, 2):
+    for runs in (1, 2):
+        layers = runs * period
         model = build(adapter, make_config, layers, device, dtype)
-        inputs = inputs_for(model, adapter, args.prompt_tokens)
-        counts[layers] = counted(model, inputs, inject_layers=list(range(layers)))
+        inputs = inputs_for(model, adapter, args.prompt_tokens, args.image_side)
+        counts[runs] = counted(model, inputs, inject_layers=list(range(layers)))
         tokens = inputs["input_ids"].shape[1]
         media = {
             name: int((inputs["input_ids"] == getattr(model.config, f"{name}_token_id", -1)).sum())
@@ -103,10 +136,10 @@ def published_flops(adapter, make_config, args, device, dtype) -> dict:
         }
         del model
     (b1, p1), (b2, p2) = counts[1], counts[2]
-    per_layer, per_manager = b2 - b1, (p2 - b2) - (p1 - b1)
-    once = (p1 - b1) - per_manager  # the aggregated layers through the projector and the layout, once per forward
+    per_run, per_manager = b2 - b1, ((p2 - b2) - (p1 - b1)) // period
+    once = (p1 - b1) - period * per_manager  # the aggregated layers through the projector and layout, once
     managers = len(range(0, depth, 4))
-    base = b1 + (depth - 1) * per_layer
+    base = b1 + (depth // period - 1) * per_run
     patched = base + once + managers * per_manager
     return dict(tokens=tokens, media=media, depth=depth, managers=managers, base=base, patched=patched)
 
@@ -119,6 +152,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--prompt-tokens", type=int, default=40)
+    parser.add_argument("--image-side", type=int, default=None, help="image height and width in px")
     parser.add_argument("--text-layers", type=int, default=4, help="decoder layers of the timed reduced-depth shape")
     parser.add_argument("--full-depth", action="store_true", help="time the real shape (needs a GPU's memory)")
     parser.add_argument("--train", action="store_true", help="also time a training step (forward + backward)")
@@ -154,7 +188,7 @@ def main() -> None:
         if not args.skip_time:
             layers = None if args.full_depth else args.text_layers
             model = build(adapter, make_config, layers, device, dtype)
-            inputs = inputs_for(model, adapter, args.prompt_tokens)
+            inputs = inputs_for(model, adapter, args.prompt_tokens, args.image_side)
             shape = "published" if layers is None else f"{layers} decoder layers"
             fn = train_step if args.train else prefill
             if args.train:
