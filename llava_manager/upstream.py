@@ -78,6 +78,8 @@ _FSDP = "llava_manager/training/fsdp.py"
 _PACKING = "llava_manager/training/packing.py"
 _IMAGES = "llava_manager/processing/images.py"
 _PROCESSORS = "llava_manager/processing/processors.py"
+_QWEN2_VIT = "models.qwen2_vl.modeling_qwen2_vl.Qwen2VisionTransformerPretrainedModel"
+_QWEN2_5_VIT = "models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel"
 _EVAL = "llava_manager/evaluation/lmms_eval_model.py"
 _EVAL_MAIN = "llava_manager/evaluation/__main__.py"
 _TOWER = "llava_manager/tower/modeling.py"
@@ -541,6 +543,155 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         "attribute",
         "llava_manager/families/llava_next.py, llava_manager/families/llava_next_video.py",
         "the PIL image processor of NeXT and NeXT-Video (no torchvision), from its private module",
+    ),
+    # ---- transformers: the other VLM families (families/qwen2_vl.py, qwen3_vl.py, internvl.py, gemma3.py, mistral3.py)
+    *(
+        UpstreamAPI(
+            _T,
+            f"transformers.{model}.get_image_features",
+            "method",
+            _PATCH,
+            "wrapped per instance (hooks record the vision layers); the adapter reads the bound arguments. "
+            "Qwen3-VL and Qwen3.5 encode videos by calling it from get_video_features: the wrapper is re-entrant "
+            "(the inner call passes through), so a video is recorded once, as a video",
+            params=params,
+            callers=(f"transformers.{model}.get_video_features",) if model in ("Qwen3VLModel", "Qwen3_5Model") else (),
+            mentions=("self.get_image_features(",) if model in ("Qwen3VLModel", "Qwen3_5Model") else (),
+        )
+        for model, params in (
+            ("Qwen2VLModel", ("pixel_values", "image_grid_thw")),
+            ("Qwen2_5_VLModel", ("pixel_values", "image_grid_thw")),
+            ("Qwen3VLModel", ("pixel_values", "image_grid_thw")),
+            ("Qwen3VLMoeModel", ("pixel_values", "image_grid_thw")),
+            ("Qwen3_5Model", ("pixel_values", "image_grid_thw")),
+            ("Qwen3_5MoeModel", ("pixel_values", "image_grid_thw")),
+            ("InternVLModel", ("pixel_values", "vision_feature_layer", "vision_feature_select_strategy")),
+            ("Gemma3Model", ("pixel_values",)),
+            ("Mistral3Model", ("pixel_values", "image_sizes", "vision_feature_layer")),
+        )
+    ),
+    *(
+        UpstreamAPI(
+            _T,
+            f"transformers.{model}.get_video_features",
+            "method",
+            _PATCH,
+            "wrapped per instance like get_image_features; the adapter reads video_grid_thw",
+            params=("pixel_values_videos", "video_grid_thw"),
+        )
+        for model in ("Qwen2VLModel", "Qwen2_5_VLModel", "Qwen3VLModel", "Qwen3VLMoeModel", "Qwen3_5Model")
+    ),
+    *(
+        UpstreamAPI(
+            _T,
+            f"transformers.{model}.forward",
+            "signature",
+            _PATCH,
+            "the pre-forward hook takes the managers' features from `mm_encoder_outputs`",
+            params=("mm_encoder_outputs",),
+        )
+        for model in (
+            "Qwen2VLModel",
+            "Qwen2_5_VLModel",
+            "Qwen3VLModel",
+            "Qwen3VLMoeModel",
+            "Qwen3_5Model",
+            "Qwen3_5MoeModel",
+            "InternVLModel",
+            "Gemma3Model",
+            "Mistral3Model",
+        )
+    ),
+    *(
+        UpstreamAPI(
+            _T,
+            f"transformers.{model}.forward",
+            "signature",
+            _PATCH,
+            "the language model's DeepStack input: a pre-hook keeps the model's own features in it (or none with "
+            "deepstack=False) and drops the managers' features, which travel after them in deepstack_features",
+            params=("deepstack_visual_embeds", "visual_pos_masks"),
+        )
+        for model in ("Qwen3VLTextModel", "Qwen3VLMoeTextModel")
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.Qwen3VLModel.language_model",
+        "attribute",
+        _PATCH,
+        "called with a DeepStack input built from every entry of the encoder outputs' deepstack_features (own and "
+        f"managers'), which the pre-hook on it cuts back ({_INSTANCE})",
+        callers=("transformers.Qwen3VLModel.forward",),
+        mentions=(".deepstack_features", "deepstack_visual_embeds=deepstack_visual_embeds"),
+    ),
+    *(
+        UpstreamAPI(
+            _T,
+            f"transformers.{model}.{name}",
+            "attribute",
+            used,
+            f"the layers the managers aggregate and what brings one of them into the LLM ({_INSTANCE})",
+        )
+        for model, name, used in (
+            (_QWEN2_VIT, "blocks", "llava_manager/families/base.py"),
+            (_QWEN2_VIT, "merger", "llava_manager/families/qwen2_vl.py"),
+            (_QWEN2_5_VIT, "merger", "llava_manager/families/qwen2_vl.py"),
+            (_QWEN2_5_VIT, "window_size", "llava_manager/families/qwen2_vl.py"),
+            ("models.qwen3_vl.modeling_qwen3_vl.Qwen3VLVisionModel", "merger", "llava_manager/families/qwen2_vl.py"),
+            ("models.internvl.modeling_internvl.InternVLVisionModel", "layernorm", "llava_manager/families/internvl.py"),
+            ("InternVLModel", "pixel_shuffle", "llava_manager/families/internvl.py"),
+            ("SiglipVisionModel", "post_layernorm", "llava_manager/families/gemma3.py"),
+            ("Gemma3Model", "multi_modal_projector", "llava_manager/families/gemma3.py"),
+            ("Mistral3Model", "multi_modal_projector", "llava_manager/families/mistral3.py"),
+        )
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.vision_utils.get_vision_window_index",
+        "signature",
+        "llava_manager/families/qwen2_vl.py",
+        "Qwen2.5-VL's window order, recomputed from the grid (kwargs not passed, so nothing is popped from the "
+        "call's own precomputed arguments)",
+        params=("grid_thw", "spatial_merge_size", "window_size", "patch_size"),
+        positional=4,
+        callers=("transformers.Qwen2_5_VisionTransformerPretrainedModel.forward",),
+        mentions=("torch.argsort(window_index)",),
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.models.mistral3.modeling_mistral3.Mistral3MultiModalProjector.forward",
+        "signature",
+        "llava_manager/families/mistral3.py",
+        "run on each aggregated layer with the images' sizes, as the model runs it on its feature layer",
+        params=("image_features", "image_sizes"),
+        positional=2,
+    ),
+    *(
+        UpstreamAPI(
+            _T,
+            dotted,
+            "attribute",
+            used,
+            "the family's PIL image processor (no torchvision), from its private module",
+        )
+        for dotted, used in (
+            (
+                "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.Qwen2VLImageProcessorPil",
+                "llava_manager/families/qwen2_vl.py",
+            ),
+            (
+                "transformers.models.got_ocr2.image_processing_pil_got_ocr2.GotOcr2ImageProcessorPil",
+                "llava_manager/families/internvl.py",
+            ),
+            (
+                "transformers.models.gemma3.image_processing_pil_gemma3.Gemma3ImageProcessorPil",
+                "llava_manager/families/gemma3.py",
+            ),
+            (
+                "transformers.models.pixtral.image_processing_pil_pixtral.PixtralImageProcessorPil",
+                "llava_manager/families/mistral3.py",
+            ),
+        )
     ),
     # ---- transformers: processors ------------------------------------------------------------------------------------
     *(

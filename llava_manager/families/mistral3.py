@@ -101,6 +101,7 @@ class Mistral3Adapter(Family):
     def image_features(self, inner, hidden, call, manage) -> GroupedFeatures:
         image_sizes = call["image_sizes"]
         ratio = inner.vision_tower.patch_size * inner.config.spatial_merge_size
+        # Mistral3MultiModalProjector.forward(features, image_sizes), per layer, as the model calls it
         sizes = (torch.as_tensor(image_sizes) // ratio).prod(dim=-1).tolist()
         return [
             list(torch.split(inner.multi_modal_projector(layer.squeeze(0), image_sizes), sizes)) for layer in hidden
