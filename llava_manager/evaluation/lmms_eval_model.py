@@ -1,12 +1,16 @@
-"""lmms-eval models `llava_manager` (any supported LLaVA family) and `llava_ov_manager` (LLaVA-OneVision only):
+"""lmms-eval models `llava_manager` (any supported family) and `llava_ov_manager` (LLaVA-OneVision only):
 lmms-eval's own HF LLaVA model (`llava_hf`), loading through this package.
 
     lmms-eval --model llava_manager --model_args pretrained=DIR[,manager_path=MDIR][,dtype=bfloat16] --tasks ...
 
 `pretrained` is a model saved by this package (patched `save_pretrained`: the managers come back), a plain
 checkpoint of a supported family (scored as the baseline), or a plain one plus `manager_path` (a `save_manager`
-directory). The family is read from the checkpoint's config (`model_type`): LLaVA-1.5 (`llava`), LLaVA-NeXT
-(`llava_next`), LLaVA-NeXT-Video (`llava_next_video`, scored on images) or LLaVA-OneVision (`llava_onevision`).
+directory). The family is read from the checkpoint's config (`model_type`): LLaVA-1.5 (`llava`, also with a
+Pixtral tower), LLaVA-NeXT (`llava_next`), LLaVA-NeXT-Video (`llava_next_video`, scored on images), LLaVA-OneVision
+(`llava_onevision`), or any other family of `llava_manager.families.FAMILIES` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Qwen3.5, InternVL, Gemma 3, Mistral 3). Nothing below branches on a family's name: the processor, the chat template,
+the token-type input (`Family.token_type_key`, computed for a whole sequence by `Family.token_inputs`) and the
+model's forward and `generate` come from the checkpoint and its adapter.
 `--model llava_ov_manager` is the same model restricted to LLaVA-OneVision checkpoints (its name before the other
 families were supported); it refuses other checkpoints before loading them. What this class changes in `llava_hf`:
 - loading: `llava_manager.from_pretrained` (+ `load_manager`), and a processor that needs no torchvision;
@@ -16,12 +20,17 @@ families were supported); it refuses other checkpoints before loading them. What
   `chat_template=` a template or a .jinja file overrides it, and implies `prompt_format=chat_template`); see
   `llava_manager.processing.prompts`;
 - `generate_until`: batches (`--batch_size N`), honours `until` stop strings and `max_new_tokens`;
-- `loglikelihood`: images go with the context, the continuation is tokenised on its own; returns the mean negative
+- `loglikelihood` (for every family; lmms-eval's own wrappers of the non-LLaVA families implement none): one forward
+  over the prompt and the continuation; images go with the context, the continuation is tokenised on its own, and
+  the token types (Qwen's `mm_token_type_ids`, Gemma 3's `token_type_ids`) are computed again over the whole
+  sequence (`Family.token_inputs`: 0 over the continuation); returns the mean negative
   log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it;
 - images: every document's images go through `llava_manager.processing.images.to_rgb` (EXIF orientation, any PIL
   mode to RGB)
   and then the family's processor, whose outputs go to the model as they are (LLaVA-1.5: one crop per image; NeXT:
-  grid crops and `image_sizes`; OneVision: also `batch_num_images`).
+  grid crops and `image_sizes`; OneVision: also `batch_num_images`; Qwen: flattened patches, `image_grid_thw` and
+  `mm_token_type_ids`; Gemma 3: `token_type_ids`). A prompt whose chat template writes the BOS token (Gemma 3) is
+  tokenised without special tokens, as `apply_chat_template` does.
   A document whose image the model cannot represent, or that fails on its image, is refused with a logged message
   naming the task, doc_id and reason, and the rest of the batch is scored: it gets "" in generation and a +inf
   negative log-likelihood (never preferred over a scored choice) in loglikelihood.
@@ -63,7 +72,7 @@ from transformers import AutoConfig
 
 from ..core.patch import has_manager
 from ..core.persistence import from_pretrained, load_manager
-from ..families import FAMILIES, Family, family_of_config
+from ..families import FAMILIES, LLAVA_FAMILIES, Family, family_of_config
 from ..processing.images import ImageError, open_image, to_rgb, unsupported_reason
 from ..processing.processors import load_processor
 from ..processing.prompts import PROMPT_FORMATS, chat_prompt
@@ -251,15 +260,32 @@ class LlavaManager(LlavaHf):
                     f"a visual of type {type(visual).__name__} is not an image; "
                     f"{self.name} reads PIL images and image files",
                 )
-            reason = unsupported_reason(self._image_processor, image, self._config, multi_image=len(visuals) > 1)
+            reason = self._unsupported_reason(image, multi_image=len(visuals) > 1)
             if reason:
                 raise ImageError("unsupported image", reason)
             images.append(image)
         return images
 
+    def _unsupported_reason(self, image: Image.Image, multi_image: bool) -> str | None:
+        """Why the model cannot take `image` (None: it can). The LLaVA families' image-token layout is checked
+        against the model's before any model call (`images.unsupported_reason`); the other families' processors lay
+        out any non-empty image themselves (Qwen: native resolution; InternVL, Gemma 3: fixed tiles), so only empty
+        images are refused here, and a failure at run time refuses the document (see the module doc)."""
+        if self.family.name in LLAVA_FAMILIES:
+            return unsupported_reason(self._image_processor, image, self._config, multi_image=multi_image)
+        width, height = image.size
+        return f"empty image ({width}x{height} pixels)" if width < 1 or height < 1 else None
+
     def encode(self, texts: list[str], images: list[list]) -> dict:
-        """Model inputs for a batch of prompts and their documents' images (already through `visuals`)."""
+        """Model inputs for a batch of prompts and their documents' images (already through `visuals`), from the
+        checkpoint's processor: `input_ids`, `attention_mask`, the pixels and whatever else the family's forward
+        takes (`image_sizes`, `image_grid_thw`, the token types `mm_token_type_ids` / `token_type_ids`). A prompt
+        whose chat template already wrote the tokenizer's BOS token (Gemma 3's `{{ bos_token }}`) is tokenised
+        without special tokens, as `apply_chat_template` tokenises it, so that BOS is not doubled."""
         kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
+        bos = self._tokenizer.bos_token
+        if bos and all(text.startswith(bos) for text in texts):
+            kwargs["add_special_tokens"] = False
         if any(images):
             kwargs["images"] = [group for group in images if group]
         inputs = self._image_processor(**kwargs)
@@ -417,6 +443,8 @@ class LlavaManager(LlavaHf):
         n = inputs["input_ids"].shape[1]
         inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        if self.family.token_type_key in inputs:  # the token types (M-RoPE, image attention) over the continuation too
+            inputs.update(self.family.token_inputs(self._config, inputs["input_ids"]))
         with torch.inference_mode():
             logits = self.model(**inputs).logits[0, n - 1 : -1].float()
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None])[:, 0]

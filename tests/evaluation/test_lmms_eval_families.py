@@ -355,7 +355,7 @@ def test_model_args_are_checked_before_loading(unloadable, tmp_path):
         unloadable.LlavaManager(pretrained=str(tmp_path / "missing"), device="cpu")
     with pytest.raises(FileNotFoundError, match=rf"llava_manager: manager_path={tmp_path}/missing is not a folder"):
         unloadable.LlavaManager(pretrained=str(tmp_path), manager_path=str(tmp_path / "missing"), device="cpu")
-    with pytest.raises(ValueError, match="config model_type 'llama' is not a supported LLaVA family"):
+    with pytest.raises(ValueError, match="config model_type 'llama' is not a supported model family"):
         family_config("llava").text_config.save_pretrained(tmp_path)  # a text-only checkpoint
         unloadable.LlavaManager(pretrained=str(tmp_path), device="cpu")
 

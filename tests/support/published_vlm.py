@@ -1,0 +1,730 @@
+"""Tiny random checkpoints of the non-LLaVA families laid out like their published Hub repos, for the load / train /
+evaluate paths (`write_published_vlm(directory, name)`; `PUBLISHED_VLM` lists the names and families).
+
+What is written for each: config.json in the published layout (the published field names and token ids; only sizes
+shrunk: 2 decoder layers of 32, 2 vision layers of 24, small patches), generation_config.json, the processor files
+under their published names (preprocessor_config.json, processor_config.json where the repo has one,
+chat_template.json or chat_template.jinja), and a tokenizer (tokenizer.json, tokenizer_config.json,
+special_tokens_map.json; vocab.json / merges.txt for the Qwen tokenizers) whose special tokens sit at their REAL ids:
+the vocabularies are padded with unreachable filler entries to the published sizes (Qwen 151,643 regular tokens,
+Gemma 3 262,144), so the model's embedding has the published number of rows (Qwen2-VL-7B 152,064, Qwen2.5-VL-3B and
+Qwen3-VL 151,936, InternVL3-1B 151,674, Gemma 3 262,208). Ordinary words get made-up ids (a tiny BPE over the words
+the tests use, byte fallback for the rest); only the special tokens' ids are the real ones. Everything is built
+offline in code; nothing is downloaded.
+
+Real vs reconstructed (sources: /tmp/published_vlm/fixtures.md of this work, its raw/ copies, and the package's
+`families` configs; "memory" = written from knowledge of the published files, not checked against a stored copy):
+
+- Qwen2-VL-7B-Instruct. preprocessor_config.json: the published file (raw copy of Qwen's initial commit, via
+  royleibov/Qwen2-VL-7B-Instruct-ZipNN-Compressed and Qwen/Qwen2-VL-2B) with patch_size 14 -> 4 and min/max_pixels
+  scaled to the tiny patch (3136 = 4 tokens of 28 px -> 256 = 4 tokens of 8 px; 12845056 -> 4096 = 64 tokens, kept
+  small for speed). chat_template.json: the Qwen2-VL template text, verbatim from two stored code copies (a GRPO
+  trainer, code index id 37175924; github shell-nlp/gpt_server tests/test_chat_template.py, with the
+  `add_vision_id` guard); the published file's JSON wrapping is as transformers writes it. config.json: the
+  flat layout of the Qwen2-VL / Qwen2.5-VL files (text fields at the top, `rope_scaling` {"type": "mrope"}), token
+  ids as published (config of Qwen/Qwen2-VL-7B-Instruct copies: bos 151643, eos 151645, vision_start 151652,
+  vision_end 151653, vision 151654, image 151655, video 151656), vocab 152064. generation_config.json: NOT found for
+  Qwen2-VL; written as transformers derives it from the config (bos 151643, eos 151645) [reconstructed].
+- Qwen2.5-VL-3B-Instruct. config.json and generation_config.json: the verbatim copies (github
+  zhanggaojian/Qwen2.5-VL-3B-LLMQ_Samples) with sizes shrunk; the generation config keeps its sampling settings
+  (do_sample true, temperature 1e-6, repetition_penalty 1.05, eos [151645, 151643]), which a greedy evaluation must
+  override (do_sample) or honour (the repetition penalty: model.generate applies it). preprocessor_config.json: the
+  Qwen2-VL values (HF pages of Qwen2.5-VL derivatives show them), processor_class Qwen2_5_VLProcessor,
+  image_processor_type Qwen2VLImageProcessor [the official file itself was not seen]. chat_template.json: the
+  Qwen2-VL template [assumed identical; the Qwen2.5-VL file was not found].
+- Qwen3-VL-8B-Instruct. config.json: the verbatim copy (github nikolay-grudanov/Team_5_AI_Tutor) with sizes shrunk
+  (nested text_config, `rope_scaling` with mrope_interleaved, vision_config model_type "qwen3_vl" as there).
+  generation_config.json: eos [151645, 151643], pad 151643 (the 2B's as quoted in fixtures.md, Q3S); its sampling
+  fields are left out [partly reconstructed]. preprocessor_config.json: NOT found: patch 16 / merge 2 / temporal 2
+  from config.json, mean/std 0.5 and the size keys [memory, unverified]. chat_template.json: NOT found:
+  RECONSTRUCTED as Qwen2-VL's ChatML with `<|vision_start|><|image_pad|><|vision_end|>` per image and no default
+  system turn (the Qwen3 instruct templates have none), without the tool-calling branches of the real one.
+- InternVL3-1B-hf. config.json: the transformers 5 layout of `families.internvl.internvl3_1b_config` (top level and
+  text part from hf-internal-testing/tiny-processor-internvl; vision defaults [TFD]), sizes shrunk, image_token_id
+  151667, vocab 151674. Tokens: Qwen2.5's 151643..151664, then <img> 151665, </img> 151666, <IMG_CONTEXT> 151667
+  (config), <quad>/</quad>/<ref>/</ref>/<box>/</box> 151668..151673 [<img>, </img> and these: memory, consistent
+  with vocab 151674]; <video> is given id 151674, outside the model's vocabulary [reconstructed]. processor_config
+  (image_seq_length 256 -> 4), preprocessor_config (GotOcr2, 448 px tiles -> 16, ImageNet mean/std, crop_to_patches
+  false, min/max_patches 1/12) and chat_template.json (ChatML, `<IMG_CONTEXT>\\n` per image): NOT found:
+  RECONSTRUCTED from transformers' InternVL processor and its docs.
+- gemma-3-4b-it. config.json: the published layout (`families.gemma3.gemma3_4b_it_config`: boi 255999,
+  eoi 256000, image 262144, eos [1, 106], mm_tokens_per_image 256 -> 4), vocab 262208, SigLIP 896 px / 14 ->
+  16 px / 4. Tokens at real ids: <pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4, <start_of_turn> 105,
+  <end_of_turn> 106, "\\n" 107, "\\n\\n" 108, <start_of_image> 255999, <end_of_image> 256000, <image_soft_token>
+  262144 [memory; 255999 / 256000 / 262144 confirmed by config.json]. chat_template.json (`{{ bos_token }}`,
+  `<start_of_turn>user\\n`, `<start_of_image>` per image, `model` for the assistant), processor_config
+  (image_seq_length 256 -> 4) and preprocessor_config.json (Gemma3ImageProcessor, 896 -> 16, mean/std 0.5,
+  resample 2, pan and scan off): NOT found: RECONSTRUCTED [memory of the published files and transformers'
+  Gemma3Processor].
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from support.published import QWEN2_PRETOKENIZE_REGEX, _bpe, tiny_vocab_and_merges
+
+# name -> (family, published repo)
+PUBLISHED_VLM = {
+    "Qwen2-VL-7B-Instruct": ("qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct"),
+    "Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct"),
+    "Qwen3-VL-8B-Instruct": ("qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct"),
+    "InternVL3-1B-hf": ("internvl", "OpenGVLab/InternVL3-1B-hf"),
+    "gemma-3-4b-it": ("gemma3", "google/gemma-3-4b-it"),
+}
+_FLAGS = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+# ---- chat templates ------------------------------------------------------------------------------------------------
+# Qwen2-VL's chat_template.json (verbatim text; see the module doc).
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+# RECONSTRUCTED (see the module doc): Qwen3-VL's ChatML without a default system turn and without tools.
+QWEN3_VL_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}{%- else %}"
+    "{%- for content in message['content'] %}"
+    "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif content['type'] == 'video' or 'video' in content %}{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in content %}{{- content['text'] }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+# RECONSTRUCTED: InternVL-hf's ChatML with `<IMG_CONTEXT>\n` per image (the processor expands it into a tile).
+INTERNVL_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}{{ '<video>\n' }}{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+# RECONSTRUCTED (memory of gemma-3-4b-it's chat_template.json).
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n{%- endif -%}\n{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n    {%- if (message['role'] == 'assistant') -%}\n        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n        {%- set role = message['role'] -%}\n    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n        {%- endfor -%}\n    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n    {%- endif -%}\n    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n{%- if add_generation_prompt -%}\n    {{'<start_of_turn>model\n'}}\n{%- endif -%}\n"
+)
+
+# ---- special tokens ------------------------------------------------------------------------------------------------
+QWEN2_VL_SPECIALS = {
+    151643: "<|endoftext|>",
+    151644: "<|im_start|>",
+    151645: "<|im_end|>",
+    151646: "<|object_ref_start|>",
+    151647: "<|object_ref_end|>",
+    151648: "<|box_start|>",
+    151649: "<|box_end|>",
+    151650: "<|quad_start|>",
+    151651: "<|quad_end|>",
+    151652: "<|vision_start|>",
+    151653: "<|vision_end|>",
+    151654: "<|vision_pad|>",
+    151655: "<|image_pad|>",
+    151656: "<|video_pad|>",
+}
+# Qwen2.5's added non-special tokens (tools, fill-in-the-middle), then Qwen3's.
+QWEN2_5_EXTRA = {
+    151657: "<tool_call>",
+    151658: "</tool_call>",
+    151659: "<|fim_prefix|>",
+    151660: "<|fim_middle|>",
+    151661: "<|fim_suffix|>",
+    151662: "<|fim_pad|>",
+    151663: "<|repo_name|>",
+    151664: "<|file_sep|>",
+}
+QWEN3_EXTRA = {151665: "<tool_response>", 151666: "</tool_response>", 151667: "<think>", 151668: "</think>"}
+INTERNVL_EXTRA = {
+    151665: "<img>",
+    151666: "</img>",
+    151667: "<IMG_CONTEXT>",
+    151668: "<quad>",
+    151669: "</quad>",
+    151670: "<ref>",
+    151671: "</ref>",
+    151672: "<box>",
+    151673: "</box>",
+    151674: "<video>",
+}
+NOT_SPECIAL = set(QWEN2_5_EXTRA.values()) | set(QWEN3_EXTRA.values())
+GEMMA3_SPECIALS = {
+    0: "<pad>",
+    1: "<eos>",
+    2: "<bos>",
+    3: "<unk>",
+    4: "<mask>",
+    105: "<start_of_turn>",
+    106: "<end_of_turn>",
+    255999: "<start_of_image>",
+    256000: "<end_of_image>",
+    262144: "<image_soft_token>",
+}
+GEMMA3_REGULAR = 262144  # the SentencePiece vocabulary; <image_soft_token> is added after it
+
+
+# ---- configs (published layout, sizes shrunk) ------------------------------------------------------------------------
+def _qwen_flat_text(vocab_size: int, tie: bool) -> dict:
+    """The text fields of the flat Qwen2-VL / Qwen2.5-VL config.json, shrunk (published 3B: 2048 x 36 layers)."""
+    return {
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653,
+        "vision_token_id": 151654,
+        "image_token_id": 151655,
+        "video_token_id": 151656,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 28,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": tie,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 1, 1]},  # published [16, 24, 24] of head_dim 128
+        "vocab_size": vocab_size,
+    }
+
+
+def config_dict(name: str) -> dict:
+    family, _ = PUBLISHED_VLM[name]
+    if family == "qwen2_vl":
+        return {
+            "architectures": ["Qwen2VLForConditionalGeneration"],
+            "model_type": "qwen2_vl",
+            **_qwen_flat_text(152064, tie=False),
+            "transformers_version": "4.41.2",
+            "vision_config": {  # published: only in_chans, model_type, spatial_patch_size (the rest: defaults)
+                "depth": 2,
+                "embed_dim": 24,
+                "hidden_size": 32,
+                "mlp_ratio": 2,
+                "num_heads": 3,
+                "in_chans": 3,
+                "model_type": "qwen2_vl",
+                "patch_size": 4,
+                "spatial_patch_size": 4,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+            },
+        }
+    if family == "qwen2_5_vl":
+        return {
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "model_type": "qwen2_5_vl",
+            **_qwen_flat_text(151936, tie=True),
+            "transformers_version": "4.41.2",
+            "vision_config": {
+                "depth": 2,
+                "hidden_act": "silu",
+                "hidden_size": 24,
+                "intermediate_size": 48,
+                "num_heads": 3,
+                "in_chans": 3,
+                "out_hidden_size": 32,
+                "patch_size": 4,
+                "spatial_merge_size": 2,
+                "spatial_patch_size": 4,
+                "window_size": 16,  # published 112 = 4 merged tokens of 28 px; here 2 of 8 px
+                "fullatt_block_indexes": [1],  # published [7, 15, 23, 31]
+                "tokens_per_second": 2,
+                "temporal_patch_size": 2,
+            },
+        }
+    if family == "qwen3_vl":
+        return {
+            "architectures": ["Qwen3VLForConditionalGeneration"],
+            "image_token_id": 151655,
+            "model_type": "qwen3_vl",
+            "text_config": {
+                "attention_bias": False,
+                "attention_dropout": 0.0,
+                "bos_token_id": 151643,
+                "dtype": "bfloat16",
+                "eos_token_id": 151645,
+                "head_dim": 8,
+                "hidden_act": "silu",
+                "hidden_size": 32,
+                "initializer_range": 0.02,
+                "intermediate_size": 64,
+                "max_position_embeddings": 262144,
+                "model_type": "qwen3_vl_text",
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-06,
+                "rope_scaling": {"mrope_interleaved": True, "mrope_section": [2, 1, 1], "rope_type": "default"},
+                "rope_theta": 5000000,
+                "use_cache": True,
+                "vocab_size": 151936,
+            },
+            "tie_word_embeddings": False,
+            "transformers_version": "4.57.0.dev0",
+            "video_token_id": 151656,
+            "vision_config": {
+                "deepstack_visual_indexes": [0, 1],  # published [8, 16, 24] of 27 blocks
+                "depth": 2,
+                "hidden_act": "gelu_pytorch_tanh",
+                "hidden_size": 24,
+                "in_channels": 3,
+                "initializer_range": 0.02,
+                "intermediate_size": 48,
+                "model_type": "qwen3_vl",
+                "num_heads": 3,
+                "num_position_embeddings": 16,  # published 2304 = 48 x 48
+                "out_hidden_size": 32,
+                "patch_size": 4,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+            },
+            "vision_end_token_id": 151653,
+            "vision_start_token_id": 151652,
+        }
+    if family == "internvl":
+        return {
+            "architectures": ["InternVLForConditionalGeneration"],
+            "downsample_ratio": 0.5,
+            "image_seq_length": 4,  # published 256
+            "image_token_id": 151667,
+            "model_type": "internvl",
+            "projector_hidden_act": "gelu",
+            "text_config": {
+                "architectures": ["Qwen2ForCausalLM"],
+                "bos_token_id": 151643,
+                "eos_token_id": 151645,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "max_position_embeddings": 32768,
+                "model_type": "qwen2",
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "num_key_value_heads": 2,
+                "rope_scaling": {"factor": 2.0, "rope_type": "dynamic"},
+                "rope_theta": 1000000.0,
+                "tie_word_embeddings": True,
+                "torch_dtype": "bfloat16",
+                "vocab_size": 151674,
+            },
+            "torch_dtype": "bfloat16",
+            "vision_config": {
+                "architectures": ["InternVisionModel"],
+                "attention_bias": True,
+                "hidden_size": 24,
+                "image_size": [16, 16],  # published 448
+                "intermediate_size": 48,
+                "layer_scale_init_value": 0.1,
+                "model_type": "internvl_vision",
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "patch_size": [4, 4],  # published 14
+                "use_mean_pooling": True,
+            },
+            "vision_feature_layer": -1,
+            "vision_feature_select_strategy": "default",
+        }
+    if family == "gemma3":
+        return {
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "boi_token_index": 255999,
+            "eoi_token_index": 256000,
+            "eos_token_id": [1, 106],
+            "image_token_index": 262144,
+            "initializer_range": 0.02,
+            "mm_tokens_per_image": 4,  # published 256
+            "model_type": "gemma3",
+            "text_config": {
+                "head_dim": 8,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "model_type": "gemma3_text",
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "num_key_value_heads": 2,
+                "query_pre_attn_scalar": 8,
+                "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                "sliding_window": 16,  # published 1024
+                "vocab_size": 262208,
+            },
+            "torch_dtype": "bfloat16",
+            "transformers_version": "4.50.0.dev0",
+            "vision_config": {
+                "hidden_size": 24,
+                "image_size": 16,  # published 896
+                "intermediate_size": 48,
+                "model_type": "siglip_vision_model",
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "patch_size": 4,  # published 14
+                "vision_use_head": False,
+            },
+        }
+    raise KeyError(name)
+
+
+GENERATION_CONFIGS = {
+    "qwen2_vl": {"_from_model_config": True, "bos_token_id": 151643, "eos_token_id": 151645},
+    "qwen2_5_vl": {
+        "bos_token_id": 151643,
+        "pad_token_id": 151643,
+        "do_sample": True,
+        "eos_token_id": [151645, 151643],
+        "repetition_penalty": 1.05,
+        "temperature": 1e-06,
+        "transformers_version": "4.49.0",
+    },
+    "qwen3_vl": {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643},
+    "internvl": {"_from_model_config": True, "bos_token_id": 151643, "eos_token_id": 151645},
+    "gemma3": {"bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 106], "pad_token_id": 0},
+}
+
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 256, 4096  # published 3136 / 12845056 at 14 px patches; here 4 px patches
+
+
+def processor_files(name: str) -> dict[str, dict]:
+    """The processor's JSON files (name -> content) for `name`."""
+    family, _ = PUBLISHED_VLM[name]
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        clip = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+        mean, std = ([0.5] * 3, [0.5] * 3) if family == "qwen3_vl" else clip
+        processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}.get(
+            family, "Qwen3VLProcessor"
+        )
+        preprocessor = {
+            "min_pixels": QWEN_MIN_PIXELS,
+            "max_pixels": QWEN_MAX_PIXELS,
+            "patch_size": 4,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "image_mean": mean,
+            "image_std": std,
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "processor_class": processor_class,
+        }
+        template = QWEN3_VL_TEMPLATE if family == "qwen3_vl" else QWEN2_VL_TEMPLATE
+        return {"preprocessor_config.json": preprocessor, "chat_template.json": {"chat_template": template}}
+    if family == "internvl":
+        preprocessor = {
+            "crop_size": None,
+            "crop_to_patches": False,
+            "do_center_crop": None,
+            "do_convert_rgb": True,
+            "do_normalize": True,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": [0.485, 0.456, 0.406],
+            "image_processor_type": "GotOcr2ImageProcessorFast",
+            "image_std": [0.229, 0.224, 0.225],
+            "max_patches": 12,
+            "min_patches": 1,
+            "processor_class": "InternVLProcessor",
+            "resample": 3,
+            "rescale_factor": 0.00392156862745098,
+            "size": {"height": 16, "width": 16},
+        }
+        return {
+            "preprocessor_config.json": preprocessor,
+            "processor_config.json": {"image_seq_length": 4, "processor_class": "InternVLProcessor"},
+            "chat_template.json": {"chat_template": INTERNVL_TEMPLATE},
+        }
+    if family == "gemma3":
+        preprocessor = {
+            "do_convert_rgb": None,
+            "do_normalize": True,
+            "do_pan_and_scan": None,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_processor_type": "Gemma3ImageProcessor",
+            "image_seq_length": 4,
+            "image_std": [0.5, 0.5, 0.5],
+            "pan_and_scan_max_num_crops": None,
+            "pan_and_scan_min_crop_size": None,
+            "pan_and_scan_min_ratio_to_activate": None,
+            "processor_class": "Gemma3Processor",
+            "resample": 2,
+            "rescale_factor": 0.00392156862745098,
+            "size": {"height": 16, "width": 16},
+        }
+        return {
+            "preprocessor_config.json": preprocessor,
+            "processor_config.json": {"image_seq_length": 4, "processor_class": "Gemma3Processor"},
+            "chat_template.json": {"chat_template": GEMMA3_TEMPLATE},
+        }
+    raise KeyError(name)
+
+
+# ---- tokenizers ------------------------------------------------------------------------------------------------------
+def qwen_specials(family: str) -> dict[int, str]:
+    if family == "qwen2_vl":
+        return dict(QWEN2_VL_SPECIALS)
+    if family == "qwen2_5_vl":
+        return {**QWEN2_VL_SPECIALS, **QWEN2_5_EXTRA}
+    if family == "qwen3_vl":
+        return {**QWEN2_VL_SPECIALS, **QWEN2_5_EXTRA, **QWEN3_EXTRA}
+    if family == "internvl":
+        return {**QWEN2_VL_SPECIALS, **QWEN2_5_EXTRA, **INTERNVL_EXTRA}
+    raise KeyError(family)
+
+
+@functools.cache
+def _qwen_tokenizer_json(family: str) -> tuple[str, str, str]:
+    """tokenizer.json, vocab.json and merges.txt of a Qwen2-style byte-level BPE (the tiny vocabulary of
+    support.published, padded to 151,643 regular tokens) with the family's added tokens at their real ids."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab, merges = tiny_vocab_and_merges()
+    backend = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            dropout=None,
+            unk_token=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+            byte_fallback=False,
+        )  # fmt: skip
+    )
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    backend.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    specials = qwen_specials(family)
+    backend.add_tokens(
+        [AddedToken(specials[i], special=specials[i] not in NOT_SPECIAL, normalized=False) for i in sorted(specials)]
+    )
+    for i, token in specials.items():
+        assert backend.token_to_id(token) == i, (token, i)
+    vocab_json = json.dumps(vocab, ensure_ascii=False)
+    merges_txt = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    return backend.to_str(pretty=True), vocab_json, merges_txt
+
+
+def _qwen_tokenizer_config(family: str, template: str) -> dict:
+    specials = qwen_specials(family)
+    config = {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": {
+            str(i): {"content": c, **_FLAGS, "special": c not in NOT_SPECIAL} for i, c in sorted(specials.items())
+        },
+        "additional_special_tokens": [
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|object_ref_start|>",
+            "<|object_ref_end|>",
+            "<|box_start|>",
+            "<|box_end|>",
+            "<|quad_start|>",
+            "<|quad_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|vision_pad|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+        ],  # fmt: skip
+        "bos_token": None,
+        "chat_template": template,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": {"qwen2_vl": 32768, "qwen2_5_vl": 131072, "qwen3_vl": 262144, "internvl": 8192}[family],
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    if family == "internvl":
+        extra = {
+            "context_image_token": "<IMG_CONTEXT>",
+            "end_image_token": "</img>",
+            "start_image_token": "<img>",
+            "video_token": "<video>",
+        }
+        config.update(extra, extra_special_tokens=extra, processor_class="InternVLProcessor")
+        config["additional_special_tokens"] += ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+    return config
+
+
+GEMMA_WORDS = sorted(
+    set(
+        "user model system You are a helpful assistant What colour is the shape in image Describe this red green "
+        "blue yellow circle square triangle cross left right top bottom white black grey background on A How "
+        "many sides does have four three Is round yes no ? . ,".split()
+    )
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _gemma_tokenizer_json() -> str:
+    """A SentencePiece-style BPE as Gemma 3's tokenizer.json has it (spaces as "▁", byte fallback, no
+    pre-tokenizer, `<bos>` prepended), 262,144 entries with the specials at their real ids; ordinary pieces get
+    made-up ids."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+
+    vocab = {token: i for i, token in GEMMA3_SPECIALS.items() if i < GEMMA3_REGULAR}
+    free = (i for i in range(GEMMA3_REGULAR) if i not in GEMMA3_SPECIALS and i not in (107, 108))
+    vocab["\n"], vocab["\n\n"] = 107, 108
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = next(free)
+    chars = sorted(set("".join(GEMMA_WORDS)) | {"▁"})
+    for c in chars:
+        vocab.setdefault(c, next(free))
+    merges, ranks = [("\n", "\n")], {("\n", "\n"): 0}
+    for word in GEMMA_WORDS:
+        for form in (word, "▁" + word):
+            symbols = list(form)
+            pieces = _bpe(symbols, ranks)
+            while len(pieces) > 1:
+                pair = (pieces[0], pieces[1])
+                ranks[pair] = len(merges)
+                merges.append(pair)
+                vocab.setdefault(pair[0] + pair[1], next(free))
+                pieces = _bpe(symbols, ranks)
+    used = set(vocab.values())
+    filler = 0
+    for i in range(GEMMA3_REGULAR):
+        if i not in used:
+            vocab[f"<unused_filler_{filler}>"] = i
+            filler += 1
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 2)]
+    )
+    backend.add_special_tokens(
+        [AddedToken(GEMMA3_SPECIALS[i], special=True, normalized=False) for i in sorted(GEMMA3_SPECIALS)]
+    )
+    for i, token in GEMMA3_SPECIALS.items():
+        assert backend.token_to_id(token) == i, (token, i)
+    assert backend.token_to_id("\n") == 107 and backend.token_to_id("\n\n") == 108
+    return backend.to_str()
+
+
+def _gemma_tokenizer_config() -> dict:
+    extra = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": {
+            str(i): {"content": c, **_FLAGS, "special": True} for i, c in sorted(GEMMA3_SPECIALS.items())
+        },
+        **extra,
+        "bos_token": "<bos>",
+        "chat_template": GEMMA3_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<eos>",
+        "extra_special_tokens": extra,
+        "model_max_length": 1000000000000000019884624838656,
+        "pad_token": "<pad>",
+        "padding_side": "left",
+        "processor_class": "Gemma3Processor",
+        "sp_model_kwargs": None,
+        "spaces_between_special_tokens": False,
+        "tokenizer_class": "GemmaTokenizer",
+        "unk_token": "<unk>",
+        "use_default_system_prompt": False,
+    }
+
+
+# ---- the checkpoint ----------------------------------------------------------------------------------------------
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def build_model(name: str, seed: int = 0):
+    """The tiny random model of `name` from the written config (seeded; the global RNG is left as it was)."""
+    import torch
+
+    from llava_manager.families import FAMILIES
+
+    family, _ = PUBLISHED_VLM[name]
+    adapter = FAMILIES[family]
+    config = adapter.config_class.from_dict(config_dict(name))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = adapter.model_class(config)
+        if family == "gemma3":  # Gemma 3 initialises its projection to zero: every image token would be 0
+            weight = model.model.multi_modal_projector.mm_input_projection_weight
+            with torch.no_grad():
+                weight.normal_(std=0.3)
+    return model.eval()
+
+
+def write_published_vlm(directory: str | Path, name: str, seed: int = 0) -> Path:
+    """Writes the tiny checkpoint `name` (a key of PUBLISHED_VLM) to `directory` in the published layout."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    family, _ = PUBLISHED_VLM[name]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = build_model(name, seed).to(torch.bfloat16)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)  # only the weights are kept; the JSON files are the published ones
+        for file in Path(tmp).glob("*.safetensors*"):
+            shutil.move(str(file), directory / file.name)
+    _write_json(directory / "config.json", config_dict(name))
+    _write_json(directory / "generation_config.json", GENERATION_CONFIGS[family])
+    files = processor_files(name)
+    for file, content in files.items():
+        _write_json(directory / file, content)
+    template = files["chat_template.json"]["chat_template"]
+    if family == "gemma3":
+        (directory / "tokenizer.json").write_text(_gemma_tokenizer_json(), encoding="utf-8")
+        _write_json(directory / "tokenizer_config.json", _gemma_tokenizer_config())
+        special = {"boi_token": "<start_of_image>", "bos_token": "<bos>", "eoi_token": "<end_of_image>",
+                   "eos_token": "<eos>", "image_token": "<image_soft_token>", "pad_token": "<pad>",
+                   "unk_token": "<unk>"}  # fmt: skip
+    else:
+        tokenizer_json, vocab_json, merges_txt = _qwen_tokenizer_json(family)
+        (directory / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        (directory / "vocab.json").write_text(vocab_json, encoding="utf-8")
+        (directory / "merges.txt").write_text(merges_txt, encoding="utf-8")
+        _write_json(directory / "tokenizer_config.json", _qwen_tokenizer_config(family, template))
+        special = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    _write_json(directory / "special_tokens_map.json", special)
+    return directory
