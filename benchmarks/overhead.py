@@ -23,7 +23,6 @@ take videos, a 4-frame video, then a 40-token prompt.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
@@ -37,13 +36,17 @@ IMAGE_SIDE = {"llava_onevision": 384}  # others: 336
 FRAMES = 4
 
 
-def build(adapter, make_config, text_layers: int | None, device, dtype):
+def build(adapter, make_config, text_layers, device, dtype):
+    """The model of `make_config` with `text_layers` decoder layers: a count (the first layers of the real stack),
+    a list of layer kinds (`layer_types`), or None for the real depth."""
     config = make_config()
     if text_layers is not None:
-        config.text_config.num_hidden_layers = text_layers
         kinds = getattr(config.text_config, "layer_types", None)
-        if kinds:  # the first `text_layers` of the real stack (a whole number of runs of layer kinds)
-            config.text_config.layer_types = [kinds[i % len(kinds)] for i in range(text_layers)]
+        if isinstance(text_layers, int):
+            text_layers = kinds[:text_layers] if kinds else [None] * text_layers
+        config.text_config.num_hidden_layers = len(text_layers)
+        if kinds:
+            config.text_config.layer_types = list(text_layers)
     torch.manual_seed(0)
     return adapter.model_class(config).to(device, dtype).eval()
 
@@ -80,66 +83,63 @@ def train_step(model, inputs):
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
 
 
-@contextlib.contextmanager
-def frozen(model, when: bool = True):
-    """Parameters not requiring grad for a while: torch's flop counter fails on the PyTorch fallback of Qwen3.5's
-    linear attention when they do, even under no_grad ("Expected gradient function to be set")."""
-    flags = [(p, p.requires_grad) for p in model.parameters()] if when else []
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def counted(model, inputs, fn=prefill, **manager) -> tuple[int, int]:
-    with frozen(model, when=fn is prefill):
-        base = count_flops(lambda: fn(model, inputs))
-        apply_manager(model, **manager)
-        try:
-            patched = count_flops(lambda: fn(model, inputs))
-        finally:
-            remove_manager(model)
+    inference = model if fn is prefill else None
+    base = count_flops(lambda: fn(model, inputs), inference_of=inference)
+    apply_manager(model, **manager)
+    try:
+        patched = count_flops(lambda: fn(model, inputs), inference_of=inference)
+    finally:
+        remove_manager(model)
     return base, patched
 
 
-def layer_period(text_config) -> int:
-    """The shortest repeating run of decoder layer kinds: 1 for uniform stacks, 4 for Qwen3.5's three linear-attention
-    layers and one full-attention layer. FLOPs are affine in the number of such runs. Sliding-window layers count as
-    full attention: on prompts shorter than the window they compute the same matmuls."""
-    kinds = [k.replace("sliding_attention", "full_attention") for k in getattr(text_config, "layer_types", None) or []]
-    depth = text_config.num_hidden_layers
-    for period in range(1, depth + 1):
-        if depth % period == 0 and all(kinds[i] == kinds[i % period] for i in range(len(kinds))):
-            return period
-    return depth
+def published_or_default(adapter) -> dict:
+    """The family's published shapes; for a family with none on record (Qwen3.5), its config class's defaults."""
+    if adapter.published:
+        return adapter.published
+    name = f"{adapter.config_class.__name__} defaults (no published config on record)"
+    return {"defaults": (name, adapter.config_class)}
+
+
+def layer_kinds(text_config) -> list[str]:
+    """Each decoder layer's kind as far as FLOPs go: Qwen3.5's linear-attention layers differ from its full-attention
+    ones; sliding-window layers count as full attention (on prompts shorter than the window they compute the same
+    matmuls); a stack without `layer_types` is uniform."""
+    kinds = getattr(text_config, "layer_types", None) or ["full_attention"] * text_config.num_hidden_layers
+    return [kind.replace("sliding_attention", "full_attention") for kind in kinds]
 
 
 def published_flops(adapter, make_config, args, device, dtype) -> dict:
-    """Base and patched prefill FLOPs at the real depth, from counts at one and two runs of layer kinds (one and
-    two layers for uniform stacks; see the module doc)."""
+    """Base and patched prefill FLOPs at the real depth, from counts of one- and two-layer models at the real widths
+    (see the module doc): everything outside the decoder layers is the same in each, so a layer of each kind, and
+    a manager, cost the differences between them."""
     real = make_config()
     depth = real.text_config.num_hidden_layers
-    period = layer_period(real.text_config)
+    kinds = layer_kinds(real.text_config)
+    # A full-attention layer in every counted stack: transformers cannot run a stack of linear-attention layers only.
+    anchor = "full_attention" if "full_attention" in kinds else kinds[0]
+    stacks = {"one": [anchor], "two": [anchor, anchor]}
+    stacks |= {kind: [kind, anchor] for kind in dict.fromkeys(kinds) if kind != anchor}
     counts = {}
-    for runs in (1, 2):
-        layers = runs * period
-        model = build(adapter, make_config, layers, device, dtype)
+    for name, stack in stacks.items():
+        model = build(adapter, make_config, stack, device, dtype)
         inputs = inputs_for(model, adapter, args.prompt_tokens, args.image_side)
-        counts[runs] = counted(model, inputs, inject_layers=list(range(layers)))
+        counts[name] = counted(model, inputs, inject_layers=list(range(len(stack))))
         tokens = inputs["input_ids"].shape[1]
         media = {
             name: int((inputs["input_ids"] == getattr(model.config, f"{name}_token_id", -1)).sum())
             for name in ("image", "video")
         }
         del model
-    (b1, p1), (b2, p2) = counts[1], counts[2]
-    per_run, per_manager = b2 - b1, ((p2 - b2) - (p1 - b1)) // period
-    once = (p1 - b1) - period * per_manager  # the aggregated layers through the projector and layout, once
+    (b1, p1), (b2, p2) = counts["one"], counts["two"]
+    per_manager = (p2 - b2) - (p1 - b1)
+    per_kind = {anchor: b2 - b1}
+    per_kind |= {kind: counts[kind][0] - b1 for kind in stacks if kind not in ("one", "two")}
+    outside = b1 - per_kind[anchor]  # embeddings, vision tower, head: a one-layer model less its layer
+    once = (p1 - b1) - per_manager  # the aggregated layers through the projector and the layout, once per forward
     managers = len(range(0, depth, 4))
-    base = b1 + (depth // period - 1) * per_run
+    base = outside + sum(per_kind[kind] for kind in kinds)
     patched = base + once + managers * per_manager
     return dict(tokens=tokens, media=media, depth=depth, managers=managers, base=base, patched=patched)
 
@@ -168,10 +168,11 @@ def main() -> None:
     table = []
     for name in families:
         adapter = get_family(name)
-        checkpoint = args.checkpoint or next(iter(adapter.published))
-        if checkpoint not in adapter.published:
-            parser.error(f"{adapter.title} checkpoints: {', '.join(adapter.published)}; got {checkpoint!r}")
-        hub_id, make_config = adapter.published[checkpoint]
+        shapes = published_or_default(adapter)
+        checkpoint = args.checkpoint or next(iter(shapes))
+        if checkpoint not in shapes:
+            parser.error(f"{adapter.title} checkpoints: {', '.join(shapes)}; got {checkpoint!r}")
+        hub_id, make_config = shapes[checkpoint]
         print(f"\n== {adapter.title}: {hub_id}")
         row = [adapter.title, float("nan")]
         if not args.skip_flops:

@@ -511,7 +511,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.LlavaOnevisionModel.image_newline",
         "attribute",
-        "llava_manager/training/parts.py, llava_manager/training/throughput.py",
+        "llava_manager/training/parts.py",
         f"counted with the projector's parameters (read with getattr; LLaVA-1.5 has none) ({_INSTANCE})",
     ),
     *(
@@ -712,12 +712,51 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
             _T,
             f"transformers.{processor}.replace_image_token",
             "method",
-            "llava_manager/training/data.py, llava_manager/training/lengths.py",
-            "the image placeholder text of one image, as the processor expands it",
+            f"{_PROCESSORS}, llava_manager/training/lengths.py",
+            "the image placeholder text of one image, as the processor expands it (called by _process_images)",
             params=("image_inputs", "image_idx"),
             positional=2,
         )
         for processor in ("LlavaProcessor", "LlavaNextProcessor", "LlavaNextVideoProcessor", "LlavaOnevisionProcessor")
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.processing_utils.ProcessorMixin._process_images",
+        "method",
+        _PROCESSORS,
+        "one sample's images through the processor's own image path: the image processor's output and each image's "
+        "expanded placeholder text (replace_image_token), as the processor's __call__ makes them",
+        params=("images",),
+        positional=1,
+        mentions=("self.replace_image_token(",),
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.processing_utils.ProcessorMixin._merge_kwargs",
+        "method",
+        _PROCESSORS,
+        "the image settings the processor's __call__ gives its image processor (class defaults such as InternVL's "
+        "crop_to_patches), read from `images_kwargs`",
+        params=("tokenizer_init_kwargs",),
+        mentions=("images_kwargs",),
+    ),
+    *(
+        UpstreamAPI(
+            _T,
+            f"transformers.{processor}._get_num_multimodal_tokens",
+            "method",
+            f"{_IMAGES}, llava_manager/training/lengths.py",
+            "the image-token count of an image size as the processor lays it out; it raises on sizes it cannot lay "
+            "out (Qwen's aspect-ratio limit), which refuses the image",
+            params=("image_sizes",),
+        )
+        for processor in (
+            "Qwen2VLProcessor",
+            "Qwen2_5_VLProcessor",
+            "Qwen3VLProcessor",
+            "InternVLProcessor",
+            "Gemma3Processor",
+        )
     ),
     UpstreamAPI(
         _T,

@@ -127,7 +127,7 @@ def _measure(model, image_size, text_tokens, new_tokens, batch_size, repeats, co
     for name, (managers, grid) in variants.items():
         with _variant(model, managers, config), torch.no_grad():
             inputs = one[grid]
-            flops = count_flops(lambda: model(**inputs))
+            flops = count_flops(lambda: model(**inputs), inference_of=model)
             rows[name] = BudgetRow(
                 variant=name,
                 parameters=sum(p.numel() for p in model.parameters()),

@@ -104,9 +104,15 @@ def attention_statistics(model, processor, samples, prompt_format: str = "qwen_1
 
 
 def siglip_attention_distance(model, processor, samples, prompt_format: str = "qwen_1_5") -> torch.Tensor:
-    """`(vision layers, heads)` mean attention distance in pixels, averaged over crops and samples."""
-    layers = vision_encoder_layers(model.model.vision_tower)
+    """`(vision layers, heads)` mean attention distance in pixels, averaged over crops and samples. For CLIP and
+    SigLIP towers (the LLaVA family, Gemma 3): square crops of one fixed patch grid."""
     vision = model.config.vision_config
+    if vision.model_type not in ("clip_vision_model", "siglip_vision_model"):
+        raise ValueError(
+            f"The attention distance needs a CLIP or SigLIP tower (square crops of a fixed patch grid); this model's "
+            f"tower is {vision.model_type!r}."
+        )
+    layers = vision_encoder_layers(model.model.vision_tower)
     grid = vision.image_size // vision.patch_size
     totals = torch.zeros(len(layers), vision.num_attention_heads)
     device = next(model.parameters()).device

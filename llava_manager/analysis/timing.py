@@ -4,6 +4,7 @@ load) cancel in the per-round ratios."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -27,11 +28,28 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of `fn` as torch's flop counter counts them (a multiply-add is 2 FLOPs)."""
-    with FlopCounterMode(display=False) as counter:
+def count_flops(fn: Callable[[], object], inference_of: torch.nn.Module | None = None) -> int:
+    """FLOPs of one call of `fn` as torch's flop counter counts them (a multiply-add is 2 FLOPs).
+
+    `inference_of`: a model `fn` runs without gradients, whose parameters are marked as not requiring them for the
+    count (the counter's module tracker fails on modules handed a parameter that requires grad under `no_grad`, as
+    the PyTorch fallback of Qwen3.5's linear attention does)."""
+    with frozen(inference_of), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module | None):
+    """`model`'s parameters not requiring grad for a while (none when `model` is None)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()] if model is not None else []
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def rounds(fns: dict[str, Callable[[], float]], repeats: int, desc: str, warmup: bool = True) -> dict[str, list[float]]:

@@ -72,7 +72,7 @@ from transformers import AutoConfig
 
 from ..core.patch import has_manager
 from ..core.persistence import from_pretrained, load_manager
-from ..families import FAMILIES, LLAVA_FAMILIES, Family, family_of_config
+from ..families import FAMILIES, Family, family_of_config
 from ..processing.images import ImageError, open_image, to_rgb, unsupported_reason
 from ..processing.processors import load_processor
 from ..processing.prompts import PROMPT_FORMATS, chat_prompt
@@ -260,21 +260,11 @@ class LlavaManager(LlavaHf):
                     f"a visual of type {type(visual).__name__} is not an image; "
                     f"{self.name} reads PIL images and image files",
                 )
-            reason = self._unsupported_reason(image, multi_image=len(visuals) > 1)
+            reason = unsupported_reason(self._image_processor, image, self._config, multi_image=len(visuals) > 1)
             if reason:
                 raise ImageError("unsupported image", reason)
             images.append(image)
         return images
-
-    def _unsupported_reason(self, image: Image.Image, multi_image: bool) -> str | None:
-        """Why the model cannot take `image` (None: it can). The LLaVA families' image-token layout is checked
-        against the model's before any model call (`images.unsupported_reason`); the other families' processors lay
-        out any non-empty image themselves (Qwen: native resolution; InternVL, Gemma 3: fixed tiles), so only empty
-        images are refused here, and a failure at run time refuses the document (see the module doc)."""
-        if self.family.name in LLAVA_FAMILIES:
-            return unsupported_reason(self._image_processor, image, self._config, multi_image=multi_image)
-        width, height = image.size
-        return f"empty image ({width}x{height} pixels)" if width < 1 or height < 1 else None
 
     def encode(self, texts: list[str], images: list[list]) -> dict:
         """Model inputs for a batch of prompts and their documents' images (already through `visuals`), from the

@@ -56,6 +56,9 @@ class Family:
     # The token-type input the forward takes beside `input_ids` (Gemma 3's `token_type_ids`, the Qwen families'
     # `mm_token_type_ids`), which collators, packing and generation must carry along.
     token_type_key: ClassVar[str | None] = None
+    # The text a chat template writes around an image's token, which the processor expands inside them: the Qwen-VL
+    # families' `<|vision_start|>` ... `<|vision_end|>` (the others' processors write their own markers).
+    image_markers: ClassVar[tuple[str, str]] = ("", "")
 
     # ---- where things are ------------------------------------------------------------------------------------
     def inner(self, model: nn.Module) -> nn.Module | None:
@@ -76,6 +79,10 @@ class Family:
 
     def language_model(self, inner: nn.Module) -> nn.Module:
         return inner.language_model
+
+    def projector_modules(self, inner: nn.Module) -> list[nn.Module]:
+        """What brings the feature layer into the LLM (trained as "the projector")."""
+        return [inner.multi_modal_projector]
 
     def decoder_layers(self, inner: nn.Module) -> nn.ModuleList:
         return self.language_model(inner).layers

@@ -146,9 +146,15 @@ class QwenVLFamily(Family):
     video_processor_class = "Qwen2VLVideoProcessor"  # needs torchvision
     has_video = True
     token_type_key = "mm_token_type_ids"
+    image_markers = ("<|vision_start|>", "<|vision_end|>")
 
     def feature_layer(self, config, num_vision_layers: int) -> int:
         return num_vision_layers  # the merger takes the last block's output
+
+    def projector_modules(self, inner):
+        """The merger inside `visual` (and Qwen3-VL's DeepStack mergers), not part of the vision tower's training."""
+        deepstack = getattr(inner.visual, "deepstack_merger_list", None)
+        return [inner.visual.merger] + ([deepstack] if deepstack is not None else [])
 
     def grid(self, call: dict[str, Any], modality: str) -> torch.Tensor:
         return call["image_grid_thw" if modality == "image" else "video_grid_thw"]

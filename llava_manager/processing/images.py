@@ -233,12 +233,24 @@ def unsupported_reason(processor, image: Image.Image, config=None, multi_image: 
     processor implies, so a processor / model disagreement goes unseen); `multi_image`: the image is one of several
     in a sample (OneVision: base crop only; the other families lay out every image alike). Call it on the image as
     the processor will get it (after `to_rgb`). LLaVA-1.5 writes the same token count for every image (one crop,
-    resized), so for it only empty images are refused; NeXT and NeXT-Video are checked like OneVision."""
+    resized), so for it only empty images are refused; NeXT and NeXT-Video are checked like OneVision. The other
+    families' processors (Qwen-VL, InternVL, Gemma 3, Pixtral) count their tokens from the image processor's output
+    (patch grid, tiles, a fixed count), which is what the model encodes: an empty image, or one the processor cannot
+    lay out (`_get_num_multimodal_tokens` raises: Qwen's aspect ratio limit of 200:1), is refused."""
     width, height = image.size
     if width < 1 or height < 1:
         return f"empty image ({width}x{height} pixels)"
     family = _family(processor, config)
     if family == "llava":
+        return None
+    if family is not None and not FAMILIES[family].has_grids:
+        # the processor writes its tokens from the image processor's own output (patch grid, tiles, one fixed count),
+        # which is what the model encodes: only what the processor cannot lay out (e.g. Qwen's aspect ratio limit)
+        count = getattr(processor, "_get_num_multimodal_tokens", None)  # Pixtral's processor has none
+        try:
+            count is None or count(image_sizes=[[height, width]])
+        except ValueError as error:
+            return f"the processor cannot lay out a {width}x{height} image: {error}"
         return None
     layout = _model_layout(processor, config, family)
     try:

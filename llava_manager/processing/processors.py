@@ -84,8 +84,12 @@ def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
 
 
 def family_of_processor(processor) -> str:
-    """The `FAMILIES` key of `processor` (a family's processor class, or its image-only variant)."""
-    classes = {adapter.processor_class: name for name, adapter in FAMILIES.items()}
+    """The `FAMILIES` key of `processor` (a family's processor class, or its image-only variant). Qwen3-VL,
+    Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE share `Qwen3VLProcessor`, which names Qwen3-VL: the model's config says
+    which of them a model is."""
+    classes: dict[type, str] = {}
+    for name, adapter in FAMILIES.items():  # a class several families share (Qwen3VLProcessor) names the first
+        classes.setdefault(adapter.processor_class, name)
     for cls in type(processor).__mro__:
         if cls in classes:
             return classes[cls]
@@ -117,3 +121,32 @@ def build_processor(image_processor, tokenizer, family: str = "llava_onevision",
         else:
             processor_class, parts["video_processor"] = image_only(processor_class), None
     return processor_class(**parts, **kwargs)
+
+
+def image_prompt(processor) -> str:
+    """The text one image takes in a prompt before the processor expands it: the processor's image token (LLaVA's
+    `<image>`, InternVL's `<IMG_CONTEXT>`, Gemma 3's `<start_of_image>`), inside the family's own markers where the
+    chat template writes them (Qwen-VL: `<|vision_start|><|image_pad|><|vision_end|>`)."""
+    try:
+        start, end = FAMILIES[family_of_processor(processor)].image_markers
+    except TypeError:  # a processor of no supported family
+        start, end = "", ""
+    return f"{start}{processor.image_token}{end}"
+
+
+def images_kwargs(processor) -> dict:
+    """The settings the processor's own `__call__` gives its image processor (its class defaults, e.g. InternVL's
+    `crop_to_patches=True`, Gemma 3's Pan & Scan off), returning tensors."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    merged = processor._merge_kwargs(tokenizer_init_kwargs=getattr(tokenizer, "init_kwargs", {}), return_tensors="pt")
+    return dict(merged["images_kwargs"])
+
+
+def process_images(processor, images: list, kwargs: dict | None = None) -> tuple[dict, list[str]]:
+    """One sample's `images` through the processor's image path, as its `__call__` takes them: the image
+    processor's output and, for each image, the text its prompt placeholder (`image_prompt`) becomes: the
+    processor's expansion (`replace_image_token`) inside the family's markers."""
+    kwargs = images_kwargs(processor) if kwargs is None else kwargs
+    inputs, replacements = processor._process_images([list(images)], **kwargs)
+    prompt = image_prompt(processor)
+    return inputs, [prompt.replace(processor.image_token, text, 1) for text in replacements]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from jinja2 import TemplateError
 
-from .templates import IMAGE_PLACEHOLDER, QWEN
+from .processors import image_prompt
+from .templates import IMAGE_PLACEHOLDER, QWEN, TEMPLATES, Template
 
 PROMPT_FORMATS = ("qwen_1_5", "chat_template")
 
@@ -39,11 +40,31 @@ def chat_prompt(
                 "A chat template was given with prompt_format='qwen_1_5', which does not use one; "
                 "use prompt_format='chat_template' to prompt with it."
             )
-        if num_images and image_token not in text:
-            text = " ".join([image_token] * num_images) + "\n" + text
-        return QWEN.system.format(QWEN.default_system) + QWEN.user.format(text) + QWEN.assistant
+        return template_prompt(processor, text, num_images, QWEN)
     template = chat_template or getattr(processor, "chat_template", None) or tokenizer.chat_template
     return _from_template(tokenizer, text, num_images, template, image_token)
+
+
+def template_prompt(processor, text: str, num_images: int, template: Template | str = QWEN) -> str:
+    """The prompt for one user turn in one of the training templates (`templates.TEMPLATES`, e.g. the embedded
+    default's, `synthetic.data.tiny_template`), ending where the answer starts: its system block, the user turn with
+    the images' placeholders first (joined by spaces, then a newline; unless the text places its own), the
+    assistant header; the BOS token's text first where the template starts with one and the tokenizer does not put
+    it there itself. An image's placeholder is the processor's (`processors.image_prompt`: Qwen-VL's
+    `<|vision_start|><|image_pad|><|vision_end|>`, ...); with a bare tokenizer, its `image_token` or `<image>`."""
+    template = TEMPLATES[template] if isinstance(template, str) else template
+    tokenizer = getattr(processor, "tokenizer", processor)
+    image_token = getattr(processor, "image_token", None) or IMAGE_PLACEHOLDER
+    placeholder = image_prompt(processor) if hasattr(processor, "image_processor") else image_token
+    if num_images and image_token not in text:
+        text = " ".join([placeholder] * num_images) + "\n" + text
+    elif placeholder != image_token and placeholder not in text:
+        text = text.replace(image_token, placeholder)
+    system = template.system.format(template.default_system) if template.system else ""
+    bos = ""
+    if template.bos and not getattr(tokenizer, "add_bos_token", False):
+        bos = tokenizer.bos_token or ""
+    return bos + system + template.user.format(text) + template.assistant
 
 
 def _from_template(tokenizer, text: str, num_images: int, template: str | None, image_token: str) -> str:

@@ -89,12 +89,46 @@ MISTRAL_INSTRUCT = Template(
     whole_text=True,
     special_tokens=("</s>",),
 )
-TEMPLATES = {t.name: t for t in (QWEN, PLAIN, VICUNA_V1, MISTRAL_INSTRUCT)}
+# Gemma 3's chat template (google/gemma-3-*-it `chat_template`): "<bos>" once, then "<start_of_turn>user\n" + text +
+# "<end_of_turn>\n" and "<start_of_turn>model\n" + answer + "<end_of_turn>\n". An image is the processor's
+# "<start_of_image>", which it expands to "\n\n<start_of_image>" + soft tokens + "<end_of_image>\n\n". (Its system
+# turn goes in front of the first user turn; this template has no place for one, so a system turn in the data is
+# dropped, as with mistral_instruct.) Tokenised whole: Gemma's tokenizer is SentencePiece-based.
+GEMMA = Template(
+    name="gemma",
+    system="",
+    default_system="",
+    user="<start_of_turn>user\n{}<end_of_turn>\n",
+    assistant="<start_of_turn>model\n",
+    end_of_turn="<end_of_turn>",
+    after_turn="\n",
+    bos=True,
+    whole_text=True,
+    special_tokens=("<start_of_turn>", "<end_of_turn>"),
+)
+TEMPLATES = {t.name: t for t in (QWEN, PLAIN, VICUNA_V1, MISTRAL_INSTRUCT, GEMMA)}
 
 # The chat template a checkpoint is fine-tuned with when --template is not given, by its LLM
 # (`config.text_config.model_type`): LLaVA-OneVision (Qwen2), LLaVA-1.5 / NeXT-Vicuna / NeXT-Video (Llama),
-# LLaVA-NeXT-Mistral. Stage-1 uses `plain` for every LLM.
-LLM_TEMPLATES = {"qwen2": "qwen_1_5", "llama": "vicuna_v1", "mistral": "mistral_instruct"}
+# LLaVA-NeXT-Mistral; the Qwen-VL families' LLMs and InternVL's Qwen2 / Qwen3 (ChatML, the Qwen-VL images written
+# as `<|vision_start|><|image_pad|><|vision_end|>`, `processors.image_prompt`), Gemma 3's. Stage-1 uses `plain` for
+# every LLM.
+QWEN_VL_LLMS = (
+    "qwen2_vl_text",
+    "qwen2_5_vl_text",
+    "qwen3_vl_text",
+    "qwen3_vl_moe_text",
+    "qwen3_5_text",
+    "qwen3_5_moe_text",
+    "qwen3",
+)
+LLM_TEMPLATES = {
+    "qwen2": "qwen_1_5",
+    "llama": "vicuna_v1",
+    "mistral": "mistral_instruct",
+    **dict.fromkeys(QWEN_VL_LLMS, "qwen_1_5"),
+    "gemma3_text": "gemma",
+}
 
 
 def template_for_config(config) -> str:

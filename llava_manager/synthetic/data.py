@@ -145,13 +145,82 @@ def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int =
     return paths
 
 
-def tiny_tokenizer():
-    """A word-level tokenizer over the synthetic vocabulary with the Qwen chat tokens and `<image>` / `<video>`."""
+# The special tokens of each family's tiny tokenizer, under the names the published tokenizers give them: the
+# tokenizer attributes the family's processor reads (`tokenizer` -> token), the tiny config's token-id fields
+# (`config` -> token), the tokens of the family's conversation template (`template`, with `bos`) and the words it
+# writes (`words`). Keyed by the adapter's `image_processor_class` family group through `tiny_tokens(family)`.
+# (A candidate adapter attribute: `Family.special_tokens`.)
+QWEN_VL_TOKENS = dict(
+    tokenizer={
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+        "vision_start_token": "<|vision_start|>",
+        "vision_end_token": "<|vision_end|>",
+    },
+    config={
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    },
+)
+INTERNVL_TOKENS = dict(
+    tokenizer={
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    },
+    config={"image_token_id": "<IMG_CONTEXT>"},
+)
+GEMMA3_TOKENS = dict(
+    tokenizer={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    config={
+        "image_token_index": "<image_soft_token>",
+        "boi_token_index": "<start_of_image>",
+        "eoi_token_index": "<end_of_image>",
+    },
+    template=("<start_of_turn>", "<end_of_turn>"),
+    bos="<bos>",
+    words=("model",),
+)
+PIXTRAL_TOKENS = dict(
+    tokenizer={}, config={"image_token_index": "[IMG]"}, template=(), extra=("[IMG]", "[IMG_BREAK]", "[IMG_END]")
+)
+FAMILY_TOKENS = {
+    **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"), QWEN_VL_TOKENS),
+    "internvl": INTERNVL_TOKENS,
+    "gemma3": GEMMA3_TOKENS,
+    "mistral3": PIXTRAL_TOKENS,
+}
+# The conversation format the embedded default of a family trains in (and `score` prompts in): the family's own
+# chat format where the tiny tokenizer has its tokens (Gemma 3), else LLaVA-OneVision's ChatML ("qwen_1_5"), which
+# is also the chat format of the Qwen-VL and InternVL checkpoints.
+TINY_TEMPLATES = {"gemma3": "gemma"}
+
+
+def tiny_template(family: str = "llava_onevision") -> str:
+    """The conversation template (a `templates.TEMPLATES` key) of `family`'s embedded default."""
+    return TINY_TEMPLATES.get(family, "qwen_1_5")
+
+
+def tiny_tokenizer(family: str | None = None):
+    """A word-level tokenizer over the synthetic vocabulary with the Qwen chat tokens and `<image>` / `<video>`;
+    with a non-LLaVA `family` (`FAMILY_TOKENS`), that family's image tokens and template tokens instead of
+    `<image>` / `<video>`, under their real names (the LLaVA families' tokenizer is unchanged)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    tokens = FAMILY_TOKENS.get(family)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<video>", "<image>"]
-    vocab = {token: i for i, token in enumerate(specials[:4] + ["\n"] + vocabulary())}
+    words = specials[:4] + ["\n"] + vocabulary()
+    extra: list[str] = []
+    if tokens is not None:
+        named = list(dict.fromkeys(tokens["tokenizer"].values()))
+        extra = [t for t in (*named, *tokens.get("extra", ()), *tokens.get("template", ())) if t not in words]
+        extra += [t for t in ([tokens["bos"]] if tokens.get("bos") else []) if t not in extra]
+        words += [w for w in tokens.get("words", ()) if w not in words] + extra
+    vocab = {token: i for i, token in enumerate(words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     # Words split on spaces; newlines and punctuation are tokens of their own, as in the Qwen tokenizer.
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -160,15 +229,79 @@ def tiny_tokenizer():
             pre_tokenizers.Split(Regex(r"[\n.,?!]"), behavior="isolated"),
         ]
     )
+    named_tokens = {"image_token": "<image>", "video_token": "<video>"} if tokens is None else tokens["tokenizer"]
+    kwargs = {"bos_token": tokens["bos"]} if tokens is not None and tokens.get("bos") else {}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        extra_special_tokens=dict(named_tokens),
+        **kwargs,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", *extra]})
     return tokenizer
+
+
+def _qwen_image_processor(adapter, config):
+    """Patches, merge and temporal patch of the tiny ViT; images resized to multiples of patch x merge (8 px) between
+    8 x 8 and 64 x 64 px (at most 64 merged tokens an image)."""
+    vision = config.vision_config
+    unit = vision.patch_size * vision.spatial_merge_size
+    return adapter.image_processor_class(
+        patch_size=vision.patch_size,
+        merge_size=vision.spatial_merge_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        size={"shortest_edge": unit * unit, "longest_edge": (8 * unit) ** 2},
+    )
+
+
+def _tile_image_processor(adapter, config):
+    """InternVL: tiles of the tiny tower's image size, the dynamic tiling (at most 4 tiles and a thumbnail)."""
+    from ..families.internvl import square_size
+
+    side = square_size(config.vision_config.image_size)
+    return adapter.image_processor_class(
+        size={"height": side, "width": side}, crop_to_patches=True, min_patches=1, max_patches=4
+    )
+
+
+def _square_image_processor(adapter, config):
+    """Gemma 3: every image resized to the tower's square image size (no Pan & Scan)."""
+    side = config.vision_config.image_size
+    return adapter.image_processor_class(size={"height": side, "width": side})
+
+
+def _pixtral_image_processor(adapter, config):
+    """Pixtral: images at their own size, the longest side at most 4 merged patches."""
+    vision = config.vision_config
+    unit = vision.patch_size * config.spatial_merge_size
+    return adapter.image_processor_class(size={"longest_edge": 4 * unit}, patch_size={"height": unit, "width": unit})
+
+
+# How the tiny processor of a non-LLaVA family is sized, by its image processor (the adapter's
+# `image_processor_class`): the image processor, and the processor's own settings from the tiny config.
+TINY_IMAGE_PROCESSORS = {
+    "Qwen2VLImageProcessorPil": (_qwen_image_processor, lambda config: {}),
+    "GotOcr2ImageProcessorPil": (_tile_image_processor, lambda c: {"image_seq_length": c.image_seq_length}),
+    "Gemma3ImageProcessorPil": (_square_image_processor, lambda c: {"image_seq_length": c.mm_tokens_per_image}),
+    "PixtralImageProcessorPil": (
+        _pixtral_image_processor,
+        lambda c: {"patch_size": c.vision_config.patch_size, "spatial_merge_size": c.spatial_merge_size},
+    ),
+}
+
+
+def _vlm_processor(family: str, adapter, tokenizer):
+    """The processor of a non-LLaVA family over `tokenizer`, sized to the family's tiny config."""
+    from ..processing.processors import build_processor
+
+    config = adapter.tiny_config()
+    name = adapter.image_processor_class.__name__
+    if name not in TINY_IMAGE_PROCESSORS:
+        raise ValueError(f"no tiny processor for {adapter.title} (image processor {name})")
+    image_processor, settings = TINY_IMAGE_PROCESSORS[name]
+    return build_processor(image_processor(adapter, config), tokenizer, family=family, **settings(config))
 
 
 def tiny_processor(vision_feature_select_strategy: str | None = None, *, family: str = "llava_onevision"):
@@ -178,6 +311,11 @@ def tiny_processor(vision_feature_select_strategy: str | None = None, *, family:
 
     - LLaVA-OneVision: `num_image_tokens=16`, anyres_max_9, the "full" strategy (SigLIP has no CLS token).
     - LLaVA-NeXT / NeXT-Video: `patch_size=7`, `num_additional_image_tokens=1` (CLIP's CLS), the "default" strategy.
+    - Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5: the Qwen image processor with the tiny ViT's 4 px patches, 2 x 2
+      merge and temporal patches of 2, images resized to multiples of 8 px up to 64 x 64 px.
+    - InternVL: 16 px tiles (the tiny tower's), dynamic tiling up to 4 tiles and a thumbnail, 4 tokens a tile.
+    - Gemma 3: 16 px images, 4 tokens an image (`mm_tokens_per_image`).
+    - Mistral3 (Pixtral processor): images at their size, longest side 32 px, one token per 8 x 8 px.
     - LLaVA-1.5: as NeXT, one 28 px crop per image: resized (shortest side) and centre-cropped, as the llava-hf
       checkpoints' processor does. (Padding to a square first, LLaVA-1.5's original "pad", shrinks the shapes of
       wide images to a few pixels at 28 px: the default run then learnt only some colours, 0.54 / 0.78 held-out on
@@ -188,6 +326,10 @@ def tiny_processor(vision_feature_select_strategy: str | None = None, *, family:
     from ..processing.processors import build_processor
 
     adapter = get_family(family)
+    if family in FAMILY_TOKENS:
+        if vision_feature_select_strategy is not None:
+            raise ValueError(f"{adapter.title} has no vision_feature_select_strategy to override.")
+        return _vlm_processor(family, adapter, tiny_tokenizer(family))
     config = adapter.tiny_config()
     vision = config.vision_config
     strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
@@ -224,8 +366,19 @@ def tiny_model_config(processor, family: str | None = None, **overrides):
     from ..families import get_family
     from ..processing.processors import family_of_processor
 
-    adapter = get_family(family or family_of_processor(processor))
+    family = family or family_of_processor(processor)
+    adapter = get_family(family)
     tokenizer = processor.tokenizer
+    if family in FAMILY_TOKENS:  # the token-id fields from the tokenizer's tokens of the same names
+        ids = {
+            field: tokenizer.convert_tokens_to_ids(token) for field, token in FAMILY_TOKENS[family]["config"].items()
+        }
+        config = adapter.tiny_config(vocab_size=len(tokenizer), **{**ids, **overrides})
+        # the tiny tokenizer's BOS / end-of-turn / padding, not the published vocabulary's ids
+        for target in {id(c): c for c in (config, config.get_text_config())}.values():
+            for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                setattr(target, name, getattr(tokenizer, name))
+        return config
     kwargs = dict(
         vocab_size=len(tokenizer),
         image_token_index=processor.image_token_id,

@@ -10,8 +10,10 @@ for lmms-eval. Two scores, the rules of lmms-eval's two task types (no lmms-eval
   with the image) has the lowest mean negative log-likelihood, as `lmms_eval_model.LlavaOvManager.loglikelihood`
   computes it and lmms-eval's multiple choice ranks it.
 
-Any family's export is scored the same way (the processor's image inputs go to the model as they come: pixels, and
-image sizes for the anyres families).
+Any family's export is scored the same way, prompted in the conversation format its family's embedded default trains
+in (`data.tiny_template`: ChatML, Gemma's for Gemma 3) with the family's image placeholder
+(`processors.image_prompt`); the processor's image inputs go to the model as they come (pixels, image sizes for the
+anyres families, patch grids for Qwen-VL), with the token types the family's forward takes.
 
     python -m llava_manager.synthetic.score runs/stage2 [--samples 200] [--out scores.json]
 """
@@ -26,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from ..processing.prompts import chat_prompt
-from .data import COLOURS, QUESTIONS, random_shape
+from ..families import family_of_config
+from ..processing.prompts import template_prompt
+from .data import COLOURS, QUESTIONS, random_shape, tiny_template
 
 CHOICES = list(COLOURS)
 QUESTION = QUESTIONS["colour"]
@@ -36,6 +39,7 @@ DEFAULT_SAMPLES = 200
 MAX_NEW_TOKENS = 4
 STOP = "."
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
 def heldout_docs(samples: int = DEFAULT_SAMPLES, seed: int = HELDOUT_SEED) -> list[dict]:
@@ -66,8 +70,19 @@ def normalise(text: str) -> str:
     return text.split(STOP)[0].lower().translate(_PUNCTUATION).strip()
 
 
+def prompt(processor, question: str, template: str = "qwen_1_5") -> str:
+    """The prompt of a question about one image in the embedded default's conversation format (`template`)."""
+    return template_prompt(processor, question, 1, template)
+
+
+def model_template(model) -> str:
+    """The conversation format `model`'s family's embedded default trains in (`data.tiny_template`)."""
+    return tiny_template(getattr(model.config, "model_type", "llava_onevision"))
+
+
 def _inputs(processor, prompts: list[str], images: list, device, dtype) -> dict:
-    inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
+    # one list of images a prompt (Gemma 3's processor takes no flat list for several prompts)
+    inputs = processor(text=prompts, images=[[image] for image in images], return_tensors="pt", padding=True)
     return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
 
 
@@ -80,7 +95,7 @@ def generate_answers(model, processor, docs: list[dict], batch_size: int = 16) -
     try:
         for start in range(0, len(docs), batch_size):
             batch = docs[start : start + batch_size]
-            prompts = [chat_prompt(tokenizer, d["question"], 1) for d in batch]
+            prompts = [prompt(processor, d["question"], model_template(model)) for d in batch]
             inputs = _inputs(processor, prompts, [d["image"] for d in batch], model.device, model.dtype)
             tokens = model.generate(
                 **inputs,
@@ -101,8 +116,13 @@ def choice_nlls(model, processor, doc: dict) -> list[float]:
     """Mean negative log-likelihood of each choice (" " + choice) after the prompt with the image: the rule of
     `LlavaOvManager.loglikelihood`, with the choices in one right-padded batch."""
     tokenizer = processor.tokenizer
-    prompt = chat_prompt(tokenizer, doc["question"], 1)
-    context = _inputs(processor, [prompt], [doc["image"]], model.device, model.dtype)
+    context = _inputs(
+        processor,
+        [prompt(processor, doc["question"], model_template(model))],
+        [doc["image"]],
+        model.device,
+        model.dtype,
+    )
     n = context["input_ids"].shape[1]
     targets = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in doc["choices"]]
     length = n + max(len(t) for t in targets)
@@ -113,14 +133,17 @@ def choice_nlls(model, processor, doc: dict) -> list[float]:
         input_ids[row, :n] = context["input_ids"][0]
         input_ids[row, n : n + len(target)] = torch.tensor(target, device=model.device)
         attention_mask[row, : n + len(target)] = 1
-    # The image inputs, whatever the family's processor gives (pixel_values, and image_sizes for the anyres
-    # families), repeated for each choice.
-    images = {
-        key: value.expand(k, *value.shape[1:])
-        for key, value in context.items()
-        if key not in ("input_ids", "attention_mask", "token_type_ids")
+    # The image inputs, whatever the family's processor gives (pixel_values, image_sizes for the anyres families,
+    # image_grid_thw for Qwen-VL's patch rows), repeated for each choice; the token types (Gemma 3, Qwen-VL) of the
+    # rows from their tokens.
+    images = {key: torch.cat([value] * k) for key, value in context.items() if key not in TEXT_KEYS}
+    adapter = family_of_config(model.config)
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        **adapter.token_inputs(model.config, input_ids),
+        **images,
     }
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **images}
     logprobs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
     nlls = []
     for row, target in enumerate(targets):

@@ -27,13 +27,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..processing.images import ImageError, open_image, unsupported_reason
+from ..processing.processors import images_kwargs, process_images
 from ..processing.templates import IMAGE_PLACEHOLDER, TEMPLATES, Template
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-IMAGE_KEYS = ("pixel_values", "image_sizes")  # what a sample keeps of the image processor's output
+# What a sample keeps of the image processor's output: what the families' forwards take.
+IMAGE_KEYS = ("pixel_values", "image_sizes", "image_grid_thw")
 
 
 class SampleError(ValueError):
@@ -289,6 +291,7 @@ class SupervisedDataset(Dataset):
         self.max_length = max_length
         self.strict = strict
         self.model_config = model_config
+        self.images_kwargs = images_kwargs(processor)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -343,12 +346,12 @@ class SupervisedDataset(Dataset):
                 if reason:
                     raise SampleError("unsupported image", f"{image_name(name)}: {reason}")
             try:
-                image_inputs = self.processor.image_processor([images], return_tensors="pt")
-            except Exception as error:  # never seen for an image that passed the check; a sample, not the run
+                image_inputs, image_tokens = process_images(self.processor, images, self.images_kwargs)
+            except Exception as error:  # e.g. Qwen's limit on aspect ratios; a sample, not the run
                 sizes = ", ".join(f"{image_name(name)} ({i.width}x{i.height})" for name, i in zip(files, images))
                 raise SampleError("unsupported image", f"{sizes}: the image processor failed: {error!r}") from error
-            image_tokens = [self.processor.replace_image_token(image_inputs, k) for k in range(len(images))]
-            # (images, 3, H, W) for LLaVA-1.5; (images, crops, 3, H, W) and image_sizes for the anyres families.
+            # (images, 3, H, W) for LLaVA-1.5, Gemma 3; (images, crops, 3, H, W) and image_sizes for the anyres
+            # families; (tiles, 3, H, W) for InternVL; (patches, C x T x P x P) and image_grid_thw for Qwen-VL.
             out.update({k: image_inputs[k] for k in IMAGE_KEYS if k in image_inputs})
         input_ids, labels = tokenize(turns, self.template, self.processor.tokenizer, image_tokens)
         if len(input_ids) > self.max_length:
@@ -370,22 +373,39 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class Collator:
     """Right-pads tokens (labels with -100) and batches the images as `family`'s forward takes them (a `FAMILIES`
-    key; default LLaVA-OneVision): LLaVA-1.5's `(images, 3, H, W)` pixels are concatenated; the anyres families'
-    `(images, crops, 3, H, W)` are padded with zero crops to the batch's largest crop count, with `image_sizes`;
-    OneVision also gets `batch_num_images` (images per sample: a sample with several gets base crops only). What
+    key; default LLaVA-OneVision): LLaVA-1.5's and Gemma 3's `(images, 3, H, W)` pixels and InternVL's tiles are
+    concatenated (Pixtral's images of different sizes padded to the largest first, with `image_sizes`); the anyres
+    families' `(images, crops, 3, H, W)` are padded with zero crops to the batch's largest crop count, with
+    `image_sizes`; the Qwen-VL families' flattened patch rows are concatenated, with `image_grid_thw`. OneVision
+    also gets `batch_num_images` (images per sample: a sample with several gets base crops only). The token-type
+    input the family's forward takes (`Family.token_type_key`: Gemma 3's `token_type_ids`, Qwen-VL's
+    `mm_token_type_ids`) comes from the placeholder tokens (`Family.token_inputs`), which needs `model_config`. What
     is not a model input travels under one key, `BATCH_INFO`: the samples' skip records (`"skipped"`, for the
     trainer to count). `packing.PackingCollator` is the padding-free variant (`--padding_free true`)."""
 
     pad_token_id: int
     family: str = "llava_onevision"
+    model_config: Any = None
 
     def __post_init__(self) -> None:
         import inspect
 
         from ..families import get_family
 
-        forward = inspect.signature(get_family(self.family).model_class.forward).parameters
+        self.adapter = get_family(self.family)
+        forward = inspect.signature(self.adapter.model_class.forward).parameters
         self.takes_num_images = "batch_num_images" in forward
+        if self.adapter.token_type_key is not None and self.model_config is None:
+            raise ValueError(
+                f"{self.adapter.title}'s forward takes `{self.adapter.token_type_key}`, which the collator computes "
+                f"from the model's config: pass model_config (build_collator does)."
+            )
+
+    def token_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The family's token-type input for `input_ids` (none for most families)."""
+        if self.adapter.token_type_key is None:
+            return {}
+        return self.adapter.token_inputs(self.model_config, input_ids)
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         length = max(len(s["input_ids"]) for s in samples)
@@ -396,6 +416,7 @@ class Collator:
             n = len(s["input_ids"])
             input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
         batch: dict[str, Any] = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
+        batch.update(self.token_inputs(input_ids))
         batch.update(self.batch_images(samples))
         batch[BATCH_INFO] = {"skipped": [record for s in samples for record in s.get("skipped", ())]}
         return batch
@@ -413,9 +434,14 @@ class Collator:
             pixels = [
                 torch.cat([pv, pv.new_zeros((pv.shape[0], crops - pv.shape[1], *pv.shape[2:]))], dim=1) for pv in pixels
             ]
+        elif pixels[0].dim() == 4 and len({pv.shape[-2:] for pv in pixels}) > 1:
+            # images at their own size (Pixtral): zero-padded at the bottom and right, as its processor pads a batch
+            height, width = max(pv.shape[-2] for pv in pixels), max(pv.shape[-1] for pv in pixels)
+            pixels = [torch.nn.functional.pad(pv, (0, width - pv.shape[-1], 0, height - pv.shape[-2])) for pv in pixels]
         batch["pixel_values"] = torch.cat(pixels)
-        if "image_sizes" in with_images[0]:
-            batch["image_sizes"] = torch.cat([s["image_sizes"] for s in with_images])
+        for key in ("image_sizes", "image_grid_thw"):
+            if key in with_images[0]:
+                batch[key] = torch.cat([s[key] for s in with_images])
         if self.takes_num_images:
             batch["batch_num_images"] = torch.tensor([len(s.get("pixel_values", ())) for s in samples])
         return batch

@@ -28,6 +28,7 @@ from ..processing.templates import IMAGE_PLACEHOLDER
 logger = logging.getLogger(__name__)
 
 PROBE_RECORDS = 64  # records tokenised exactly to fit tokens per word
+LARGE_SIDE = 8192  # px: a square image every processor without grid pinpoints shrinks to its largest layout
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,19 @@ def modality_lengths(records: Sequence, estimate: LengthEstimate) -> list[int]:
 
 def image_token_estimate(processor) -> tuple[int, int]:
     """(tokens of a sample's only image, tokens of each image of a several-image sample) the processor writes for a
-    square image as large as its largest grid pinpoint (LLaVA-1.5: every image is one crop)."""
+    square image as large as its largest grid pinpoint (LLaVA-1.5: every image is one crop; the families without
+    pinpoints: a square image as large as the processor takes, `LARGE_SIDE` px capped by its own limits)."""
     from PIL import Image
 
     from ..processing.images import _crop, processor_token_count
     from ..processing.processors import family_of_processor
 
     family = family_of_processor(processor)
+    if not hasattr(processor.image_processor, "image_grid_pinpoints") and family != "llava":
+        # Qwen-VL, InternVL, Gemma 3, Pixtral: the processor's own count for a square image too large for any of
+        # them (capped at its maximum pixels, tiles or size), the markers around the image tokens not counted
+        count = processor._get_num_multimodal_tokens(image_sizes=[[LARGE_SIDE, LARGE_SIDE]])["num_image_tokens"][0]
+        return int(count), int(count)
     if family == "llava":
         height, width = _crop(processor)
         inputs = processor.image_processor([[Image.new("RGB", (width, height))]], return_tensors="pt")

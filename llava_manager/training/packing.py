@@ -20,6 +20,16 @@ tokens already expanded, so every length counts the image tokens) and:
   `image_sizes`, and for LLaVA-OneVision `batch_num_images` with one entry per original sample (0 for a text-only
   one), so each sample keeps its single-image (grid crops) or multi-image (base crops only) layout: the model's
   `get_image_features` and the managers' adapter both read it as a flat per-sample list.
+- for the families with M-RoPE (the Qwen-VL families: their bare model has `get_rope_index`), gives `position_ids`
+  of shape (4, rows, width): row 0 the text positions above (0, 1, ... per sample: the sample boundaries, from which
+  the model builds the packed mask), rows 1-3 each sample's temporal / height / width positions as the model
+  computes them for that sample alone (`RopeIndex`: the model's own `get_rope_index` on the sample's tokens, token
+  types and `image_grid_thw`); the padding segment counts 0, 1, ... on all four. The Qwen-VL text models take such
+  4-row positions as "packed" (they split off row 0 for the mask). The family's token-type input
+  (`mm_token_type_ids`, Gemma 3's `token_type_ids`) is computed on the packed rows.
+- refuses (`packing_refusal`) a language model with linear-attention layers (Qwen3.5, Qwen3.5-MoE) unless
+  flash-linear-attention runs on a GPU: their recurrent state would flow from one packed sample into the next
+  (transformers itself refuses packed rows there without those kernels).
 - adds `use_cache=False` (transformers looks for packed sequences only without a cache) and flash-attention's varlen
   arguments `cu_seq_lens_q` / `cu_seq_lens_k` (int32 offsets of every segment, padding segments included, in the
   flattened rows) and `max_length_q` / `max_length_k`.
@@ -87,6 +97,53 @@ def pack_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
     return rows
 
 
+class RopeIndex:
+    """The bare model's own `get_rope_index` (M-RoPE: 3 positions a token, temporal / height / width for vision
+    tokens), run on a stand-in that holds only the model's config: a collator computes each sample's positions
+    without the model's weights. The Qwen-VL families' `get_rope_index` and `get_vision_position_ids` read nothing
+    else of the model."""
+
+    def __init__(self, base_class: type, config) -> None:
+        self.base_class, self.config = base_class, config
+
+    def __getattr__(self, name: str):
+        import inspect
+
+        if name in ("base_class", "config"):
+            raise AttributeError(name)
+        return inspect.getattr_static(self.base_class, name).__get__(self, self.base_class)
+
+    def __call__(self, input_ids: torch.Tensor, **inputs) -> torch.Tensor:
+        """(3, 1, n) positions of one sample (`input_ids` of shape (1, n), its token types and grids)."""
+        return self.base_class.get_rope_index(self, input_ids, **inputs)[0]
+
+
+def rope_index(adapter, config) -> RopeIndex | None:
+    """A `RopeIndex` for a family whose positions are not one per token (its bare model has `get_rope_index`)."""
+    return RopeIndex(adapter.base_class, config) if hasattr(adapter.base_class, "get_rope_index") else None
+
+
+def packing_refusal(adapter, config) -> str | None:
+    """Why `--padding_free` cannot keep the samples of a packed row apart for this model, or None. Linear-attention
+    layers (Qwen3.5's Gated DeltaNet) carry a state from token to token: transformers keeps packed samples apart
+    there only with flash-linear-attention's kernels on a GPU (`cu_seq_lens`), and refuses packed rows otherwise."""
+    if config is None:
+        return None
+    text = config.get_text_config()
+    if "linear_attention" not in (getattr(text, "layer_types", None) or ()):
+        return None
+    from transformers.utils.import_utils import is_flash_linear_attention_available
+
+    if is_flash_linear_attention_available() and torch.cuda.is_available():
+        return None
+    return (
+        f"--padding_free with {adapter.title}: its language model's linear-attention layers carry a state across "
+        f"the packed samples unless flash-linear-attention's kernels run them on a GPU (not available here). Train "
+        f"with padded batches (drop --padding_free; --group_by_modality_length or --token_budget keep the padding "
+        f"small), or install flash-linear-attention on a CUDA machine."
+    )
+
+
 @dataclass
 class PackingCollator(Collator):
     """`data.Collator` for padding-free training: see the module doc. `max_packed_tokens` is the row length."""
@@ -97,9 +154,34 @@ class PackingCollator(Collator):
         super().__post_init__()
         if self.max_packed_tokens < 1:
             raise ValueError(f"--max_packed_tokens {self.max_packed_tokens}: a positive number of tokens.")
+        refusal = packing_refusal(self.adapter, self.model_config)
+        if refusal:
+            raise ValueError(refusal)
         self.flatten = DataCollatorWithFlattening(
             return_position_ids=True, separator_id=IGNORE_INDEX, return_flash_attn_kwargs=True
         )
+        self.rope_index = rope_index(self.adapter, self.model_config) if self.model_config is not None else None
+        if self.rope_index is None and hasattr(self.adapter.base_class, "get_rope_index"):
+            raise ValueError(
+                f"--padding_free with {self.adapter.title}: its M-RoPE positions come from the model's config; pass "
+                f"model_config (build_collator does)."
+            )
+
+    def sample_positions(self, sample: dict) -> torch.Tensor:
+        """M-RoPE positions (3, n) of one sample, as the model computes them for the sample on its own."""
+        input_ids = torch.as_tensor(sample["input_ids"]).view(1, -1)
+        inputs = {k: v for k, v in self.token_inputs(input_ids).items()}
+        if "image_grid_thw" in sample:
+            inputs["image_grid_thw"] = sample["image_grid_thw"]
+        return self.rope_index(input_ids, **inputs).view(3, -1)
+
+    def mrope_positions(self, samples: list[dict], row: list[int], fill: int) -> torch.Tensor:
+        """(3, width) positions of one packed row: each sample's own M-RoPE positions, then the padding segment's
+        0, 1, ... on all three axes."""
+        parts = [self.sample_positions(samples[i]) for i in row]
+        if fill:
+            parts.append(torch.arange(fill).expand(3, -1))
+        return torch.cat(parts, dim=1)
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         lengths = [len(s["input_ids"]) for s in samples]
@@ -115,14 +197,18 @@ class PackingCollator(Collator):
             flat = self.flatten(features, return_tensors="pt")
             input_ids.append(flat["input_ids"])
             labels.append(flat["labels"])
-            position_ids.append(flat["position_ids"])
+            if self.rope_index is None:
+                position_ids.append(flat["position_ids"])
+            else:  # (4, 1, width): the text positions (sample boundaries for the mask), then M-RoPE's three
+                mrope = self.mrope_positions(samples, row, fill)
+                position_ids.append(torch.cat([flat["position_ids"].view(1, -1), mrope]).unsqueeze(1))
             offsets.append(flat["cu_seq_lens_q"][1:] + r * width)
             max_length = max(max_length, flat["max_length_q"])
         cu_seq_lens = torch.cat(offsets)
         batch: dict[str, Any] = dict(
             input_ids=torch.cat(input_ids),
             labels=torch.cat(labels),
-            position_ids=torch.cat(position_ids),
+            position_ids=torch.cat(position_ids, dim=-2),
             use_cache=False,
             cu_seq_lens_q=cu_seq_lens,
             cu_seq_lens_k=cu_seq_lens,
@@ -130,6 +216,7 @@ class PackingCollator(Collator):
             max_length_k=max_length,
         )
         order = [i for row in rows for i in row]
+        batch.update(self.token_inputs(batch["input_ids"]))
         batch.update(self.batch_images([samples[i] for i in order]))
         num_tokens = sum(lengths)
         batch[BATCH_INFO] = {
@@ -149,10 +236,10 @@ def build_collator(model, processor, packed_tokens: int | None = None) -> Collat
     family = family_of_config(model.config).name
     pad = processor.tokenizer.pad_token_id
     if packed_tokens is None:
-        return Collator(pad, family)
+        return Collator(pad, family, model.config)
     logger.info(
         "padding-free: samples packed into rows of at most %d tokens (%s attention)",
         packed_tokens,
         model.config.get_text_config()._attn_implementation,
     )
-    return PackingCollator(pad, family, max_packed_tokens=packed_tokens)
+    return PackingCollator(pad, family, model.config, max_packed_tokens=packed_tokens)

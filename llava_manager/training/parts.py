@@ -1,5 +1,10 @@
-"""The trainable parts of a LLaVA-family model, found by module: vision tower, projector, LLM, managers; which of
-them train, and the optimizer groups per part (learning rate and weight decay)."""
+"""The trainable parts of a model of any supported family, found by module: vision tower, projector, LLM, managers;
+which of them train, and the optimizer groups per part (learning rate and weight decay).
+
+Where the parts are: the family adapter says (`Family.vision_tower`, `Family.projector_modules`): the projector is
+`multi_modal_projector` (LLaVA, InternVL, Gemma 3, Mistral3; with the anyres families' image newline), or the
+Qwen-VL families' merger inside `visual` (and Qwen3-VL's DeepStack mergers), which then is not part of the vision
+tower."""
 
 from __future__ import annotations
 
@@ -7,18 +12,26 @@ from torch import nn
 
 from ..core.patch import get_managers
 
+def vision_parts(inner: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The vision tower's and the projector's parameters of a bare model (the projector's are not the tower's, even
+    where the projector sits inside the tower, as Qwen-VL's merger does)."""
+    from ..families import FAMILIES
+
+    adapter = next(a for a in FAMILIES.values() if isinstance(inner, a.base_class))
+    tower = adapter.vision_tower(inner)
+    newline = getattr(inner, "image_newline", None)
+    projector = [p for m in adapter.projector_modules(inner) for p in m.parameters()]
+    projector += [newline] if newline is not None else []
+    taken = {id(p) for p in projector}
+    return {"vision_tower": [p for p in tower.parameters() if id(p) not in taken], "projector": projector}
+
 
 def module_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The parameters of each trainable part, found by module (not by name): vision_tower, projector (with the
     image newline of the anyres families; LLaVA-1.5 has none), llm (language model and head) and managers."""
     inner = model.model
     managers = [p for m in get_managers(model) for p in m.parameters()]
-    newline = getattr(inner, "image_newline", None)
-    parts = {
-        "vision_tower": list(inner.vision_tower.parameters()),
-        "projector": list(inner.multi_modal_projector.parameters()) + ([newline] if newline is not None else []),
-        "managers": managers,
-    }
+    parts = {**vision_parts(inner), "managers": managers}
     seen = {id(p) for ps in parts.values() for p in ps}
     parts["llm"] = [p for p in model.parameters() if id(p) not in seen]
     return parts

@@ -57,6 +57,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..processing.processors import images_kwargs
 from ..processing.templates import TEMPLATES
 from .data import SampleError, SupervisedDataset, check_template, read_records, sample_records, strategy_indices
 from .shards import (
@@ -268,6 +269,7 @@ class StreamingSupervisedDataset(IterableDataset):
         self.template = TEMPLATES[template]
         check_template(self.template, processor.tokenizer)
         self.max_length, self.strict, self.model_config = max_length, strict, model_config
+        self.images_kwargs = images_kwargs(processor)
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} of world size {world_size}")

@@ -141,13 +141,9 @@ def model_parameters(model) -> dict:
 
     if has_manager(model):
         return module_parameters(model)
-    inner = model.model
-    newline = getattr(inner, "image_newline", None)
-    parts = {
-        "vision_tower": list(inner.vision_tower.parameters()),
-        "projector": list(inner.multi_modal_projector.parameters()) + ([newline] if newline is not None else []),
-        "managers": [],
-    }
+    from .parts import vision_parts
+
+    parts = {**vision_parts(model.model), "managers": []}
     seen = {id(p) for ps in parts.values() for p in ps}
     parts["llm"] = [p for p in model.parameters() if id(p) not in seen]
     return parts
@@ -188,13 +184,8 @@ class ModelFlops:
         vision_config = getattr(config, "vision_config", None)
         vision_attention = 0.0
         if vision_config is not None:
-            patches = (vision_config.image_size // vision_config.patch_size) ** 2
-            vision_attention = (
-                (4 + 8 * (coefficient["vision_tower"] > 2))
-                * vision_config.num_hidden_layers
-                * vision_config.hidden_size
-                * patches
-            )
+            layers, width, patches = vision_shape(vision_config)
+            vision_attention = (4 + 8 * (coefficient["vision_tower"] > 2)) * layers * width * patches
         vision = sum(coefficient[p] * sizes[p] for p in ("vision_tower", "projector", "managers"))
         return cls(
             llm=coefficient["llm"] * sizes["llm"],
@@ -217,8 +208,26 @@ def _media_ids(model) -> tuple[int | None, int]:
     if image is None:
         image = getattr(config, "image_token_index", None)
     vision = getattr(config, "vision_config", None)
-    patches = (vision.image_size // vision.patch_size) ** 2 if vision is not None else 0
+    patches = vision_shape(vision)[2] if vision is not None else 0
     return image, patches
+
+
+def _side(value) -> int:
+    """A size given as an int or a (height, width) pair (InternVL), as one side."""
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
+def vision_shape(vision_config) -> tuple[int, int, int]:
+    """(layers, width, patches a crop) of a vision tower config, whatever the family names them (the Qwen-VL ViTs'
+    `depth` and `embed_dim`); 0 patches where images have no fixed size (Qwen-VL, Pixtral: attention over each
+    image's own patches, not counted)."""
+    layers = getattr(vision_config, "num_hidden_layers", None) or getattr(vision_config, "depth", 0)
+    width = getattr(vision_config, "embed_dim", None) or vision_config.hidden_size
+    size, patch = getattr(vision_config, "image_size", None), getattr(vision_config, "patch_size", None)
+    fixed = size is not None and patch is not None and not hasattr(vision_config, "spatial_merge_size")
+    fixed = fixed and getattr(vision_config, "model_type", None) != "pixtral"
+    patches = (_side(size) // _side(patch)) ** 2 if fixed else 0
+    return layers, width, patches
 
 
 class ThroughputCallback(TrainerCallback):

@@ -5,6 +5,7 @@ The recipes in `recipes/` call `run(stage)`; everything here is shared by the th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -43,6 +44,36 @@ def checkpoint_family(model_args) -> str:
     return family
 
 
+def init_zero_projector(model) -> list[str]:
+    """A random model's projector weights that transformers initialises to zeros (Gemma 3's
+    `mm_input_projection_weight`, a matmul a real checkpoint has trained) drawn like an ordinary linear layer's,
+    normal(0, initializer_range); otherwise its image tokens, and the managers' features, are all zero at the start
+    and the vision tower gets no gradient until the projector moves. Only weights (2-D or more) that are all zero:
+    biases and Gemma's (1 + weight) RMSNorm scales stay zero, and no other family's model changes. Returns the names
+    re-drawn."""
+    from .parts import vision_parts
+
+    params = [p for p in vision_parts(model.model)["projector"] if p.dim() >= 2]
+    if not params:
+        return []
+    names = {id(p): n for n, p in model.named_parameters()}
+    std = getattr(model.config, "initializer_range", None) or model.config.get_text_config().initializer_range
+    drawn = []
+    gathered = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3: the full weights; rank 0's draw is kept
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    with gathered, torch.no_grad():
+        for p in params:
+            if p.numel() and not p.any():
+                p.normal_(0.0, std)
+                drawn.append(names[id(p)])
+    if drawn:
+        logger.info("embedded default: zero-initialised projector weights drawn as normal(0, %g): %s", std, drawn)
+    return drawn
+
+
 def build_model(model_args, manager_args, training_args):
     """The model and its processor: the tiny default of `--family` built in code, or a checkpoint of any supported
     family (plain: the managers are applied; already patched: its managers are kept, and manager flags must agree
@@ -53,6 +84,7 @@ def build_model(model_args, manager_args, training_args):
         set_seed(training_args.seed)
         # from_config, not the constructor: under ZeRO-3 it builds the weights inside deepspeed.zero.Init.
         model = AutoModelForImageTextToText.from_config(tiny_model_config(processor, family))
+        init_zero_projector(model)
         logger.info("embedded default: a tiny %s model", get_family(family).title)
     else:
         checkpoint_family(model_args)

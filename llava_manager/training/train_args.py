@@ -94,7 +94,9 @@ TINY = dict(
     dataloader_num_workers=0,
     **{_CHECKPOINTING: False},
 )
-TINY_TEMPLATE = "qwen_1_5"  # the embedded default's chat format (its word-level tokenizer is made for it), every family
+# The embedded default's chat format (its word-level tokenizer is made for it): qwen_1_5 (ChatML) for every family
+# but Gemma 3, whose tiny tokenizer has Gemma's turn tokens (`synthetic.data.tiny_template`); chosen after parsing.
+TINY_TEMPLATE = "qwen_1_5"
 
 
 @dataclass
@@ -103,8 +105,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "A directory or Hub id of any supported family (LLaVA-1.5, LLaVA-NeXT, LLaVA-NeXT-Video, "
-            "LLaVA-OneVision; plain or already patched); its config says the family. Default: a tiny model "
-            "built in code (see --family)."
+            "LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, InternVL, Gemma 3, Mistral3; plain or "
+            "already patched); its config says the family. Default: a tiny model built in code (see --family)."
         },
     )
     family: str | None = field(
@@ -214,10 +216,10 @@ class DataArguments:
     template: str | None = field(
         default=None,
         metadata={
-            "help": "Conversation format: plain (Stage-1 captions), qwen_1_5 (LLaVA-OneVision), vicuna_v1 (LLaVA-1.5, "
-            "Vicuna/Llama LLMs), mistral_instruct (LLaVA-NeXT Mistral). Default: plain in Stage-1; later, the "
-            "format of the model's LLM (qwen2, llama, mistral; others must choose), qwen_1_5 for the embedded "
-            "default.",
+            "help": "Conversation format: plain (Stage-1 captions), qwen_1_5 (ChatML: LLaVA-OneVision, Qwen-VL, "
+            "InternVL), vicuna_v1 (LLaVA-1.5, Vicuna/Llama LLMs), mistral_instruct (LLaVA-NeXT Mistral), gemma "
+            "(Gemma 3). Default: plain in Stage-1; later, the format of the model's LLM (qwen2, the Qwen-VL LLMs, "
+            "llama, mistral, gemma3; others must choose); for the embedded default qwen_1_5, gemma for Gemma 3.",
             "choices": list(TEMPLATES),
         },
     )
@@ -309,14 +311,16 @@ def parse(stage: str, argv: list[str] | None = None):
     defaults = {**COMMON, **STAGES[stage]}
     if not any(a == "--model_name_or_path" or a.startswith("--model_name_or_path=") for a in argv):
         defaults.update(TINY)
-        if defaults["template"] is None:
-            defaults["template"] = TINY_TEMPLATE
         if stage == "stage1":  # only the projector and managers train: they take a higher rate
             defaults.update(learning_rate=5e-3)
     defaults.update(cpu_distributed.prepare(argv))
     defaults.update(fsdp.prepare(argv))  # FSDP2: a world of one without a launcher; the CPU's gloo group
     parser.set_defaults(**defaults)
     model_args, manager_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.model_name_or_path is None and data_args.template is None:
+        from ..synthetic.data import tiny_template
+
+        data_args.template = tiny_template(model_args.tiny_family())
     model_args.modules()  # check early
     manager_args.config()
     return model_args, manager_args, data_args, training_args

@@ -151,3 +151,39 @@ def test_commands_write_figures_and_tables(tiny, tmp_path):
     assert header == ["layer", "patched, visual", "patched, text", "base, visual", "base, text"]
     with pytest.raises(SystemExit):
         analysis(["attention", "--model", str(root / "patched"), "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "internvl", "gemma3"])
+def test_commands_on_the_other_families(family, tmp_path):
+    """weights, similarity and attention on a saved model of another family (its own processor, prompt markers and
+    token types); the SigLIP attention distance, which needs square crops of a fixed patch grid, is refused."""
+    processor = tiny_processor(family=family)
+    torch.manual_seed(0)
+    base = AutoModelForImageTextToText.from_config(tiny_model_config(processor, family=family)).eval()
+    base.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    patched = apply_manager(base, interval=2)
+    with torch.no_grad():
+        for m in get_managers(patched):
+            m.weight.normal_(std=1.0)
+    patched.save_pretrained(tmp_path / "patched")
+    processor.save_pretrained(tmp_path / "patched")
+    images = tmp_path / "images"
+    images.mkdir()
+    draw_shape("circle", "red", "left", "white", (28, 56)).save(images / "a.png")
+    prompts = ["--prompt-format", "qwen_1_5"]  # the tiny processors carry no chat template
+    runs = {
+        "weights": [],
+        "similarity": ["--inputs", str(images), "--compare", str(tmp_path / "base"), *prompts],
+        "attention": ["--inputs", str(images), "--compare", str(tmp_path / "base"), *prompts],
+    }
+    for command, extra in runs.items():
+        paths = analysis([command, "--model", str(tmp_path / "patched"), "--out", str(tmp_path / command), *extra])
+        assert all(path.exists() and path.stat().st_size > 0 for path in paths.values())
+    rows = list(csv.DictReader((tmp_path / "similarity" / "layer_similarity.csv").open()))
+    assert len(rows) == patched.config.text_config.num_hidden_layers - 1
+    assert all(-1 <= float(row["patched, visual"]) <= 1 for row in rows)
+    if family != "gemma3":  # a SigLIP tower
+        with pytest.raises(ValueError, match="needs a CLIP or SigLIP tower"):
+            analysis(["siglip", "--model", str(tmp_path / "patched"), "--out", str(tmp_path / "s"), "--inputs",
+                      str(images), *prompts])
