@@ -305,8 +305,8 @@ class Qwen2_5_VLAdapter(QwenVLFamily):
     config_class = Qwen2_5_VLConfig
     processor_class = Qwen2_5_VLProcessor
     published = {
-        "Qwen2.5-VL-3B-Instruct": ("Qwen/Qwen2.5-VL-3B-Instruct", qwen2_5_vl_3b_config),
         "Qwen2.5-VL-7B-Instruct": ("Qwen/Qwen2.5-VL-7B-Instruct", qwen2_5_vl_7b_config),
+        "Qwen2.5-VL-3B-Instruct": ("Qwen/Qwen2.5-VL-3B-Instruct", qwen2_5_vl_3b_config),
     }
 
     def token_order(self, inner, grid_thw, call, modality):
