@@ -1,5 +1,6 @@
 """`--model llava_manager` on checkpoints laid out like the published ones of the non-LLaVA families (Qwen2-VL,
-Qwen2.5-VL, Qwen3-VL, InternVL3-hf, Gemma 3; tests/support/published_vlm.py): their config.json, processor files,
+Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE, InternVL3-hf, Gemma 3; tests/support/published_vlm.py;
+Mistral 3 / Pixtral are left out: their processor needs torchvision): their config.json, processor files,
 chat template and tokenizer with the special tokens at their real ids. Loaded through the class lmms-eval resolves,
 prompted with the checkpoint's own chat template, generation and log-likelihoods checked against an independent
 computation (transformers' `processor.apply_chat_template` with the image in the message, full forwards without
@@ -48,14 +49,22 @@ PROMPTS = {
     "gemma-3-4b-it": f"<bos><start_of_turn>user\n<start_of_image>{QUESTION}<end_of_turn>\n<start_of_turn>model\n",
 }
 PROMPTS["Qwen2.5-VL-3B-Instruct"] = PROMPTS["Qwen2-VL-7B-Instruct"]
+for _name in ("Qwen3-VL-30B-A3B-Instruct", "Qwen3.5-27B", "Qwen3.5-35B-A3B"):
+    PROMPTS[_name] = PROMPTS["Qwen3-VL-8B-Instruct"]
 # The image placeholder's real id, and how many of them one image of each document gets, per checkpoint.
 IMAGE_TOKEN_IDS = {
     "Qwen2-VL-7B-Instruct": 151655,
     "Qwen2.5-VL-3B-Instruct": 151655,
     "Qwen3-VL-8B-Instruct": 151655,
+    "Qwen3-VL-30B-A3B-Instruct": 151655,
+    "Qwen3.5-27B": 248056,
+    "Qwen3.5-35B-A3B": 248056,
     "InternVL3-1B-hf": 151667,
     "gemma-3-4b-it": 262144,
 }
+# <|im_start|>, <|im_end|>, <|vision_start|>, <|image_pad|> of the Qwen checkpoints: Qwen2's ids, or Qwen3.5's
+# (248045 and 248046 reconstructed; 248053 and 248056 as transformers' Qwen3.5 configs have them).
+QWEN_CHAT_IDS = {"Qwen3.5-27B": [248045, 248046, 248053, 248056], "Qwen3.5-35B-A3B": [248045, 248046, 248053, 248056]}
 
 
 def noise(mode: str, width: int, height: int, seed: int) -> Image.Image:
@@ -188,8 +197,10 @@ def test_the_checkpoint_is_laid_out_as_published(published):
     image_id = IMAGE_TOKEN_IDS[name]
     assert image_id in (config.get("image_token_id"), config.get("image_token_index"))
     if FAMILIES[PUBLISHED_VLM[name][0]].token_type_key == "mm_token_type_ids":
-        assert tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>"]) == [
-            151644, 151645, 151652, 151655]  # fmt: skip
+        wanted = QWEN_CHAT_IDS.get(name, [151644, 151645, 151652, 151655])
+        tokens = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>"]
+        assert tokenizer.convert_tokens_to_ids(tokens) == wanted and config["vision_start_token_id"] == wanted[2]
+        assert len(tokenizer) <= config.get("text_config", config)["vocab_size"]  # every token has an embedding row
     inputs = chat_inputs(processor, DOCS[0]["image"])
     ids = inputs["input_ids"][0]
     assert (ids == image_id).sum() > 0

@@ -7,10 +7,11 @@ under their published names (preprocessor_config.json, processor_config.json whe
 chat_template.json or chat_template.jinja), and a tokenizer (tokenizer.json, tokenizer_config.json,
 special_tokens_map.json; vocab.json / merges.txt for the Qwen tokenizers) whose special tokens sit at their REAL ids:
 the vocabularies are padded with unreachable filler entries to the published sizes (Qwen 151,643 regular tokens,
-Gemma 3 262,144), so the model's embedding has the published number of rows (Qwen2-VL-7B 152,064, Qwen2.5-VL-3B and
-Qwen3-VL 151,936, InternVL3-1B 151,674, Gemma 3 262,208). Ordinary words get made-up ids (a tiny BPE over the words
-the tests use, byte fallback for the rest); only the special tokens' ids are the real ones. Everything is built
-offline in code; nothing is downloaded.
+Qwen3.5 248,044, Gemma 3 262,144), so the model's embedding has the published number of rows (Qwen2-VL-7B 152,064,
+Qwen2.5-VL-3B and Qwen3-VL 151,936, Qwen3.5 248,320, InternVL3-1B 151,674, Gemma 3 262,208). Ordinary words get
+made-up ids (a tiny BPE over the words the tests use, byte fallback for the rest); only the special tokens' ids are
+the real ones. Everything is built offline in code; nothing is downloaded. The sizes are shrunk further for the
+Qwen3.5 ones (4 decoder layers, so that one is full attention) and the MoE ones (4 experts).
 
 Real vs reconstructed (sources: /tmp/published_vlm/fixtures.md of this work, its raw/ copies, and the package's
 `families` configs; "memory" = written from knowledge of the published files, not checked against a stored copy):
@@ -39,6 +40,32 @@ Real vs reconstructed (sources: /tmp/published_vlm/fixtures.md of this work, its
   from config.json, mean/std 0.5 and the size keys [memory, unverified]. chat_template.json: NOT found:
   RECONSTRUCTED as Qwen2-VL's ChatML with `<|vision_start|><|image_pad|><|vision_end|>` per image and no default
   system turn (the Qwen3 instruct templates have none), without the tool-calling branches of the real one.
+- Qwen3-VL-30B-A3B-Instruct (qwen3_vl_moe). config.json: the verbatim copy quoted in a stored model report (code
+  index id 62501178117; raw/Qwen3-VL-30B-A3B-Instruct/config.json) with sizes shrunk: 2 decoder layers, 4 experts of
+  16 (2 active) instead of 128 of 768 (8 active), DeepStack from vision blocks [0, 1] instead of [8, 16, 24];
+  `rope_scaling` with mrope_interleaved and vision_config model_type "qwen3_vl_moe" as there. generation_config.json,
+  preprocessor_config.json, chat_template.json and the tokenizer: Qwen3-VL-8B's above (same tokenizer and
+  processor class) [NOT found for the 30B-A3B: reconstructed].
+- Qwen3.5-27B (qwen3_5) and Qwen3.5-35B-A3B (qwen3_5_moe). NO official Qwen/Qwen3.5-* file was found in the stores:
+  everything is RECONSTRUCTED from transformers 5.25's Qwen3_5Config / Qwen3_5MoeConfig defaults (image 248056,
+  video 248057, vision_start 248053, vision_end 248054, vocab 248320; 256 experts of 512 with 8 active and a
+  shared expert of 512 for the MoE) and the layout of derivative config.json pages on huggingface.co
+  (MooreThreads/MusaCoder-27B, NexVeridian/OmniCoder-9B-5bit: nested text_config with attn_output_gate,
+  full_attention_interval 4, layer_types [linear x 3, full], head_dim 256, top-level eos 248046 / pad 248044, text
+  bos / eos 248044). Shrunk to 4 decoder layers (three linear-attention, one full-attention), head_dim 32 with a
+  quarter rotary (mrope_section [2, 1, 1]), linear heads 2 key / 4 value of 8, 4 experts of 16 (2 active) and a
+  shared expert of 16 for the MoE. vision_config model_type "qwen3_5" / "qwen3_5_moe" (transformers renames this
+  old name to *_vision); deepstack_visual_indexes [] for the MoE (a stored qwen3_5_moe_vision fixture, code index id
+  71121325654). Tokens: Qwen3's added tokens moved up by 96,401 (<|endoftext|> 248044, <|im_start|> 248045,
+  <|im_end|> 248046, ..., <|vision_start|> 248053, <|image_pad|> 248056, <|video_pad|> 248057, <tool_call> 248058,
+  ..., <think> 248068, </think> 248069), which matches every id the configs give; the others are unverified.
+  The tokenizer.json uses transformers' Qwen3.5 pre-tokenizer regex; tokenizer_config.json says Qwen2Tokenizer,
+  which transformers overrides with Qwen3_5Tokenizer for these model types. generation_config.json (eos [248046,
+  248044], pad 248044), the processor (Qwen3VLProcessor, transformers' mapping for both model types, with
+  Qwen3-VL's processor files) and the chat template (Qwen3-VL's reconstructed one: the real Qwen3.5 template, with
+  its thinking block, is not reproduced): reconstructed by analogy with Qwen3-VL.
+- Mistral 3 (Mistral-Small-3.1) and Pixtral are not written: their PixtralProcessor needs torchvision, which the
+  test environment does not have.
 - InternVL3-1B-hf. config.json: the transformers 5 layout of `families.internvl.internvl3_1b_config` (top level and
   text part from hf-internal-testing/tiny-processor-internvl; vision defaults [TFD]), sizes shrunk, image_token_id
   151667, vocab 151674. Tokens: Qwen2.5's 151643..151664, then <img> 151665, </img> 151666, <IMG_CONTEXT> 151667
@@ -71,6 +98,9 @@ PUBLISHED_VLM = {
     "Qwen2-VL-7B-Instruct": ("qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct"),
     "Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct"),
     "Qwen3-VL-8B-Instruct": ("qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct"),
+    "Qwen3-VL-30B-A3B-Instruct": ("qwen3_vl_moe", "Qwen/Qwen3-VL-30B-A3B-Instruct"),
+    "Qwen3.5-27B": ("qwen3_5", "Qwen/Qwen3.5-27B"),
+    "Qwen3.5-35B-A3B": ("qwen3_5_moe", "Qwen/Qwen3.5-35B-A3B"),
     "InternVL3-1B-hf": ("internvl", "OpenGVLab/InternVL3-1B-hf"),
     "gemma-3-4b-it": ("gemma3", "google/gemma-3-4b-it"),
 }
@@ -185,6 +215,13 @@ GEMMA3_SPECIALS = {
     262144: "<image_soft_token>",
 }
 GEMMA3_REGULAR = 262144  # the SentencePiece vocabulary; <image_soft_token> is added after it
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")  # Qwen3VLProcessor, no default system turn
+QWEN3_5_FAMILIES = ("qwen3_5", "qwen3_5_moe")
+# Qwen3.5's 248,320-row vocabulary: RECONSTRUCTED as Qwen3's added tokens moved up by 248044 - 151643, which puts
+# <|endoftext|> at 248044 (the derivatives' pad / text eos), <|im_end|> at 248046 (their eos), <|vision_start|>,
+# <|vision_end|>, <|image_pad|>, <|video_pad|> at transformers' defaults 248053, 248054, 248056, 248057.
+QWEN3_5_REGULAR = 248044
+QWEN3_5_SHIFT = QWEN3_5_REGULAR - 151643
 
 
 # ---- configs (published layout, sizes shrunk) ------------------------------------------------------------------------
@@ -314,6 +351,137 @@ def config_dict(name: str) -> dict:
             "vision_end_token_id": 151653,
             "vision_start_token_id": 151652,
         }
+    if family == "qwen3_vl_moe":
+        return {
+            "architectures": ["Qwen3VLMoeForConditionalGeneration"],
+            "image_token_id": 151655,
+            "model_type": "qwen3_vl_moe",
+            "text_config": {
+                "attention_bias": False,
+                "attention_dropout": 0.0,
+                "bos_token_id": 151643,
+                "decoder_sparse_step": 1,
+                "dtype": "bfloat16",
+                "eos_token_id": 151645,
+                "head_dim": 8,  # published 128
+                "hidden_act": "silu",
+                "hidden_size": 32,  # published 2048
+                "initializer_range": 0.02,
+                "intermediate_size": 64,  # published 6144
+                "max_position_embeddings": 262144,
+                "mlp_only_layers": [],
+                "model_type": "qwen3_vl_moe_text",
+                "moe_intermediate_size": 16,  # published 768
+                "norm_topk_prob": True,
+                "num_attention_heads": 4,  # published 32
+                "num_experts": 4,  # published 128
+                "num_experts_per_tok": 2,  # published 8
+                "num_hidden_layers": 2,  # published 48
+                "num_key_value_heads": 2,  # published 4
+                "rms_norm_eps": 1e-06,
+                "rope_scaling": {"mrope_interleaved": True, "mrope_section": [2, 1, 1], "rope_type": "default"},
+                "rope_theta": 5000000,
+                "use_cache": True,
+                "vocab_size": 151936,
+            },
+            "tie_word_embeddings": False,
+            "transformers_version": "4.57.0.dev0",
+            "video_token_id": 151656,
+            "vision_config": {
+                "deepstack_visual_indexes": [0, 1],  # published [8, 16, 24] of 27 blocks
+                "depth": 2,
+                "hidden_act": "gelu_pytorch_tanh",
+                "hidden_size": 24,
+                "in_channels": 3,
+                "initializer_range": 0.02,
+                "intermediate_size": 48,
+                "model_type": "qwen3_vl_moe",
+                "num_heads": 3,
+                "num_position_embeddings": 16,  # published 2304 = 48 x 48
+                "out_hidden_size": 32,
+                "patch_size": 4,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+            },
+            "vision_end_token_id": 151653,
+            "vision_start_token_id": 151652,
+        }
+    if family in QWEN3_5_FAMILIES:
+        moe = family == "qwen3_5_moe"
+        text = {
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "attn_output_gate": True,
+            "bos_token_id": 248044,
+            "dtype": "bfloat16",
+            "eos_token_id": 248044,
+            "full_attention_interval": 4,
+            "head_dim": 32,  # published 256 (a quarter of it rotary)
+            "hidden_act": "silu",
+            "hidden_size": 32,
+            "initializer_range": 0.02,
+            "layer_types": ["linear_attention"] * 3 + ["full_attention"],  # published: this, 16 (27B) / 10 times
+            "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 8,  # published 128
+            "linear_num_key_heads": 2,  # published 16
+            "linear_num_value_heads": 4,  # published 32 (defaults; 48 in some derivatives)
+            "linear_value_head_dim": 8,  # published 128
+            "mamba_ssm_dtype": "float32",
+            "max_position_embeddings": 262144,
+            "model_type": "qwen3_5_moe_text" if moe else "qwen3_5_text",
+            "num_attention_heads": 4,
+            "num_hidden_layers": 4,  # one full-attention layer after three linear-attention ones
+            "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-06,
+            "rope_parameters": {
+                "mrope_interleaved": True,
+                "mrope_section": [2, 1, 1],  # of the 8 rotary dimensions (a quarter of head_dim 32)
+                "partial_rotary_factor": 0.25,
+                "rope_theta": 10000000,
+                "rope_type": "default",
+            },
+            "tie_word_embeddings": False,
+            "use_cache": True,
+            "vocab_size": 248320,
+        }
+        if moe:  # transformers' defaults: 256 experts, 8 active, 512 wide, a shared expert of 512
+            text.update(moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                        shared_expert_intermediate_size=16)  # fmt: skip
+        else:
+            text["intermediate_size"] = 64
+        vision = {
+            "depth": 2,  # defaults: 27 blocks of 1152, 16 px patches, 2304 position embeddings
+            "hidden_act": "gelu_pytorch_tanh",
+            "hidden_size": 24,
+            "in_channels": 3,
+            "initializer_range": 0.02,
+            "intermediate_size": 48,
+            "model_type": family,  # as transformers expects old checkpoints to name it (it renames it *_vision)
+            "num_heads": 3,
+            "num_position_embeddings": 16,
+            "out_hidden_size": 32,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        }
+        if moe:
+            vision["deepstack_visual_indexes"] = []  # as a stored qwen3_5_moe_vision config has it
+        return {
+            "architectures": ["Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"],
+            "bos_token_id": None,
+            "dtype": "bfloat16",
+            "eos_token_id": 248046,
+            "image_token_id": 248056,
+            "model_type": family,
+            "pad_token_id": 248044,
+            "text_config": text,
+            "tie_word_embeddings": False,
+            "transformers_version": "5.2.0",
+            "video_token_id": 248057,
+            "vision_config": vision,
+            "vision_end_token_id": 248054,
+            "vision_start_token_id": 248053,
+        }
     if family == "internvl":
         return {
             "architectures": ["InternVLForConditionalGeneration"],
@@ -407,6 +575,9 @@ GENERATION_CONFIGS = {
         "transformers_version": "4.49.0",
     },
     "qwen3_vl": {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643},
+    "qwen3_vl_moe": {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643},
+    "qwen3_5": {"bos_token_id": 248044, "eos_token_id": [248046, 248044], "pad_token_id": 248044},
+    "qwen3_5_moe": {"bos_token_id": 248044, "eos_token_id": [248046, 248044], "pad_token_id": 248044},
     "internvl": {"_from_model_config": True, "bos_token_id": 151643, "eos_token_id": 151645},
     "gemma3": {"bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 106], "pad_token_id": 0},
 }
@@ -417,9 +588,9 @@ QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 256, 4096  # published 3136 / 12845056 at 14 
 def processor_files(name: str) -> dict[str, dict]:
     """The processor's JSON files (name -> content) for `name`."""
     family, _ = PUBLISHED_VLM[name]
-    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    if family in ("qwen2_vl", "qwen2_5_vl", *QWEN3_FAMILIES):
         clip = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
-        mean, std = ([0.5] * 3, [0.5] * 3) if family == "qwen3_vl" else clip
+        mean, std = ([0.5] * 3, [0.5] * 3) if family in QWEN3_FAMILIES else clip
         processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}.get(
             family, "Qwen3VLProcessor"
         )
@@ -434,7 +605,7 @@ def processor_files(name: str) -> dict[str, dict]:
             "image_processor_type": "Qwen2VLImageProcessor",
             "processor_class": processor_class,
         }
-        template = QWEN3_VL_TEMPLATE if family == "qwen3_vl" else QWEN2_VL_TEMPLATE
+        template = QWEN3_VL_TEMPLATE if family in QWEN3_FAMILIES else QWEN2_VL_TEMPLATE
         return {"preprocessor_config.json": preprocessor, "chat_template.json": {"chat_template": template}}
     if family == "internvl":
         preprocessor = {
@@ -493,8 +664,10 @@ def qwen_specials(family: str) -> dict[int, str]:
         return dict(QWEN2_VL_SPECIALS)
     if family == "qwen2_5_vl":
         return {**QWEN2_VL_SPECIALS, **QWEN2_5_EXTRA}
-    if family == "qwen3_vl":
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
         return {**QWEN2_VL_SPECIALS, **QWEN2_5_EXTRA, **QWEN3_EXTRA}
+    if family in QWEN3_5_FAMILIES:
+        return {i + QWEN3_5_SHIFT: token for i, token in qwen_specials("qwen3_vl").items()}
     if family == "internvl":
         return {**QWEN2_VL_SPECIALS, **QWEN2_5_EXTRA, **INTERNVL_EXTRA}
     raise KeyError(family)
@@ -503,10 +676,20 @@ def qwen_specials(family: str) -> dict[int, str]:
 @functools.cache
 def _qwen_tokenizer_json(family: str) -> tuple[str, str, str]:
     """tokenizer.json, vocab.json and merges.txt of a Qwen2-style byte-level BPE (the tiny vocabulary of
-    support.published, padded to 151,643 regular tokens) with the family's added tokens at their real ids."""
+    support.published, padded to 151,643 regular tokens, or 248,044 with Qwen3.5's pre-tokenizer for Qwen3.5) with
+    the family's added tokens at their real ids."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab, merges = tiny_vocab_and_merges()
+    regex = QWEN2_PRETOKENIZE_REGEX
+    if family in QWEN3_5_FAMILIES:
+        from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX as regex
+
+        vocab = dict(vocab)
+        filler = sum(token.startswith("<|unused_") for token in vocab)
+        while len(vocab) < QWEN3_5_REGULAR:
+            vocab[f"<|unused_{filler}|>"] = len(vocab)
+            filler += 1
     backend = Tokenizer(
         models.BPE(
             vocab=vocab,
@@ -522,7 +705,7 @@ def _qwen_tokenizer_json(family: str) -> tuple[str, str, str]:
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
         ]
     )
@@ -567,7 +750,7 @@ def _qwen_tokenizer_config(family: str, template: str) -> dict:
         "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>",
         "errors": "replace",
-        "model_max_length": {"qwen2_vl": 32768, "qwen2_5_vl": 131072, "qwen3_vl": 262144, "internvl": 8192}[family],
+        "model_max_length": {"qwen2_vl": 32768, "qwen2_5_vl": 131072, "internvl": 8192}.get(family, 262144),
         "pad_token": "<|endoftext|>",
         "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer",
