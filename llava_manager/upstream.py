@@ -638,7 +638,11 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
             (_QWEN2_5_VIT, "merger", "llava_manager/families/qwen2_vl.py"),
             (_QWEN2_5_VIT, "window_size", "llava_manager/families/qwen2_vl.py"),
             ("models.qwen3_vl.modeling_qwen3_vl.Qwen3VLVisionModel", "merger", "llava_manager/families/qwen2_vl.py"),
-            ("models.internvl.modeling_internvl.InternVLVisionModel", "layernorm", "llava_manager/families/internvl.py"),
+            (
+                "models.internvl.modeling_internvl.InternVLVisionModel",
+                "layernorm",
+                "llava_manager/families/internvl.py",
+            ),
             ("InternVLModel", "pixel_shuffle", "llava_manager/families/internvl.py"),
             ("SiglipVisionModel", "post_layernorm", "llava_manager/families/gemma3.py"),
             ("Gemma3Model", "multi_modal_projector", "llava_manager/families/gemma3.py"),

@@ -81,9 +81,9 @@ def apply_manager(model: nn.Module, config: ManagerConfig | None = None, **overr
     """Patch a vision-language model in place with zero-initialised managers and return it.
 
     `model`: any class of `families.supported_classes()` (the LLaVA family, Qwen2-VL / Qwen2.5-VL, Qwen3-VL /
-    Qwen3.5, InternVL, Gemma 3, Mistral3; the `...ForConditionalGeneration` or the bare `...Model`). `config` is a `ManagerConfig`; keyword arguments override
-    its fields (`apply_manager(model, interval=1)`). Every check runs before the model is touched, so a failure never
-    leaves it half-patched.
+    Qwen3.5, InternVL, Gemma 3, Mistral3; the `...ForConditionalGeneration` or the bare `...Model`). `config` is a
+    `ManagerConfig`; keyword arguments override its fields (`apply_manager(model, interval=1)`). Every check runs
+    before the model is touched, so a failure never leaves it half-patched.
     """
     if config is None:
         config = ManagerConfig(**overrides)

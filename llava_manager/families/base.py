@@ -34,8 +34,8 @@ class ManagedOutput(BaseModelOutputWithPooling):
 
 
 class Family:
-    """How one family of vision-language models lays out vision tokens. Subclasses set the class attributes and implement
-    `image_features` (and `video_features` when the family takes videos); one instance serves every model."""
+    """How one family of vision-language models lays out vision tokens. Subclasses set the class attributes and
+    implement `image_features` (and `video_features` when the family takes videos); one instance serves every model."""
 
     name: ClassVar[str]  # the config's model_type
     title: ClassVar[str]  # for people: "LLaVA-1.5"

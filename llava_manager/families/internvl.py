@@ -65,13 +65,16 @@ def internvl3_1b_config(**overrides) -> InternVLConfig:
 
 def internvl_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128, **overrides) -> InternVLConfig:
     """An InternVL small enough for a unit test: Qwen2 32 x `num_text_layers`, InternViT 24 x `num_vision_layers`,
-    16 px tiles of 4 px patches (16 patches, 4 tokens after the pixel shuffle)."""
+    32 px tiles of 4 px patches (64 patches, 16 tokens a tile after the pixel shuffle, as LLaVA-OneVision's
+    tiny crops have 16). Embedded default, held-out exact match: 16 px tiles (4 tokens a tile) 0.54 / 1.000 / 0.995 on
+    seeds 42 / 1 / 2 (seed 42 learnt only red and green); 32 px tiles 1.000 / 0.945 on seeds 42 / 2. The run is
+    seed-sensitive either way; no InternVL defect was found."""
     vision = dict(
         hidden_size=24,
         intermediate_size=48,
         num_hidden_layers=num_vision_layers,
         num_attention_heads=4,
-        image_size=[16, 16],
+        image_size=[32, 32],
         patch_size=[4, 4],
         use_mean_pooling=False,
     )
@@ -79,7 +82,7 @@ def internvl_tiny_config(num_text_layers=8, num_vision_layers=6, vocab_size=128,
         text_config=tiny_text("qwen2", num_text_layers, vocab_size),
         vision_config=vision,
         image_token_id=vocab_size - 1,
-        image_seq_length=4,
+        image_seq_length=16,
         downsample_ratio=0.5,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",

@@ -313,7 +313,7 @@ def tiny_processor(vision_feature_select_strategy: str | None = None, *, family:
     - LLaVA-NeXT / NeXT-Video: `patch_size=7`, `num_additional_image_tokens=1` (CLIP's CLS), the "default" strategy.
     - Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5: the Qwen image processor with the tiny ViT's 4 px patches, 2 x 2
       merge and temporal patches of 2, images resized to multiples of 8 px up to 64 x 64 px.
-    - InternVL: 16 px tiles (the tiny tower's), dynamic tiling up to 4 tiles and a thumbnail, 4 tokens a tile.
+    - InternVL: 32 px tiles (the tiny tower's), dynamic tiling up to 4 tiles and a thumbnail, 16 tokens a tile.
     - Gemma 3: 16 px images, 4 tokens an image (`mm_tokens_per_image`).
     - Mistral3 (Pixtral processor): images at their size, longest side 32 px, one token per 8 x 8 px.
     - LLaVA-1.5: as NeXT, one 28 px crop per image: resized (shortest side) and centre-cropped, as the llava-hf

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..core.patch import get_managers
 
+
 def vision_parts(inner: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The vision tower's and the projector's parameters of a bare model (the projector's are not the tower's, even
     where the projector sits inside the tower, as Qwen-VL's merger does)."""

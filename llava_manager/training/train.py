@@ -47,17 +47,17 @@ def checkpoint_family(model_args) -> str:
 def init_zero_projector(model) -> list[str]:
     """A random model's projector weights that transformers initialises to zeros (Gemma 3's
     `mm_input_projection_weight`, a matmul a real checkpoint has trained) drawn like an ordinary linear layer's,
-    normal(0, initializer_range); otherwise its image tokens, and the managers' features, are all zero at the start
-    and the vision tower gets no gradient until the projector moves. Only weights (2-D or more) that are all zero:
-    biases and Gemma's (1 + weight) RMSNorm scales stay zero, and no other family's model changes. Returns the names
-    re-drawn."""
+    normal(0, the LLM's initializer_range); otherwise its image tokens, and the managers' features, are all zero at
+    the start and the vision tower gets no gradient until the projector moves. Only weights (2-D or more) that are
+    all zero: biases and Gemma's (1 + weight) RMSNorm scales stay zero, and no other family's model changes (none
+    has such a weight). Returns the names re-drawn."""
     from .parts import vision_parts
 
     params = [p for p in vision_parts(model.model)["projector"] if p.dim() >= 2]
     if not params:
         return []
     names = {id(p): n for n, p in model.named_parameters()}
-    std = getattr(model.config, "initializer_range", None) or model.config.get_text_config().initializer_range
+    std = model.config.get_text_config().initializer_range  # its output is in the LLM's embedding space
     drawn = []
     gathered = contextlib.nullcontext()
     if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3: the full weights; rank 0's draw is kept

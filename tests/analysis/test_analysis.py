@@ -185,5 +185,15 @@ def test_commands_on_the_other_families(family, tmp_path):
     assert all(-1 <= float(row["patched, visual"]) <= 1 for row in rows)
     if family != "gemma3":  # a SigLIP tower
         with pytest.raises(ValueError, match="needs a CLIP or SigLIP tower"):
-            analysis(["siglip", "--model", str(tmp_path / "patched"), "--out", str(tmp_path / "s"), "--inputs",
-                      str(images), *prompts])
+            analysis(
+                [
+                    "siglip",
+                    "--model",
+                    str(tmp_path / "patched"),
+                    "--out",
+                    str(tmp_path / "s"),
+                    "--inputs",
+                    str(images),
+                    *prompts,
+                ]
+            )

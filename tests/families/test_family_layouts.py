@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from support.family_models import FAMILIES, family_model
+from support.family_models import family_model
 from support.helpers import ROOT
 
 from llava_manager import apply_manager, get_managers
