@@ -24,7 +24,7 @@ from transformers import AutoModelForImageTextToText, TrainingArguments
 
 import llava_manager
 from llava_manager import apply_manager, get_managers
-from llava_manager.families import FAMILIES
+from llava_manager.families import FAMILIES, LLAVA_FAMILIES
 from llava_manager.runtime.cpu_distributed import free_port
 from llava_manager.synthetic.data import tiny_model_config, tiny_processor
 from llava_manager.training import fsdp, liger
@@ -291,7 +291,7 @@ def test_the_configs_parse_and_agree(tmp_path, monkeypatch):
     assert "fsdp_transformer_layer_cls_to_wrap" not in cfg
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", LLAVA_FAMILIES)
 def test_wrap_classes_exist_in_every_family_where_accelerates_default_does_not(family):
     from accelerate.utils.dataclasses import get_module_class_from_name
 
@@ -307,6 +307,32 @@ def test_wrap_classes_exist_in_every_family_where_accelerates_default_does_not(f
     # accelerate's default, the model's _no_split_modules, names a class the model does not build: it would stop
     missing = [n for n in model._no_split_modules if get_module_class_from_name(model, n) is None]
     assert any("TextEmbeddings" in n for n in missing), missing
+
+
+# The other families' decoder and vision layer classes, as transformers names them.
+WRAP_CLASSES = {
+    "qwen2_vl": ["Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"],
+    "qwen2_5_vl": ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"],
+    "qwen3_vl": ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"],
+    "qwen3_vl_moe": ["Qwen3VLMoeTextDecoderLayer", "Qwen3VLMoeVisionBlock"],
+    "qwen3_5": ["Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"],
+    "qwen3_5_moe": ["Qwen3_5MoeDecoderLayer", "Qwen3_5MoeVisionBlock"],
+    "internvl": ["InternVLVisionLayer", "Qwen2DecoderLayer"],
+    "gemma3": ["Gemma3DecoderLayer", "SiglipEncoderLayer"],
+    "mistral3": ["MistralDecoderLayer", "PixtralAttentionLayer"],
+}
+
+
+@pytest.mark.parametrize("family", sorted(WRAP_CLASSES))
+def test_wrap_classes_of_the_other_families(family):
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    assert set(WRAP_CLASSES) == set(FAMILIES) - set(LLAVA_FAMILIES)
+    adapter = FAMILIES[family]
+    model = apply_manager(adapter.model_class(adapter.tiny_config()))
+    classes = fsdp.wrap_classes(model)
+    assert classes == WRAP_CLASSES[family]
+    assert all(get_module_class_from_name(model, name) is not None for name in classes)
 
 
 def test_fsdps_own_activation_checkpointing_breaks_the_managers_and_is_refused():
