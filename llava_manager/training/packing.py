@@ -60,6 +60,7 @@ model sees the batch. A model called by hand takes `data.model_inputs(batch)`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,8 +108,6 @@ class RopeIndex:
         self.base_class, self.config = base_class, config
 
     def __getattr__(self, name: str):
-        import inspect
-
         if name in ("base_class", "config"):
             raise AttributeError(name)
         return inspect.getattr_static(self.base_class, name).__get__(self, self.base_class)
@@ -170,7 +169,7 @@ class PackingCollator(Collator):
     def sample_positions(self, sample: dict) -> torch.Tensor:
         """M-RoPE positions (3, n) of one sample, as the model computes them for the sample on its own."""
         input_ids = torch.as_tensor(sample["input_ids"]).view(1, -1)
-        inputs = {k: v for k, v in self.token_inputs(input_ids).items()}
+        inputs = self.token_inputs(input_ids)  # a new dict each call
         if "image_grid_thw" in sample:
             inputs["image_grid_thw"] = sample["image_grid_thw"]
         return self.rope_index(input_ids, **inputs).view(3, -1)
