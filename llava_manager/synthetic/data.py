@@ -207,19 +207,28 @@ def tiny_template(family: str = "llava_onevision") -> str:
 def tiny_tokenizer(family: str | None = None):
     """A word-level tokenizer over the synthetic vocabulary with the Qwen chat tokens and `<image>` / `<video>`;
     with a non-LLaVA `family` (`FAMILY_TOKENS`), that family's image tokens and template tokens instead of
-    `<image>` / `<video>`, under their real names (the LLaVA families' tokenizer is unchanged)."""
+    `<image>` / `<video>`, under their real names (the LLaVA families' tokenizer is unchanged). A family whose
+    tokenizer transformers reloads in a class of its own (`reloaded_tokenizer_class`: Qwen3.5) gets a byte-level BPE
+    of that class over the same words, so that the tokenizer saved with its model loads back the same."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tokens = FAMILY_TOKENS.get(family)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<video>", "<image>"]
-    words = specials[:4] + ["\n"] + vocabulary()
+    plain = ["\n"] + vocabulary()
     extra: list[str] = []
     if tokens is not None:
         named = list(dict.fromkeys(tokens["tokenizer"].values()))
-        extra = [t for t in (*named, *tokens.get("extra", ()), *tokens.get("template", ())) if t not in words]
+        extra = [t for t in (*named, *tokens.get("extra", ()), *tokens.get("template", ())) if t not in plain]
         extra += [t for t in ([tokens["bos"]] if tokens.get("bos") else []) if t not in extra]
-        words += [w for w in tokens.get("words", ()) if w not in words] + extra
+        plain += [w for w in tokens.get("words", ()) if w not in plain]
+    words = specials[:4] + plain + extra
+    named_tokens = {"image_token": "<image>", "video_token": "<video>"} if tokens is None else tokens["tokenizer"]
+    forced = reloaded_tokenizer_class(family)
+    if forced is not None:  # the class transformers reloads this model type's tokenizer in, whatever was saved
+        tokenizer = _byte_level_bpe(forced, plain, extra_special_tokens=dict(named_tokens))
+        tokenizer.add_special_tokens({"additional_special_tokens": [*specials[:4], *extra]})
+        return tokenizer
     vocab = {token: i for i, token in enumerate(words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     # Words split on spaces; newlines and punctuation are tokens of their own, as in the Qwen tokenizer.
@@ -229,7 +238,6 @@ def tiny_tokenizer(family: str | None = None):
             pre_tokenizers.Split(Regex(r"[\n.,?!]"), behavior="isolated"),
         ]
     )
-    named_tokens = {"image_token": "<image>", "video_token": "<video>"} if tokens is None else tokens["tokenizer"]
     kwargs = {"bos_token": tokens["bos"]} if tokens is not None and tokens.get("bos") else {}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -241,6 +249,40 @@ def tiny_tokenizer(family: str | None = None):
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", *extra]})
     return tokenizer
+
+
+def reloaded_tokenizer_class(family: str | None):
+    """The tokenizer class `AutoTokenizer` loads for `family`'s model type whatever a saved `tokenizer_config.json`
+    names (Qwen3.5's `Qwen3_5Tokenizer`, which rebuilds a byte-level BPE from the saved vocabulary and merges), or
+    None where the saved class is the one loaded back."""
+    from transformers.models.auto import tokenization_auto as auto
+
+    # upstream: see llava_manager/upstream.py
+    if family not in auto.MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS:
+        return None
+    name = auto.TOKENIZER_MAPPING_NAMES.get(family)
+    return None if name in (None, "TokenizersBackend") else auto.tokenizer_class_from_name(name)
+
+
+def _byte_level_bpe(tokenizer_class, words: list[str], **kwargs):
+    """A byte-level BPE of `tokenizer_class` (a BPE class such as `Qwen3_5Tokenizer`) whose vocabulary holds the 256
+    byte symbols and every word of `words`, bare and after a space, each built by merges from the left: what such a
+    class rebuilds from its saved vocabulary and merges, so the tokenizer saved with a model loads back the same."""
+    from tokenizers import pre_tokenizers
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges: list[tuple[str, str]] = []
+    to_symbols = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    for word in words:
+        for text in (word, " " + word):
+            symbols = "".join(piece for piece, _ in to_symbols.pre_tokenize_str(text))
+            for end in range(2, len(symbols) + 1):
+                if symbols[:end] not in vocab:
+                    merges.append((symbols[: end - 1], symbols[end - 1]))
+                    vocab[symbols[:end]] = len(vocab)
+    return tokenizer_class(
+        vocab=vocab, merges=merges, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|endoftext|>", **kwargs
+    )
 
 
 def _qwen_image_processor(adapter, config):

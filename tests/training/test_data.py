@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from llava_manager.families import FAMILIES
 from llava_manager.synthetic.data import tiny_processor, write_shapes_dataset
 from llava_manager.training.data import (
     BATCH_INFO,
@@ -238,3 +239,26 @@ def test_synthetic_data_answers_need_the_image(tmp_path):
     assert write_shapes_dataset(tmp_path, 64, seed=0) == paths and paths["instruct"].stat().st_mtime_ns == mtime
     write_shapes_dataset(tmp_path, 32, seed=0)  # another size: rewritten, not the stale 64
     assert len(json.loads(paths["instruct"].read_text())) == 32
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mistral3"])
+def test_the_tiny_processor_saved_with_its_model_loads_back_tokenising_the_same(family, tmp_path):
+    """The embedded default's export is scored and evaluated through the processor loaded from its folder: it must
+    tokenise as the one the model was trained with. transformers reloads some model types' tokenizers in a class of
+    its own whatever the folder names (Qwen3.5: `Qwen3_5Tokenizer`, a byte-level BPE rebuilt from the vocabulary);
+    a word-level tokenizer came back turning every word into one token, and the trained model answered ""."""
+    from transformers import AutoTokenizer
+
+    from llava_manager.processing.processors import load_processor
+    from llava_manager.processing.prompts import template_prompt
+    from llava_manager.synthetic.data import tiny_model_config, tiny_template
+
+    processor = tiny_processor(family=family)
+    tiny_model_config(processor, family=family).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    text = template_prompt(processor, "What colour is the shape ?", 1, tiny_template(family)) + "green ."
+    expected = processor.tokenizer(text)["input_ids"]
+    for loaded in (load_processor(tmp_path).tokenizer, AutoTokenizer.from_pretrained(tmp_path)):
+        assert loaded(text)["input_ids"] == expected, type(loaded).__name__
+    words = processor.tokenizer.convert_ids_to_tokens(expected)
+    assert "<unk>" not in words and len(expected) > 12
