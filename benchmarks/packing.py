@@ -1,16 +1,24 @@
 """Padded vs padding-free (packed) training batches, side by side on the same samples: useful-token fraction and
-tokens/s.
+tokens/s, per packed row length.
 
-    python benchmarks/packing.py                                   # small model, CPU, lengths x 0.14
-    python benchmarks/packing.py --samples 128 --repeats 7
+    python benchmarks/packing.py                                   # small model, CPU, lengths x 0.14; row sweep
+    python benchmarks/packing.py --samples 128 --repeats 9
+    python benchmarks/packing.py --max-packed-tokens longest 2247   # chosen row lengths only
     python benchmarks/packing.py --shape 0.5b --device cuda --dtype bfloat16 --attn flash_attention_2   # GPU
 
 The samples go through the recipes' own pipeline (`data.SupervisedDataset`: images through the OneVision processor,
 conversation template, image tokens expanded), then into batches of `--batch-size` in the same order, collated two
-ways: `data.Collator` (right-padded to the batch's longest sample) and `packing.PackingCollator` (rows of at most
-`--max-packed-tokens`, shorter rows filled to the longest). A training step is a forward and backward (no optimizer
-step: the same in both), timed over all batches, padded and packed in adjacent pairs with the order alternating
-(`analysis.timing.rounds`); the tokens/s ratio is the median over the pairs.
+ways: `data.Collator` (right-padded to the batch's longest sample) and `packing.PackingCollator` once per row length
+of the sweep (`longest`: each batch's rows as long as its longest sample; a number: rows of at most that many tokens,
+shorter rows filled to the longest). The default sweep: `longest`, then fixed rows of 1, 1.5 and 2 times the longest
+sample, then the recipes' one-row default of 16,384 real tokens (times the length scale), when longer. The row
+length the recipes pick by default for `--attn` (`packing.default_row_length`) is marked.
+
+A training step is a forward and backward over all batches (no optimizer step: the same in both). Each packed
+variant is timed against the padded baseline in adjacent pairs, the order within a pair alternating from one
+repetition to the next and the variants' order rotating, so the machine's drifts cancel in the per-pair ratios
+(padded time / packed time = packed tokens/s / padded tokens/s: the same real tokens). The table gives the median of
+those ratios over `--repeats` pairs with their min-max, and the median seconds of each variant.
 
 The length mix (OneVision-like; an assumption, not counted from the released data): a quarter text-only samples of
 100-600 tokens; the rest one image each, resized to a grid of a x b crops (a, b in 1..3 at random: 1-9 grid crops plus
@@ -35,19 +43,20 @@ import argparse
 import random
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from llava_manager import apply_manager
-from llava_manager.analysis.timing import ratio_to, rounds, timed
+from llava_manager.analysis.timing import timed
 from llava_manager.families import get_family
 from llava_manager.families.llava_onevision import SIGLIP_SO400M, onevision_0_5b_config
 from llava_manager.processing.processors import build_processor
 from llava_manager.synthetic.data import tiny_tokenizer, vocabulary
 from llava_manager.training.data import Collator, SupervisedDataset, model_inputs
-from llava_manager.training.packing import PackingCollator
+from llava_manager.training.packing import LONGEST, PackingCollator, default_row_length, row_length
 from llava_manager.training.throughput import COUNTS, count_batch
 
 REAL_CROP_TOKENS = 27 * 27  # LLaVA-OneVision: SigLIP 384 px crops of 14 px patches
@@ -166,6 +175,40 @@ def step(model, batches) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def paired(baseline, variants: dict, repeats: int) -> tuple[list[float], dict[str, list[float]], dict]:
+    """Each variant timed against `baseline` in adjacent pairs, `repeats` pairs each: the order within a pair
+    alternates between repetitions, the variants' order rotates. Returns the baseline's times, each variant's times
+    and each variant's per-pair ratios (baseline time / variant time). One untimed warm-up call each comes first."""
+    names = list(variants)
+    baseline()
+    for name in names:
+        variants[name]()
+    base: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    for r in range(repeats):
+        for j in range(len(names)):
+            name = names[(r + j) % len(names)]
+            if (r + j) % 2:
+                t_variant, t_base = variants[name](), baseline()
+            else:
+                t_base, t_variant = baseline(), variants[name]()
+            base.append(t_base)
+            times[name].append(t_variant)
+            ratios[name].append(t_base / t_variant)
+        print(f"  repetition {r + 1}/{repeats} done ({time.perf_counter() - start:.0f} s)", flush=True)
+    return base, times, ratios
+
+
+def sweep(longest: int, scale: float) -> list[int | str]:
+    """The default row lengths: `longest`, 1, 1.5 and 2 x the longest sample, and the one-row default (16,384 real
+    tokens x `scale`) when longer."""
+    rows: list[int | str] = [LONGEST, longest, round(1.5 * longest), 2 * longest]
+    one_row = round(16384 * scale)
+    return rows + ([one_row] if one_row > 2 * longest else [])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="small", choices=list(SHAPES))
@@ -173,13 +216,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
         "--max-packed-tokens",
-        type=int,
+        type=row_length,
         nargs="+",
         default=None,
-        help="row lengths of the packed batches, one variant each (default: 16,384 and 8,192 x the "
-        "length scale: the paper's max length, and half of it)",
+        help="row lengths of the packed batches, one variant each: numbers of tokens or 'longest' (default: "
+        "longest; 1, 1.5 and 2 x the longest sample; 16,384 x the length scale, the recipes' one-row default)",
     )
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="padded / packed pairs per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--attn", default="sdpa", help="sdpa, eager or flash_attention_2")
@@ -194,17 +237,20 @@ def main() -> None:
     model.to(device, dtype).train()
     side = SHAPES[args.shape]["side"]
     scale = side**2 / REAL_CROP_TOKENS
-    budgets = args.max_packed_tokens or [round(16384 * scale), round(8192 * scale)]
+    max_length = round(16384 * scale)  # the stages' --max_length, scaled
     with tempfile.TemporaryDirectory() as tmp:
         crop = model.config.vision_config.image_size
         records = write_samples(Path(tmp), args.samples, crop, scale, args.seed)
         dataset = SupervisedDataset(
-            records, processor, tmp, "qwen_1_5", max_length=max(budgets), strict=True, model_config=model.config
+            records, processor, tmp, "qwen_1_5", max_length=max_length, strict=True, model_config=model.config
         )
         samples = [dataset[i] for i in range(len(dataset))]
     lengths = [len(s["input_ids"]) for s in samples]
-    if max(lengths) > min(budgets):
-        parser.error(f"the longest sample has {max(lengths)} tokens, over --max-packed-tokens {min(budgets)}")
+    budgets = list(dict.fromkeys(args.max_packed_tokens or sweep(max(lengths), scale)))
+    numbers = [b for b in budgets if b != LONGEST]
+    if numbers and max(lengths) > min(numbers):
+        parser.error(f"the longest sample has {max(lengths)} tokens, over --max-packed-tokens {min(numbers)}")
+    default, _ = default_row_length(args.attn, max_length)
     with_images = sum("pixel_values" in s for s in samples)
     pad = processor.tokenizer.pad_token_id
     collators = {"padded": Collator(pad)}
@@ -232,7 +278,10 @@ def main() -> None:
         f"crops; tokens per sample min {min(lengths)}, median {statistics.median(lengths):.0f}, mean "
         f"{statistics.mean(lengths):.0f}, max {max(lengths)}"
     )
-    print(f"{len(groups)} batches of {args.batch_size}; packed rows of at most {' or '.join(map(str, budgets))} tokens")
+    print(
+        f"{len(groups)} batches of {args.batch_size}; packed rows of {', '.join(map(str, budgets))} tokens "
+        f"(longest: each batch's longest sample); the recipes' default for {args.attn}: {default} (marked *)"
+    )
 
     model.eval()  # the same losses every way (no manager noise in eval mode)
     with torch.no_grad():
@@ -244,36 +293,40 @@ def main() -> None:
             for b, r in zip(inputs[name][:2], reference)
         )
     model.train()
-    times = rounds(
-        {name: (lambda bs=bs: timed(lambda: step(model, bs), device)) for name, bs in inputs.items()},
-        args.repeats,
-        desc="padded vs packed",
-    )
-    ratios = ratio_to(times, "padded")
+
+    def run(bs):
+        return lambda: timed(lambda: step(model, bs), device)
+
+    packed = {name: run(bs) for name, bs in inputs.items() if name != "padded"}
+    print(f"\ntiming: {len(packed)} packed variants x {args.repeats} pairs with the padded step", flush=True)
+    base, times, ratios = paired(run(inputs["padded"]), packed, args.repeats)
 
     print(f"\nloss, padded vs packed, first two batches: max difference {diff:.2e}\n")
     print(
-        f"{'':<14}{'batch shapes (rows x width)':>32}{'computed':>10}{'real':>9}{'useful':>8}{'s / epoch':>11}"
-        f"{'tokens/s':>10}{'vs padded':>11}"
+        f"{'':<16}{'batch shapes (rows x width)':>32}{'computed':>10}{'real':>9}{'useful':>8}{'s / epoch':>11}"
+        f"{'tokens/s':>10}{'packed / padded tokens/s':>32}"
     )
     for name in inputs:
         t = totals[name]
         computed = t["tokens"] + t["padding"]
-        seconds = statistics.median(times[name])
+        seconds = statistics.median(base if name == "padded" else times[name])
         listed = ", ".join(f"{r}x{w}" for r, w in shapes[name][:3]) + (", ..." if len(shapes[name]) > 3 else "")
+        if name == "padded":
+            versus = "x1 (baseline)"
+        else:
+            r = ratios[name]
+            versus = f"x{statistics.median(r):.2f} (x{min(r):.2f}-x{max(r):.2f})"
+        label = name + (" *" if name == f"packed {default}" else "")
         print(
-            f"{name:<14}{listed:>32}{computed:>10,}{t['tokens']:>9,}{t['tokens'] / computed:>8.1%}{seconds:>11.2f}"
-            f"{t['tokens'] / seconds:>10,.0f}{'x' + format(1 / ratios[name], '.2f'):>11}"
+            f"{label:<16}{listed:>32}{computed:>10,}{t['tokens']:>9,}{t['tokens'] / computed:>8.1%}{seconds:>11.2f}"
+            f"{t['tokens'] / seconds:>10,.0f}{versus:>32}"
         )
     print(
-        f"\nvs padded: tokens/s ratio, the median over {args.repeats} rounds of the per-round time ratios (padded / "
-        f"packed): "
-        + "; ".join(
-            f"{name} " + ", ".join(f"x{p / q:.2f}" for p, q in zip(times["padded"], times[name]))
-            for name in inputs
-            if name != "padded"
-        )
+        f"\npacked / padded tokens/s: the median of {args.repeats} per-pair ratios (padded time / packed time, each "
+        f"pair back to back, the order alternating), min-max in brackets; s / epoch and tokens/s: medians. Per pair:"
     )
+    for name in packed:
+        print(f"  {name}: " + ", ".join(f"x{q:.2f}" for q in ratios[name]))
 
 
 if __name__ == "__main__":

@@ -697,7 +697,39 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
             ),
         )
     ),
+    UpstreamAPI(
+        _TORCH,
+        "torch.Tensor._base",
+        "attribute",
+        "llava_manager/core/managers.py",
+        "the tensor a view was made from: the managers read the layers the families cut from one folded tensor as a "
+        "view of it (`stacked_layers`) instead of copying them",
+    ),
     # ---- transformers: processors ------------------------------------------------------------------------------------
+    UpstreamAPI(
+        _T,
+        "transformers.models.auto.tokenization_auto.MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS",
+        "attribute",
+        "llava_manager/synthetic/data.py",
+        "the model types whose saved tokenizer_class AutoTokenizer overrides (Qwen3.5): the embedded default builds "
+        "their tiny tokenizer in the class they are reloaded in",
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.models.auto.tokenization_auto.TOKENIZER_MAPPING_NAMES",
+        "attribute",
+        "llava_manager/synthetic/data.py",
+        "model type -> the tokenizer class name AutoTokenizer loads for it (Qwen3.5: Qwen3_5Tokenizer)",
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.models.auto.tokenization_auto.tokenizer_class_from_name",
+        "signature",
+        "llava_manager/synthetic/data.py",
+        "that class from its name",
+        params=("class_name",),
+        positional=1,
+    ),
     *(
         UpstreamAPI(
             _T,
@@ -1439,6 +1471,36 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         "our entry points (group lmms_eval.models) name the model classes by path",
         params=("model_id", "simple_class_path"),
     ),
+    # ---- transformers: log-likelihoods on a shared prompt's cache (evaluation/lmms_eval_model.py) --------------------
+    UpstreamAPI(
+        _T,
+        "transformers.generation.utils.GenerationMixin._prepare_position_ids_for_generation",
+        "method",
+        _EVAL,
+        "the positions of a left-padded batch of prompts as generate() lays them out (Qwen-VL: M-RoPE, overridden); "
+        "the continuations' positions continue them",
+        params=("inputs_tensor", "model_kwargs"),
+        positional=2,
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.generation.utils.GenerationMixin.prepare_inputs_for_generation",
+        "signature",
+        _EVAL,
+        "lays out the continuations' step on the prompts' cache as a decode step of generate() (slices the ids, "
+        "positions and token types, drops the pixels; Gemma 3 drops its token types)",
+        params=("input_ids", "next_sequence_length", "cache", "attention_mask", "is_first_iteration"),
+        positional=1,
+    ),
+    UpstreamAPI(
+        _T,
+        "transformers.cache_utils.Cache.reorder_cache",
+        "method",
+        _EVAL,
+        "picks (and repeats) the prompts' cache rows for the continuations, every layer type (linear attention too)",
+        params=("beam_idx",),
+        positional=1,
+    ),
     # ---- torch -------------------------------------------------------------------------------------------------------
     UpstreamAPI(
         _TORCH,
@@ -1569,7 +1631,12 @@ OWN_PRIVATE_HELPERS: dict[str, tuple[str, ...]] = {
     "llava_manager.tower.training.trainer:TowerTrainer": ("_losses",),
     "llava_manager.evaluation.lmms_eval_model:LlavaManager": (
         "_generate",
-        "_continuation_nll",
+        "_score_batch",
+        "_refuse",
+        "_score_questions",
+        "_continue_rows",
+        "_continuation_ids",
+        "_score",
         "_log_refusal",
         "_log_refusal_count",
         "_keys",

@@ -138,6 +138,7 @@ class _Runtime:
         self.in_forward = False
         self.pending: dict[str, GroupedFeatures] = {}  # modality -> manager features of the current forward
         self.positions: dict[str, torch.Tensor] = {}  # modality -> flat (batch * seq) indices of its tokens
+        self.terms: dict[str, torch.Tensor] = {}  # modality -> every manager's term, (managers, tokens, hidden)
 
     # ---- install / uninstall -------------------------------------------------------------------------------
     def install(self) -> None:
@@ -200,6 +201,7 @@ class _Runtime:
         self.in_forward = False
         self.pending = {}
         self.positions = {}
+        self.terms = {}
         self.recording = None
 
     def _begin_forward(self, module, args, kwargs):
@@ -232,7 +234,9 @@ class _Runtime:
         hidden = args[0] if args else kwargs["hidden_states"]
         flat = hidden.reshape(-1, hidden.shape[-1])
         for modality, positions in self.positions.items():
-            term = self.inner.managers(self.pending[modality], slot)
+            if modality not in self.terms:  # every manager's term of this forward, from one pass over the layers
+                self.terms[modality] = self.inner.managers(self.pending[modality])
+            term = self.terms[modality][slot]
             flat = flat.index_add(0, positions.to(hidden.device), term.to(hidden.device, hidden.dtype))
         hidden = flat.view_as(hidden)
         if args:

@@ -20,10 +20,16 @@ families were supported); it refuses other checkpoints before loading them. What
   `chat_template=` a template or a .jinja file overrides it, and implies `prompt_format=chat_template`); see
   `llava_manager.processing.prompts`;
 - `generate_until`: batches (`--batch_size N`), honours `until` stop strings and `max_new_tokens`;
-- `loglikelihood` (for every family; lmms-eval's own wrappers of the non-LLaVA families implement none): one forward
-  over the prompt and the continuation; images go with the context, the continuation is tokenised on its own, and
-  the token types (Qwen's `mm_token_type_ids`, Gemma 3's `token_type_ids`) are computed again over the whole
-  sequence (`Family.token_inputs`: 0 over the continuation); returns the mean negative
+- `loglikelihood` (for every family; lmms-eval's own wrappers of the non-LLaVA families implement none): the requests
+  that share a context and a document (a multiple-choice question's choices) are one question, whose prompt and
+  images run once: a forward over the prompts of `--batch_size` questions (left padded, the positions as `generate`
+  lays them out, the token types of `Family.token_inputs`) gives the logits of every continuation's first token and
+  a cache; the continuations' other tokens (each tokenised on its own) run as one decode-like step per batch of rows
+  on a copy of that cache, its rows picked per continuation (`Cache.reorder_cache`, every layer type: attention,
+  sliding window, Qwen3.5's linear attention), laid out by `prepare_inputs_for_generation` as `generate` lays out a
+  decode step: no pixels (the managers act in the prompt's forward only), positions continuing the prompt's (M-RoPE
+  included). The scores are those of one full forward over prompt + continuation per request (tested on every
+  family at batch sizes 1 and 8, `tests/evaluation/test_lmms_eval_speed.py`); returns the mean negative
   log-likelihood (lmms-eval's multiple choice takes the argmin), wrapped so lmms-eval 0.7's result unwrapping keeps it;
 - images: every document's images go through `llava_manager.processing.images.to_rgb` (EXIF orientation, any PIL
   mode to RGB)
@@ -33,7 +39,7 @@ families were supported); it refuses other checkpoints before loading them. What
   tokenised without special tokens, as `apply_chat_template` does.
   A document whose image the model cannot represent, or that fails on its image, is refused with a logged message
   naming the task, doc_id and reason, and the rest of the batch is scored: it gets "" in generation and a +inf
-  negative log-likelihood (never preferred over a scored choice) in loglikelihood.
+  negative log-likelihood (never preferred over a scored choice) in loglikelihood, for each of its requests.
 Videos are not scored: a video visual is refused like any other visual that is not an image.
 
 Response store (`response_cache=auto|none|FOLDER`, see `llava_manager.evaluation.responses`): every answer is
@@ -49,12 +55,14 @@ memory), which run again.
 Batch size: answers do not depend on `--batch_size` (tested through the command line at 1 and 8 on documents of
 different prompt lengths and image sizes, `tests/evaluation/test_lmms_eval.py`): generation pads on the left with
 an attention mask (transformers derives the position ids from it), each document's image tokens are laid out by the
-processor for its own image, and loglikelihood scores one request at a time. The batch size is not part of the
+processor for its own image, and loglikelihood pads its batches of prompts on the left in the same way (the
+continuations on the right, where nothing before them attends to the padding). The batch size is not part of the
 store's keys.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from pathlib import Path
 
@@ -102,6 +110,21 @@ def _package_version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def _questions(args: list[tuple], todo: list[int]) -> list[list[int]]:
+    """The requests at `todo` grouped into questions, the requests that share a task, split, document, context and
+    visuals (a multiple-choice question's choices), in order of first appearance; longest context first, as
+    `generate_until` orders its batches, so that a batch's prompts are of similar lengths."""
+    groups: dict[tuple, list[int]] = {}
+    for i in todo:
+        context, _, doc_to_visual, doc_id, task, split = args[i]
+        try:
+            visual = hash(doc_to_visual) and doc_to_visual
+        except TypeError:
+            visual = id(doc_to_visual)
+        groups.setdefault((task, split, repr(doc_id), context, visual), []).append(i)
+    return sorted(groups.values(), key=lambda question: -len(args[question[0]][0]))
 
 
 class LlavaManager(LlavaHf):
@@ -286,7 +309,9 @@ class LlavaManager(LlavaHf):
 
     def loglikelihood(self, requests: list[Instance]) -> list:
         """(negative log-likelihood, greedy) per request; a refused document (see the module doc) gets (+inf, False).
-        Requests in the response store are answered from it; the others are stored in groups as they are scored."""
+        Requests in the response store are answered from it; the others are grouped into questions (the requests
+        that share a context and a document: a multiple-choice question's choices), `batch_size` questions a batch,
+        each question's prompt and images run once (`_score_questions`), and stored in groups as they are scored."""
         args = []
         for context, continuation, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
             if not isinstance(continuation, str):
@@ -295,31 +320,146 @@ class LlavaManager(LlavaHf):
         keys = self._keys("loglikelihood", args)
         results = self._answers_from_store("loglikelihood", keys, args)
         todo = [i for i, result in enumerate(results) if result is None]
+        questions = _questions(args, todo)
         refused, scored = 0, []
+        progress = tqdm(total=len(todo), disable=self.rank != 0, desc="loglikelihood")
         try:
-            for i in tqdm(todo, disable=self.rank != 0, desc="loglikelihood"):
-                context, continuation, doc_to_visual, doc_id, task, split = args[i]
-                images = None
-                try:
-                    images = self.visuals(doc_to_visual, doc_id, task, split)
-                    results[i] = self._continuation_nll(context, continuation, images)
-                except Exception as error:
-                    if not (isinstance(error, ImageError) or images):
-                        raise  # not an image problem
-                    refused += 1
-                    self._log_refusal(task, split, doc_id, error, "it gets a +inf negative log-likelihood")
-                    results[i] = (float("inf"), False)
-                    if not isinstance(error, ImageError):
-                        continue  # a run-time failure (out of memory?) may not happen again: not stored
-                scored.append(i)
+            for start in range(0, len(questions), self.batch_size):
+                batch = questions[start : start + self.batch_size]
+                answers, transient, refusals = self._score_batch(args, batch)
+                refused += refusals
+                for i, answer in answers.items():
+                    results[i] = answer
+                scored += [i for question in batch for i in question if i not in transient]
                 if len(scored) >= LOGLIKELIHOOD_GROUP:
                     self._store("loglikelihood", keys, args, scored, results)
                     scored = []
+                progress.update(sum(len(question) for question in batch))
         finally:
+            progress.close()
             self._store("loglikelihood", keys, args, scored, results)
         self._log_refusal_count("loglikelihood", refused, len(todo))
         # lmms-eval 0.7 turns any result that is not text or GenerationResult into a string; this keeps the pair.
         return [GenerationResult(text=result) for result in results]
+
+    def _score_batch(self, args: list[tuple], batch: list[list[int]]) -> tuple[dict, set, int]:
+        """The answers of a batch of questions (lists of request indices): {request index: (nll, greedy)}, the
+        requests refused on a run-time failure (not to be stored: it may not happen again) and how many requests were
+        refused. A question whose images cannot be used is refused (+inf) and the rest of the batch scored; when the
+        batch fails, each question runs on its own, and one that still fails on its images is refused."""
+        answers, transient, refused = {}, set(), 0
+        usable = {}  # position in the batch -> the question's images
+        for k, question in enumerate(batch):
+            _, _, doc_to_visual, doc_id, task, split = args[question[0]]
+            try:
+                usable[k] = self.visuals(doc_to_visual, doc_id, task, split)
+            except ImageError as error:
+                refused += self._refuse(args, question, error, answers)
+        try:
+            scores = self._score_questions(args, [batch[k] for k in usable], list(usable.values()))
+        except Exception:  # a run-time failure the checks did not foresee: each question on its own
+            scores = []
+            for k in list(usable):
+                try:
+                    scores += self._score_questions(args, [batch[k]], [usable[k]])
+                except Exception as error:
+                    if not usable[k]:
+                        raise  # a document without images: not an image problem
+                    refused += self._refuse(args, batch[k], error, answers)
+                    transient.update(batch[k])
+                    del usable[k]
+        for k, question_scores in zip(usable, scores):
+            answers.update(zip(batch[k], question_scores))
+        return answers, transient, refused
+
+    def _refuse(self, args: list[tuple], question: list[int], error: Exception, answers: dict) -> int:
+        """Refuses every request of a question (+inf, logged per request); returns how many."""
+        for i in question:
+            _, _, _, doc_id, task, split = args[i]
+            self._log_refusal(task, split, doc_id, error, "it gets a +inf negative log-likelihood")
+            answers[i] = (float("inf"), False)
+        return len(question)
+
+    def _score_questions(self, args: list[tuple], questions: list[list[int]], images: list[list]) -> list[list]:
+        """Per question, the (nll, greedy) of each of its requests' continuations. One forward over the questions'
+        prompts with their images (left padded, positions as `generate` lays them out), whose last logits score
+        every continuation's first token; then the continuations' other tokens in batches of rows
+        (`_continue_rows`) on a copy of that forward's cache: no image or prompt is run twice."""
+        if not questions:
+            return []
+        contexts = [args[question[0]][0] for question in questions]
+        inputs = self.encode([self.prompt(c, len(i)) for c, i in zip(contexts, images)], images)
+        key = self.family.token_type_key
+        if key in inputs:  # the token types as the per-request forward computes them (`Family.token_inputs`)
+            inputs.update(self.family.token_inputs(self._config, inputs["input_ids"]))
+        positions = self.model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
+        with torch.inference_mode():
+            output = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(output.logits[:, -1].float(), dim=-1)
+        targets = [[self._continuation_ids(args[i][1]) for i in question] for question in questions]
+        rows = [(q, k) for q, question in enumerate(targets) for k, target in enumerate(question) if len(target) > 1]
+        later = {}  # (question, request) -> log-softmax over the continuation's tokens after the first
+        width = max(self.batch_size, max(len(question) for question in questions))
+        for start in range(0, len(rows), width):
+            chunk = rows[start : start + width]
+            last = start + width >= len(rows)
+            later.update(self._continue_rows(inputs, positions, output.cache, chunk, targets, reuse=last))
+        return [
+            [self._score(first[q], later.get((q, k)), target) for k, target in enumerate(question)]
+            for q, question in enumerate(targets)
+        ]
+
+    def _continue_rows(self, inputs, positions, cache, rows, targets, reuse: bool) -> dict:
+        """Log-softmax over the tokens after the first of each row's continuation (a row: (question, request)),
+        from one forward of their tokens but the last (right padded) on the prompts' cache, its batch rows picked
+        per row (a copy, unless `reuse`: the last use of this cache). Positions continue each prompt's last one
+        (`generate`'s rule), the attention mask covers the prompt's padding; `prepare_inputs_for_generation` lays the
+        step out as a decode step of `generate` (no pixels; token types as the family takes them there)."""
+        index = torch.tensor([q for q, _ in rows], device=self._device)
+        tokens = [targets[q][k][:-1] for q, k in rows]
+        length = max(len(t) for t in tokens)
+        pad = self._tokenizer.pad_token_id or 0
+        ids = torch.tensor([t + [pad] * (length - len(t)) for t in tokens], device=self._device)
+        new_mask = torch.tensor([[1] * len(t) + [0] * (length - len(t)) for t in tokens], device=self._device)
+        mask = torch.cat([inputs["attention_mask"][index], new_mask.to(inputs["attention_mask"].dtype)], dim=1)
+        steps = torch.arange(1, length + 1, device=self._device)
+        prompt_positions = positions[..., index, :]
+        all_positions = torch.cat([prompt_positions, prompt_positions[..., -1:] + steps], dim=-1)
+        kwargs = {}
+        key = self.family.token_type_key
+        if key in inputs:
+            kwargs[key] = torch.cat([inputs[key][index], torch.zeros_like(ids)], dim=1)
+        rows_cache = cache if reuse else copy.deepcopy(cache)
+        rows_cache.reorder_cache(index)
+        step = self.model.prepare_inputs_for_generation(
+            torch.cat([inputs["input_ids"][index], ids], dim=1),
+            next_sequence_length=length,
+            cache=rows_cache,
+            attention_mask=mask,
+            position_ids=all_positions,
+            use_cache=True,
+            is_first_iteration=False,
+            **kwargs,
+        )
+        with torch.inference_mode():
+            logits = self.model(**step).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        return {row: logprobs[r, : len(tokens[r])] for r, row in enumerate(rows)}
+
+    def _continuation_ids(self, continuation: str) -> list[int]:
+        """The continuation tokenised on its own, as the per-request scoring tokenises it."""
+        return self._tokenizer(continuation, add_special_tokens=False)["input_ids"]
+
+    def _score(self, first: torch.Tensor, later: torch.Tensor | None, target: list[int]) -> tuple[float, bool]:
+        """(nll, greedy) of `target` from the log-softmax that predicts its first token and those that predict the
+        others (None for a one-token continuation)."""
+        logprobs = first[None] if later is None else torch.cat([first[None], later])
+        logprobs = logprobs[: len(target)]
+        wanted = torch.tensor(target, dtype=torch.long, device=logprobs.device)
+        picked = logprobs.gather(-1, wanted[:, None])[:, 0]
+        greedy = bool((logprobs.argmax(-1) == wanted).all())
+        nll = -(picked.mean() if self.ll_reduction == "mean" else picked.sum())
+        return float(nll), greedy
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Generated text per request; a refused document (see the module doc) gets "", the rest of its batch is
@@ -423,24 +563,6 @@ class LlavaManager(LlavaHf):
                 pad_token_id=self._tokenizer.pad_token_id,
             )
         return self._tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-
-    def _continuation_nll(self, context: str, continuation: str, images: list) -> tuple[float, bool]:
-        """Negative log-likelihood of `continuation` after the prompt of `context` with `images`, and whether it
-        is the greedy continuation."""
-        inputs = self.encode([self.prompt(context, len(images))], [images])
-        target = self._tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        target = target.to(self._device)
-        n = inputs["input_ids"].shape[1]
-        inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        if self.family.token_type_key in inputs:  # the token types (M-RoPE, image attention) over the continuation too
-            inputs.update(self.family.token_inputs(self._config, inputs["input_ids"]))
-        with torch.inference_mode():
-            logits = self.model(**inputs).logits[0, n - 1 : -1].float()
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None])[:, 0]
-        greedy = bool((logits.argmax(-1) == target[0]).all())
-        nll = -(logprobs.mean() if self.ll_reduction == "mean" else logprobs.sum())
-        return float(nll), greedy
 
     def _log_refusal(self, task, split, doc_id, error: Exception, outcome: str) -> None:
         """A refused document, named so it can be found (and excluded) in the results."""

@@ -7,13 +7,14 @@ tokens already expanded, so every length counts the image tokens) and:
 - packs them into rows of at most `max_packed_tokens` tokens (`pack_rows`): greedy first-fit in arrival order (each
   sample goes to the first row with room, else opens a new one), deterministic. A sample longer than a row is
   refused with an error; `run_config.py` keeps such samples out beforehand by capping the data set's `--max_length`
-  at the row length, so they are skipped and reported like any over-length sample.
+  at the row length, so they are skipped and reported like any over-length sample. `max_packed_tokens="longest"`
+  makes each batch's rows as long as its longest sample (so no sample is ever too long for a row).
 - flattens each row with transformers' `DataCollatorWithFlattening`: `input_ids`, `labels` with each sample's first
   label set to -100, `position_ids` restarting at 0 for every sample. The shorter rows are filled to the longest with
   a padding segment (pad tokens, labels -100, positions 0, 1, ... of their own), so that padding is a separate
-  "sample" too. No `attention_mask`. (Those padding segments are computed, as padding is in a padded batch: the
-  default row length, `--max_length`, usually holds a whole batch in one row, with no padding at all; with smaller rows,
-  `--token_budget` in its `packed` mode sizes the batches to fill them.)
+  "sample" too. No `attention_mask`. (Those padding segments are computed, as padding is in a padded batch: rows of
+  `--max_length` usually hold a whole batch in one row, with no padding at all; with smaller rows, `--token_budget`
+  in its `packed` mode sizes the batches to fill them.)
 - gives the images in packed order (row by row, sample by sample: the order of their image tokens in the batch, which
   is the order in which the model scatters the image features and in which the managers' hooks add their terms):
   `pixel_values` (anyres crops padded with zero crops to the batch's largest count, as `data.Collator` does),
@@ -52,6 +53,17 @@ Nothing else in these models mixes positions: norms and MLPs act per token, the 
 managers add per image token (`core.patch` computes their positions from the whole batch's placeholder mask, flat
 over rows, in the same order as the image features).
 
+The default row length follows the attention kernel (`default_row_length`; `--max_packed_tokens` unset or `auto`,
+resolved by `build_collator` from the language model's `config._attn_implementation`; a number or `longest` given by
+the user always wins):
+- flash-attention (flash_attention_2/3/4 and the Hub kernels: transformers' rule, "flash" in the name): whole batches
+  in one row (`--max_length`). The varlen kernel costs each sample's own length squared, whatever the row's length.
+- SDPA, eager and any other kernel: rows as long as the batch's longest sample (`longest`). These isolate the samples
+  with a mask over the whole row, so a row of W tokens costs W^2 attention whatever it holds; a row no wider than the
+  padded batch's rows costs no more than one of them, and packing only removes padding and rows. Whole-batch rows
+  there run slower than padded batches (`python benchmarks/packing.py` sweeps the row length; its numbers are in
+  docs/benchmarks.md).
+
 Token accounting, for the throughput logs: the batch's `BATCH_INFO` (`data.py`, beside the skip records) carries
 `num_tokens` (real tokens, int), `num_padding` (padding tokens, int; rows x width - num_tokens) and `sample_lengths`
 (a LongTensor of each sample's length in packed order). `ManagerTrainer.compute_loss` pops `BATCH_INFO` before the
@@ -72,6 +84,54 @@ from transformers import DataCollatorWithFlattening
 from .data import BATCH_INFO, IGNORE_INDEX, Collator
 
 logger = logging.getLogger(__name__)
+
+LONGEST = "longest"  # --max_packed_tokens: each batch's rows as long as its longest sample
+AUTO = "auto"  # --max_packed_tokens unset: `default_row_length` of the model's attention kernel
+
+
+def row_length(value: int | str | None) -> int | str:
+    """A `--max_packed_tokens` value checked: a positive number of tokens (int), `"longest"`, or `"auto"` (also for
+    None, the flag left out). Anything else is a `ValueError` naming the flag and what it takes."""
+    if value is None:
+        return AUTO
+    given = value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in (AUTO, LONGEST):
+            return word
+        value = int(word) if word.lstrip("+-").isdigit() else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"--max_packed_tokens {given}: give a positive number of tokens, {LONGEST!r} (each batch's rows as long "
+            f"as its longest sample) or {AUTO!r} (the default: chosen by the model's attention kernel, see "
+            f"llava_manager/training/packing.py)."
+        )
+    return value
+
+
+def uses_varlen_attention(attn_implementation: str | None) -> bool:
+    """Whether the kernel runs packed rows through flash-attention's varlen path (each sample attends within its
+    `cu_seq_lens` segment, costing its own length squared): transformers' own test, "flash" in the name
+    (flash_attention_2/3/4, Hub kernels such as kernels-community/flash-attn2 or vllm-flash-attn3). None is
+    transformers' default, SDPA (eager where a model has no SDPA)."""
+    return attn_implementation is not None and "flash" in attn_implementation
+
+
+def default_row_length(attn_implementation: str | None, max_length: int) -> tuple[int | str, str]:
+    """(row length, why) of `--max_packed_tokens` left out, for the language model's attention kernel: one row per
+    batch (`max_length` tokens) with flash-attention's varlen kernel, else rows as long as each batch's longest
+    sample (see the module doc)."""
+    name = attn_implementation or "sdpa (transformers' default)"
+    if uses_varlen_attention(attn_implementation):
+        return max_length, (
+            f"{name} runs packed rows through flash-attention's varlen kernel, each sample costing its own length "
+            f"squared: whole batches in one row of up to --max_length {max_length} tokens"
+        )
+    return LONGEST, (
+        f"{name} attention masks a packed row as a whole, a row of W tokens costing W^2: rows no wider than the "
+        f"padded batch's keep a packed step no dearer than the padded one (benchmarks/packing.py; whole batches in "
+        f"one row pay only with a flash-attention kernel)"
+    )
 
 
 def pack_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
@@ -145,14 +205,23 @@ def packing_refusal(adapter, config) -> str | None:
 
 @dataclass
 class PackingCollator(Collator):
-    """`data.Collator` for padding-free training: see the module doc. `max_packed_tokens` is the row length."""
+    """`data.Collator` for padding-free training: see the module doc. `max_packed_tokens` is the row length: a
+    number of tokens, `"longest"` (each batch's longest sample), or `"auto"` (the default: `default_row_length` of
+    `model_config`'s attention kernel, one row of 16,384 tokens, the stages' --max_length, with flash-attention;
+    `build_collator` resolves it with the run's --max_length instead). `row_choice` says what was chosen and why."""
 
-    max_packed_tokens: int = 16384
+    max_packed_tokens: int | str = AUTO
+    row_choice: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_packed_tokens < 1:
-            raise ValueError(f"--max_packed_tokens {self.max_packed_tokens}: a positive number of tokens.")
+        self.max_packed_tokens = row_length(self.max_packed_tokens)
+        if self.max_packed_tokens == AUTO:
+            text = self.model_config.get_text_config() if self.model_config is not None else None
+            attention = getattr(text, "_attn_implementation", None)
+            self.max_packed_tokens, self.row_choice = default_row_length(attention, 16384)
+        elif not self.row_choice:
+            self.row_choice = f"--max_packed_tokens {self.max_packed_tokens} as given"
         refusal = packing_refusal(self.adapter, self.model_config)
         if refusal:
             raise ValueError(refusal)
@@ -184,7 +253,7 @@ class PackingCollator(Collator):
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         lengths = [len(s["input_ids"]) for s in samples]
-        rows = pack_rows(lengths, self.max_packed_tokens)
+        rows = pack_rows(lengths, max(lengths) if self.max_packed_tokens == LONGEST else self.max_packed_tokens)
         width = max(sum(lengths[i] for i in row) for row in rows)
         input_ids, labels, position_ids, offsets = [], [], [], [torch.zeros(1, dtype=torch.int32)]
         max_length = 0
@@ -227,18 +296,24 @@ class PackingCollator(Collator):
         return batch
 
 
-def build_collator(model, processor, packed_tokens: int | None = None) -> Collator:
-    """The recipes' collator: `PackingCollator` with rows of at most `packed_tokens` tokens (`--padding_free`; the
-    row length `run_config.packed_row_length` resolved), else the padded `data.Collator`."""
+def build_collator(model, processor, packed_tokens: int | str | None = None, max_length: int = 16384) -> Collator:
+    """The recipes' collator: `PackingCollator` with rows of `packed_tokens` (`--padding_free`; the value
+    `run_config.packed_row_length` resolved: a number of tokens, `"longest"`, or `"auto"`, chosen here by the language
+    model's attention kernel with `default_row_length`, one row being `max_length` tokens), else the padded
+    `data.Collator`. The choice and its reason are logged."""
     from ..families import family_of_config
 
     family = family_of_config(model.config).name
     pad = processor.tokenizer.pad_token_id
     if packed_tokens is None:
         return Collator(pad, family, model.config)
-    logger.info(
-        "padding-free: samples packed into rows of at most %d tokens (%s attention)",
-        packed_tokens,
-        model.config.get_text_config()._attn_implementation,
-    )
-    return PackingCollator(pad, family, model.config, max_packed_tokens=packed_tokens)
+    attention = model.config.get_text_config()._attn_implementation
+    row = row_length(packed_tokens)
+    if row == AUTO:
+        row, why = default_row_length(attention, max_length)
+        why = f"default --max_packed_tokens {row}: {why}; --max_packed_tokens N (or longest) sets another"
+    else:
+        why = f"--max_packed_tokens {row} as given ({attention} attention)"
+    described = "as long as each batch's longest sample" if row == LONGEST else f"of at most {row} tokens"
+    logger.info("padding-free: samples packed into rows %s (%s)", described, why)
+    return PackingCollator(pad, family, model.config, max_packed_tokens=row, row_choice=why)

@@ -19,6 +19,7 @@ from transformers import AutoConfig
 from ..families import family_of_config
 from ..processing.templates import template_for_config
 from ..runtime import commits
+from .packing import row_length
 from .sampling import SamplingOptions
 
 logger = logging.getLogger(__name__)
@@ -27,14 +28,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RunConfig:
     """What `resolve` derived: `resume` (a complete checkpoint or None), `template`, `max_length` (tokens a sample
-    may take), `packed_tokens` (a packed row's length with `--padding_free`; None: padded batches), `sampling`,
-    `data_seed`."""
+    may take), `packed_tokens` (a packed row's length with `--padding_free`: tokens, "longest" or "auto", see
+    `packed_row_length`; None: padded batches), `sampling`, `data_seed`."""
 
     stage: str
     resume: str | None
     template: str
     max_length: int
-    packed_tokens: int | None
+    packed_tokens: int | str | None
     sampling: SamplingOptions
     data_seed: int
 
@@ -54,29 +55,29 @@ def choose_template(model_args, data_args) -> str:
     return template
 
 
-def packed_row_length(data_args, training_args) -> tuple[int, int | None]:
-    """(max_length, packed_tokens): with `--padding_free`, rows of at most `--max_packed_tokens` (default
-    `--max_length`) tokens, and `--max_length` lowered to that row length, so that a sample too long to pack is skipped
-    (and reported) as over-length by the data set."""
+def packed_row_length(data_args, training_args) -> tuple[int, int | str | None]:
+    """(max_length, packed_tokens): with `--padding_free`, `--max_packed_tokens` checked (`packing.row_length`): a
+    number of tokens, with `--max_length` lowered to that row length, so that a sample too long to pack is skipped
+    (and reported) as over-length by the data set; `longest` (rows as long as each batch's longest sample); or `auto`
+    when not given, which `packing.build_collator` resolves by the model's attention kernel (`default_row_length`:
+    rows of the longest sample under SDPA / eager, one row of `--max_length` with flash-attention)."""
     if not data_args.padding_free:
         return data_args.max_length, None
-    row = data_args.max_packed_tokens or data_args.max_length
-    if row < 1:
-        raise ValueError(f"--max_packed_tokens {row}: a positive number of tokens.")
+    row = row_length(data_args.max_packed_tokens)
     if training_args.n_gpu > 1:
         raise ValueError(
             f"--padding_free with {training_args.n_gpu} GPUs in one process: torch's DataParallel would "
             f"split a packed batch's rows from their sample boundaries (cu_seq_lens). Launch one process "
             f"per GPU (torchrun, accelerate launch, deepspeed), or make one GPU visible."
         )
-    if data_args.max_length > row:
+    if isinstance(row, int) and data_args.max_length > row:
         logger.info(
             "padding-free: --max_length %d lowered to the packed row length --max_packed_tokens %d (longer samples "
             "are skipped as over-length)",
             data_args.max_length,
             row,
         )
-    return min(data_args.max_length, row), row
+    return (min(data_args.max_length, row) if isinstance(row, int) else data_args.max_length), row
 
 
 def check_streaming(data_args, training_args) -> None:

@@ -165,7 +165,7 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
         model=model,
         args=training_args,
         train_dataset=build_dataset(config, data_args, training_args, processor, model.config),
-        data_collator=build_collator(model, processor, config.packed_tokens),
+        data_collator=build_collator(model, processor, config.packed_tokens, config.max_length),
         processing_class=processor.tokenizer,
         vision_tower_lr=model_args.vision_tower_lr,
         manager_lr=model_args.manager_lr,

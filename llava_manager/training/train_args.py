@@ -293,11 +293,15 @@ class DataArguments:
             "llava_manager/training/packing.py."
         },
     )
-    max_packed_tokens: int | None = field(
+    max_packed_tokens: str | None = field(
         default=None,
         metadata={
-            "help": "Tokens a packed row may hold with --padding_free (default: --max_length, which is lowered to it "
-            "when larger, so that a sample that cannot be packed is skipped as over-length)."
+            "help": "Tokens a packed row may hold with --padding_free: a number (--max_length is lowered to it when "
+            "larger, so that a sample that cannot be packed is skipped as over-length), or longest (each batch's "
+            "rows as long as its longest sample). Default (auto): by the model's attention kernel, rows of the "
+            "longest sample under SDPA / eager (they mask a whole row: W^2 for a row of W tokens), one row of "
+            "--max_length with flash-attention (flash_attention_2/3, Hub flash kernels: varlen). See "
+            "llava_manager/training/packing.py."
         },
     )
 

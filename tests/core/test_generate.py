@@ -6,7 +6,7 @@ from support.helpers import make_batch, randomize, tiny_model
 from support.reference import add_reference_hooks
 
 from llava_manager import apply_manager, get_managers
-from llava_manager.core.managers import Manager
+from llava_manager.core.managers import ManagerStack
 
 IMAGES = [(40, 80), (100, 110)]
 
@@ -56,21 +56,22 @@ def test_beams_and_return_sequences_match_per_sample_generation(num_beams, num_r
 
 
 def test_decode_steps_do_no_manager_work(monkeypatch):
+    """Every manager's term comes from one call of the stack at the prefill; decode steps call nothing."""
     model = apply_manager(tiny_model())
     batch = make_batch(model, IMAGES)
     calls = []
-    original = Manager.forward
+    original = ManagerStack.forward
 
-    def counting(self, *args, **kwargs):
-        calls.append(self.layer_idx)
-        return original(self, *args, **kwargs)
+    def counting(self, grouped, index=None):
+        calls.append(index)
+        return original(self, grouped, index)
 
-    monkeypatch.setattr(Manager, "forward", counting)
+    monkeypatch.setattr(ManagerStack, "forward", counting)
     model.generate(**batch, max_new_tokens=7, do_sample=False)
-    assert sorted(calls) == sorted(m.layer_idx for m in get_managers(model))  # once each, at the prefill
+    assert calls == [None]  # once, for all managers, at the prefill
     calls.clear()
     model.generate(**batch, max_new_tokens=5, num_beams=2, do_sample=False)
-    assert len(calls) == len(get_managers(model))
+    assert calls == [None]
 
 
 def test_generate_without_cache_matches_with_cache():

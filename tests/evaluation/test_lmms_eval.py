@@ -329,7 +329,7 @@ def test_the_main_jobs_scorer_agrees_with_lmms_eval(setup, runs):
 
 # ---- the response store: an interrupted evaluation, run again -------------------------------------------------------
 # Runs `python -m llava_manager.evaluation ARGS...` in its own process with the model's calls counted: a line per
-# `_generate` batch ("generate N": N documents) and per `_continuation_nll` ("nll") in the file COUNTS; with
+# `_generate` batch ("generate N": N documents) and per `_score_questions` batch ("nll") in the file COUNTS; with
 # CRASH_AFTER >= 0 the process dies (os._exit, as a killed one: nothing cleaned up) when batch CRASH_AFTER + 1 starts.
 WRAPPER = """
 import os, sys
@@ -337,7 +337,7 @@ from llava_manager.evaluation.__main__ import main
 from llava_manager.evaluation.lmms_eval_model import LlavaManager
 
 counts, crash_after = sys.argv[1], int(sys.argv[2])
-generate, nll = LlavaManager._generate, LlavaManager._continuation_nll
+generate, nll = LlavaManager._generate, LlavaManager._score_questions
 batches = []
 
 
@@ -356,7 +356,7 @@ def counted_nll(self, *args):
     return nll(self, *args)
 
 
-LlavaManager._generate, LlavaManager._continuation_nll = counted_generate, counted_nll
+LlavaManager._generate, LlavaManager._score_questions = counted_generate, counted_nll
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -429,12 +429,18 @@ def varied_runs(setup):
 
 
 def test_answers_do_not_depend_on_the_batch_size(setup, varied_runs):
-    """The samples files (each document's answer or losses, written with repr: exact, and its score) and the results
-    are the same at --batch_size 1 and 8."""
+    """The samples files and the results are the same at --batch_size 1 and 8: each generated answer exactly; each
+    multiple-choice document's losses to float rounding (a batch of 8 prompts is padded: the same sums in another
+    order), its choice and score exactly."""
     (results_1, samples_1), (results_8, samples_8) = varied_runs[1], varied_runs[8]
     for task in ("shapes_varied_gen", "shapes_varied_mc"):
         assert sorted(by_doc(samples_1[task])) == list(range(VARIED_DOCS))
-        assert by_doc(samples_1[task]) == by_doc(samples_8[task])
+    assert by_doc(samples_1["shapes_varied_gen"]) == by_doc(samples_8["shapes_varied_gen"])
+    mc_1, mc_8 = by_doc(samples_1["shapes_varied_mc"]), by_doc(samples_8["shapes_varied_mc"])
+    for doc_id, sample in mc_1.items():
+        losses = lambda s: [float(choice[0]) for choice in s["filtered_resps"]]  # noqa: E731
+        assert losses(sample) == pytest.approx(losses(mc_8[doc_id]), rel=1e-5, abs=1e-6)
+        assert sample["acc"] == mc_8[doc_id]["acc"]
     assert results_1 == results_8
     # What makes it a test: the documents differ in prompt length and in image tokens (so a batch of 8 is padded),
     # and the answers are the model's (not all empty, not all alike).

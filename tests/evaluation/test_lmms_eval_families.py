@@ -401,7 +401,11 @@ def test_stored_answers_come_back_without_the_model(saved, tmp_path, monkeypatch
 
     calls = []
     monkeypatch.setattr(LlavaManager, "_generate", lambda self, contexts, *a: calls.append(len(contexts)) or [])
-    monkeypatch.setattr(LlavaManager, "_continuation_nll", lambda self, *a: calls.append("nll") or (0.0, True))
+    monkeypatch.setattr(  # one call per batch of questions; an answer per request
+        LlavaManager,
+        "_score_questions",
+        lambda self, args, questions, images: calls.append("nll") or [[(0.0, True)] * len(q) for q in questions],
+    )
     second = lmms_model("llava_manager", directory, batch_size=2, response_cache=str(store))
     generation, choices = requests()
     assert second.generate_until(generation) == answers
@@ -411,4 +415,4 @@ def test_stored_answers_come_back_without_the_model(saved, tmp_path, monkeypatch
     assert calls == [1]
     other = lmms_model("llava_manager", directory, response_cache=str(store), prompt_format="chat_template")
     other.loglikelihood(choice_requests([1]))
-    assert calls == [1, "nll", "nll"]
+    assert calls == [1, "nll"]  # the two choices of one question: one prompt

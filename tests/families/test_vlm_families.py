@@ -26,7 +26,7 @@ from support.vlm_models import (
 from transformers.vision_utils import get_vision_window_index
 
 from llava_manager import ManagerConfig, apply_manager, get_managers
-from llava_manager.core.managers import Manager
+from llava_manager.core.managers import ManagerStack
 
 # Every tiny tower has 6 vision layers and feeds the LLM from the last (Qwen: the merger reads the last block;
 # InternVL, Mistral3, Pixtral: vision_feature_layer=-1; Gemma 3: last_hidden_state), so f = 6 and the top half is
@@ -281,22 +281,22 @@ def test_decode_steps_do_no_manager_work(family, monkeypatch):
     model = apply_manager(vlm_model(family))
     batch = build_vlm_batch(model)
     calls, step = [], [0]
-    original = Manager.forward
+    original = ManagerStack.forward
 
-    def counting(self, *args, **kwargs):
-        calls.append((step[0], self.layer_idx))
-        return original(self, *args, **kwargs)
+    def counting(self, grouped, index=None):
+        calls.append((step[0], index))
+        return original(self, grouped, index)
 
     def next_step(module, args, kwargs):
         step[0] += 1
 
-    monkeypatch.setattr(Manager, "forward", counting)
+    monkeypatch.setattr(ManagerStack, "forward", counting)
     handle = model.register_forward_pre_hook(next_step, with_kwargs=True)
     model.generate(**batch, max_new_tokens=6, do_sample=False)
     handle.remove()
     assert step[0] >= 2  # a prefill and at least one decode step (a random model may hit eos early)
     assert calls and {s for s, _ in calls} == {1}  # only the prefill
-    assert {layer for _, layer in calls} == {m.layer_idx for m in get_managers(model)}
+    assert {index for _, index in calls} == {None}  # every manager's term from one call per modality
 
 
 # ---- DeepStack (Qwen3-VL) -------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
 """Padding-free training (`llava_manager/training/packing.py`, `--padding_free true`): on the same samples, a packed
 step gives the padded step's per-token losses and gradients (managers included) for every family, under SDPA, eager
-and a flash-attention-style varlen attention; the packing itself (first-fit, row length, positions, labels, images in
-packed order, accounting); and the stage-2 recipe's loss with and without packing."""
+and a flash-attention-style varlen attention, with one row per batch, tight rows and rows of the batch's longest
+sample; the packing itself (first-fit, row length, positions, labels, images in packed order, accounting); the
+default row length, chosen by the attention kernel, and the user's value winning over it; and the stage-2 recipe's
+loss with and without packing."""
 
 from __future__ import annotations
 
 import json
+import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,9 +22,18 @@ from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_p
 from llava_manager import apply_manager, get_managers
 from llava_manager.synthetic.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from llava_manager.training.data import BATCH_INFO, IGNORE_INDEX, Collator, SupervisedDataset, model_inputs
-from llava_manager.training.packing import PackingCollator, pack_rows
+from llava_manager.training.packing import (
+    AUTO,
+    LONGEST,
+    PackingCollator,
+    build_collator,
+    default_row_length,
+    pack_rows,
+    row_length,
+)
+from llava_manager.training.run_config import resolve
 from llava_manager.training.train import run
-from llava_manager.training.train_args import _CHECKPOINTING
+from llava_manager.training.train_args import _CHECKPOINTING, parse
 
 # ---------------------------------------------------------------------------------------------------------------------
 # A flash-attention stand-in for the CPU: what `_flash_attention_forward` does with the varlen arguments (the rows
@@ -155,15 +168,20 @@ def test_a_packed_step_has_the_padded_steps_per_token_losses_and_gradients(famil
     manager_grads = [want_grads[n] for n, _ in model.named_parameters() if ".managers." in n]
     assert manager_grads and all(g.abs().sum() > 0 for g in manager_grads)  # the managers matter here
 
-    # one row holding everything; and a tight budget: several rows, first-fit moving a later sample to an earlier row
+    # one row holding everything (flash-attention's default); a tight budget: several rows, first-fit moving a later
+    # sample to an earlier row; rows as long as the longest sample (the default under SDPA / eager)
     tight = lengths[0] + lengths[2] + 8
-    for budget in (sum(lengths), tight):
-        rows = pack_rows(lengths, budget)
+    for budget in (sum(lengths), tight, LONGEST):
+        rows = pack_rows(lengths, max(lengths) if budget == LONGEST else budget)
         order = [i for row in rows for i in row]
         if budget == tight:
             assert len(rows) > 1 and order != sorted(order)
             assert any(sum("pixel_values" in samples[i] for i in row) > 1 for row in rows)
+        if budget == LONGEST:
+            assert len(rows) <= len(samples)  # no more rows than the padded batch, none wider than its rows
         packed = PackingCollator(pad, family, max_packed_tokens=budget)(samples)
+        if budget == LONGEST:
+            assert packed["input_ids"].shape[1] == padded["input_ids"].shape[1] == max(lengths)
         losses, loss, grads = step(model, packed)
         torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
         for i, (r, column) in sample_slices(rows, lengths).items():
@@ -268,6 +286,96 @@ def test_the_packed_batch(family, shapes):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The row length: by default from the attention kernel, the user's value always winning
+
+MASKED = [None, "sdpa", "eager", "flex_attention", "varlen_reference"]  # None: transformers' default (SDPA)
+VARLEN = [  # flash-attention: varlen
+    "flash_attention_2",
+    "flash_attention_3",
+    "kernels-community/flash-attn2",
+    "kernels-community/vllm-flash-attn3",
+]
+
+
+def collator_for(attention, packed_tokens, max_length=4096):
+    """`build_collator` for the tiny OneVision whose language model runs `attention` (set on the config only: the
+    flash kernels are not installed here, and the collator reads nothing but the config)."""
+    processor = tiny_processor(family="llava_onevision")
+    config = tiny_model_config(processor)
+    config.get_text_config()._attn_implementation = attention
+    return build_collator(SimpleNamespace(config=config), processor, packed_tokens, max_length)
+
+
+@pytest.mark.parametrize("attention", MASKED + VARLEN)
+def test_the_default_row_length_follows_the_attention_kernel(attention, caplog):
+    with caplog.at_level(logging.INFO, logger="llava_manager.training.packing"):
+        collate = collator_for(attention, AUTO, max_length=3000)
+    want = 3000 if attention in VARLEN else LONGEST  # varlen: the whole batch in one row; masked: the longest sample
+    assert collate.max_packed_tokens == want == default_row_length(attention, 3000)[0]
+    assert not isinstance(collator_for(attention, None), PackingCollator)  # None: padded batches
+    # the choice and its reason, logged and kept on the collator
+    (line,) = [r.getMessage() for r in caplog.records if "padding-free" in r.getMessage()]
+    assert collate.row_choice in line and f"default --max_packed_tokens {want}" in line
+    assert (attention or "sdpa") in line and ("varlen kernel" in line) == (attention in VARLEN)
+    # a collator built by hand follows its model config's kernel too (one row: the stages' --max_length)
+    processor = tiny_processor(family="llava_onevision")
+    config = tiny_model_config(processor)
+    config.get_text_config()._attn_implementation = attention
+    by_hand = PackingCollator(processor.tokenizer.pad_token_id, "llava_onevision", config)
+    assert by_hand.max_packed_tokens == (16384 if attention in VARLEN else LONGEST)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "flash_attention_2", "kernels-community/flash-attn2"])
+@pytest.mark.parametrize("given", ["300", 300, "longest", " Longest "])
+def test_a_row_length_given_wins_over_the_default(attention, given, caplog):
+    with caplog.at_level(logging.INFO, logger="llava_manager.training.packing"):
+        collate = collator_for(attention, given)
+    assert collate.max_packed_tokens == row_length(given) and collate.max_packed_tokens in (300, LONGEST)
+    assert "as given" in collate.row_choice and "default" not in collate.row_choice
+    assert any(collate.row_choice in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("argv", "max_length", "packed"),
+    [
+        ([], 2048, AUTO),  # resolved by the model's kernel when the collator is built
+        (["--attn_implementation", "flash_attention_2", "--max_packed_tokens", "300"], 300, 300),
+        (["--attn_implementation", "flash_attention_2", "--max_packed_tokens", "longest"], 2048, LONGEST),
+        (["--max_packed_tokens", "auto"], 2048, AUTO),
+    ],
+)
+def test_the_run_config_keeps_the_users_row_length(tmp_path, argv, max_length, packed):
+    args = parse("stage2", ["--output_dir", str(tmp_path), "--padding_free", "true", "--max_length", "2048", *argv])
+    config = resolve("stage2", *args)
+    assert (config.max_length, config.packed_tokens) == (max_length, packed)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "abc", "1.5", "longest-ish", ""])
+def test_a_bad_row_length_is_a_clear_error(tmp_path, bad):
+    message = rf"--max_packed_tokens {bad}: give a positive number of tokens, 'longest' .* or 'auto'"
+    args = parse("stage2", ["--output_dir", str(tmp_path), "--padding_free", "true", f"--max_packed_tokens={bad}"])
+    with pytest.raises(ValueError, match=message):
+        resolve("stage2", *args)
+    with pytest.raises(ValueError, match=message):
+        PackingCollator(0, "llava", max_packed_tokens=bad)
+    with pytest.raises(ValueError, match=message):
+        collator_for("flash_attention_2", bad)
+
+
+def test_rows_of_the_longest_sample_never_outgrow_the_padded_batch():
+    """Rows as long as each batch's longest sample: never wider than the padded batch, never more rows, no sample
+    too long for its row whatever its length."""
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        lengths = torch.randint(1, 400, (int(torch.randint(1, 17, (1,), generator=rng)),), generator=rng).tolist()
+        samples = [{"input_ids": torch.arange(n), "labels": torch.arange(n)} for n in lengths]
+        batch = PackingCollator(0, "llava", max_packed_tokens=LONGEST)(samples)
+        rows, width = batch["input_ids"].shape
+        assert width == max(lengths) and rows <= len(lengths) and rows == len(pack_rows(lengths, max(lengths)))
+        assert batch[BATCH_INFO]["num_padding"] <= len(lengths) * max(lengths) - sum(lengths)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The recipe
 
 
@@ -291,16 +399,24 @@ def test_the_stage2_recipe_packed_has_the_padded_loss(tmp_path):
         "false",
     ]
     run("stage2", ["--output_dir", str(tmp_path / "padded"), *common])
+    # the embedded default runs SDPA: by default, rows as long as each batch's longest sample
     trainer = run("stage2", ["--output_dir", str(tmp_path / "packed"), "--padding_free", "true", *common])
-    assert isinstance(trainer.data_collator, PackingCollator) and trainer.data_collator.max_packed_tokens == 16384
+    assert trainer.model.config.get_text_config()._attn_implementation == "sdpa"
+    assert isinstance(trainer.data_collator, PackingCollator) and trainer.data_collator.max_packed_tokens == LONGEST
+    trainer = run(
+        "stage2",
+        ["--output_dir", str(tmp_path / "one"), "--padding_free", "true", "--max_packed_tokens", "16384", *common],
+    )
+    assert trainer.data_collator.max_packed_tokens == 16384  # the user's value wins: one row a batch
     run(
         "stage2",
         ["--output_dir", str(tmp_path / "rows"), "--padding_free", "true", "--max_packed_tokens", "200", *common],
     )
-    padded, packed, rows = (logged_losses(tmp_path / name) for name in ("padded", "packed", "rows"))
-    assert sorted(padded) == sorted(packed) == sorted(rows) == [1, 2]
-    # same seed, same samples: one row (the whole batch) and several rows of at most 200 tokens
-    assert packed[1] == pytest.approx(padded[1], rel=1e-6) and packed[2] == pytest.approx(padded[2], rel=1e-6)
+    padded, packed, one, rows = (logged_losses(tmp_path / name) for name in ("padded", "packed", "one", "rows"))
+    assert sorted(padded) == sorted(packed) == sorted(one) == sorted(rows) == [1, 2]
+    # same seed, same samples: rows of the longest sample, one row (the whole batch), rows of at most 200 tokens
+    for losses in (packed, one):
+        assert losses[1] == pytest.approx(padded[1], rel=1e-6) and losses[2] == pytest.approx(padded[2], rel=1e-6)
     assert rows[1] == pytest.approx(padded[1], rel=1e-6)
 
     # a budget below some samples' length: those are skipped as over-length, and reported
