@@ -11,7 +11,8 @@
 #   2-6. the `gpu`-marked tests in tests/gpu/: bf16 numerics (identity at init, the formula against an fp32
 #        reference), flash-attention-2 packed vs padded batches, ZeRO-2 / ZeRO-3 / FSDP2 steps with an exact resume,
 #        device_map="auto" generation, lmms-eval at batch 8 vs 1
-#   7. benchmarks/overhead.py at the 0.5B OneVision shape in bf16, full depth: prefill and decode, base vs patched
+#   7. benchmarks/overhead.py at the 0.5B OneVision shape in bf16, full depth: prefill and decode, base vs managers
+#      every 4th and every layer, peak memory
 #   8. benchmarks/packing.py at the 0.5B shape in bf16 with flash-attention-2 (skipped without flash_attn)
 #   9. benchmarks/evaluation.py, when the checkout has it (its flags checked against its --help)
 # The report: DIR/report.md (a summary table on top, then each step's command, exit status, duration and output
@@ -19,8 +20,8 @@
 # run for want of budget; a skipped step (a package the machine lacks) does not fail the run.
 #
 # --dry-run: the same steps on the CPU with tiny settings, CUDA hidden: the tests are collected and skipped (the
-# report lists each one with its reason), the benchmarks run their tiny CPU variants (overhead.py, which has no
-# small shape, only parses its arguments), so CI can check that this script runs end to end.
+# report lists each one with its reason), the benchmarks run their tiny CPU variants (overhead.py on the tiny
+# OneVision test model), so CI can check that this script runs end to end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -122,9 +123,9 @@ tests lmms-eval-batch 150 test_lmms_eval_batch.py
 # 7. the managers' overhead at the 0.5B shape in bf16 (prefill, decode, base vs patched; published-shape FLOPs)
 OVERHEAD="$PY benchmarks/overhead.py --family llava_onevision --checkpoint llava-onevision-qwen2-0.5b-ov --full-depth"
 if [ "$DRY_RUN" = 1 ]; then
-  step overhead 120 "$OVERHEAD --device cpu --dtype float32 --repeats 1 --skip-flops --skip-time"
+  step overhead 120 "$PY benchmarks/overhead.py --family llava_onevision --tiny --device cpu --text-layers 4 --repeats 1 --intervals 1 4 --memory"
 else
-  step overhead 150 "$OVERHEAD --device cuda --dtype bfloat16 --repeats 3"
+  step overhead 150 "$OVERHEAD --device cuda --dtype bfloat16 --repeats 3 --intervals 1 4 --memory"
 fi
 
 # 8. padded vs packed batches with flash-attention-2 at the 0.5B shape

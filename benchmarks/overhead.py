@@ -14,10 +14,15 @@ take videos, a 4-frame video, then a 40-token prompt.
    widths and the real vision tower, and carried to the real depth (patched: a manager before each layer, then
    the real number of managers). The counter counts matmuls, convolutions and attention, not elementwise work.
 2. Time at a reduced-depth shape (the real widths and vision tower, `--text-layers` decoder layers, managers
-   every 4th): prefill (and with --train, a training step), base and patched in adjacent pairs, the order
-   alternating, the ratio the median of per-pair ratios; next to its FLOP floor, the counted FLOP ratio of that
-   same shape; and the time per cached decode step (no media tokens, so the floor is 1). With --full-depth (a GPU)
-   the real shape is timed instead.
+   every 4th, or every `--intervals` given): prefill (and with --train, a training step), base and each patched
+   variant once per round, the order rotated every round, each ratio the median over rounds of the per-round
+   ratios, printed with its min-max; next to its FLOP floor, the counted FLOP ratio of that same shape; and the time
+   per cached decode step (no media tokens, so the floor is 1). `--intervals 1 4` also prints interval 1 over
+   interval 4, round by round. With --full-depth the real shape is timed instead (the 0.5B one fits a CPU).
+3. With --memory, the peak memory of one prefill, base and patched, as torch's MemTracker counts the tensors
+   (parameters included), on any device.
+
+    python benchmarks/overhead.py --family llava_onevision --full-depth --skip-flops --intervals 1 4 --memory
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 import torch
 
 from llava_manager import apply_manager, manager_plan, remove_manager
-from llava_manager.analysis.timing import count_flops, ratio_to, rounds, sync, timed
+from llava_manager.analysis.timing import count_flops, ratio_spread, rounds, sync, timed
 from llava_manager.families import FAMILIES, get_family, random_inputs
 
 IMAGE_SIDE = {"llava_onevision": 384}  # others: 336
@@ -94,6 +99,22 @@ def counted(model, inputs, fn=prefill, **manager) -> tuple[int, int]:
     return base, patched
 
 
+def peak_memory(model, inputs) -> int:
+    """Peak bytes of tensors alive during one prefill, parameters included (torch's MemTracker, any device)."""
+    from torch.distributed._tools.mem_tracker import MemTracker  # upstream: see llava_manager/upstream.py
+
+    tracker = MemTracker()
+    tracker.track_external(model)
+    with tracker:
+        prefill(model, inputs)
+    return sum(device["Total"] for device in tracker.get_tracker_snapshot("peak").values())
+
+
+def spread(stats) -> str:
+    median, low, high = stats
+    return f"x{median:.4f} (x{low:.4f}-x{high:.4f})"
+
+
 def published_or_default(adapter) -> dict:
     """The family's published shapes; for a family with none on record (Qwen3.5), its config class's defaults."""
     if adapter.published:
@@ -156,6 +177,12 @@ def main() -> None:
     parser.add_argument("--text-layers", type=int, default=4, help="decoder layers of the timed reduced-depth shape")
     parser.add_argument("--full-depth", action="store_true", help="time the real shape (needs a GPU's memory)")
     parser.add_argument("--train", action="store_true", help="also time a training step (forward + backward)")
+    parser.add_argument(
+        "--intervals", type=int, nargs="+", default=[4], help="time managers at these intervals (e.g. 1 4)"
+    )
+    parser.add_argument("--memory", action="store_true", help="peak memory of a prefill, base and patched")
+    parser.add_argument("--skip-decode", action="store_true", help="do not time cached decode steps")
+    parser.add_argument("--tiny", action="store_true", help="the family's tiny test model (a dry run of the script)")
     parser.add_argument("--skip-time", action="store_true", help="the published-shape FLOPs only")
     parser.add_argument("--skip-flops", action="store_true", help="the reduced-depth timing only")
     args = parser.parse_args()
@@ -168,7 +195,7 @@ def main() -> None:
     table = []
     for name in families:
         adapter = get_family(name)
-        shapes = published_or_default(adapter)
+        shapes = {"tiny": ("the tiny test model", adapter.tiny_config)} if args.tiny else published_or_default(adapter)
         checkpoint = args.checkpoint or next(iter(shapes))
         if checkpoint not in shapes:
             parser.error(f"{adapter.title} checkpoints: {', '.join(shapes)}; got {checkpoint!r}")
@@ -194,43 +221,76 @@ def main() -> None:
             fn = train_step if args.train else prefill
             if args.train:
                 model.train()
-            base_flops, patched_flops = counted(model, inputs, fn=fn)
+            first = args.intervals[0]
+            base_flops, patched_flops = counted(model, inputs, fn=fn, interval=first)
             floor = patched_flops / base_flops
 
-            def pair(measure):
-                def patched_run():
-                    apply_manager(model)
-                    try:
-                        return measure()
-                    finally:
-                        remove_manager(model)
+            def variants(measure):
+                def patched_at(interval):
+                    def run():
+                        apply_manager(model, interval=interval)
+                        try:
+                            return measure()
+                        finally:
+                            remove_manager(model)
 
-                return {"base": measure, "patched": patched_run}
+                    return run
+
+                return {"base": measure} | {f"interval {i}": patched_at(i) for i in args.intervals}
 
             fn(model, inputs)  # warm-up
             what = "train step" if args.train else "prefill"
             times = rounds(
-                pair(lambda: timed(lambda: fn(model, inputs), device)),
+                variants(lambda: timed(lambda: fn(model, inputs), device)),
                 args.repeats,
                 desc=f"{adapter.title} {what}",
                 warmup=False,
             )
-            ratio = ratio_to(times, "base")["patched"]
+            ratios = ratio_spread(times, "base")
+            ratio = ratios[f"interval {first}"][0]
             model.eval()
-            steps = rounds(pair(lambda: decode(model, inputs)), args.repeats, desc=f"{adapter.title} decode")
-            decode_ratio = ratio_to(steps, "base")["patched"]
-            apply_manager(model)
-            plan = manager_plan(model)
-            remove_manager(model)
+            steps, decode_ratio = None, float("nan")
+            if not args.skip_decode:
+                steps = rounds(variants(lambda: decode(model, inputs)), args.repeats, desc=f"{adapter.title} decode")
+                decode_ratio = ratio_spread(steps, "base")[f"interval {first}"][0]
             print(
-                f"   {what} time at {shape} ({len(plan['inject_layers'])} managers x {len(plan['vision_layers'])} "
-                f"vision layers): base {statistics.median(times['base']) * 1e3:.0f} ms, patched "
-                f"{statistics.median(times['patched']) * 1e3:.0f} ms, ratio x{ratio:.4f}, FLOP floor x{floor:.4f}"
+                f"   {what} time at {shape}, {args.repeats} rounds: "
+                f"base {statistics.median(times['base']) * 1e3:.0f} ms"
             )
-            print(
-                f"   decode per token: base {statistics.median(steps['base']) * 1e3:.1f} ms, patched "
-                f"{statistics.median(steps['patched']) * 1e3:.1f} ms, ratio x{decode_ratio:.4f} (floor x1)"
-            )
+            for interval in args.intervals:
+                apply_manager(model, interval=interval)
+                plan = manager_plan(model)
+                remove_manager(model)
+                name = f"interval {interval}"
+                print(
+                    f"     {name} ({len(plan['inject_layers'])} managers x {len(plan['vision_layers'])} vision "
+                    "layers): "
+                    f"{statistics.median(times[name]) * 1e3:.0f} ms, ratio {spread(ratios[name])}"
+                    + (f", FLOP floor x{floor:.4f}" if interval == first else "")
+                )
+            if 1 in args.intervals and 4 in args.intervals:
+                print(
+                    "     interval 1 / interval 4, round by round: "
+                    + spread(ratio_spread(times, "interval 4")["interval 1"])
+                )
+            if steps is not None:
+                print(
+                    f"   decode per token: base {statistics.median(steps['base']) * 1e3:.1f} ms, "
+                    f"interval {first} {statistics.median(steps[f'interval {first}']) * 1e3:.1f} ms, "
+                    f"ratio {spread(ratio_spread(steps, 'base')[f'interval {first}'])} (floor x1)"
+                )
+            if args.memory:
+                base_peak = peak_memory(model, inputs)
+                apply_manager(model, interval=first)
+                try:
+                    patched_peak = peak_memory(model, inputs)
+                finally:
+                    remove_manager(model)
+                print(
+                    f"   peak memory of a prefill (MemTracker, parameters included): base {base_peak / 2**20:.1f} MiB, "
+                    f"interval {first} {patched_peak / 2**20:.1f} MiB, +{(patched_peak - base_peak) / 2**20:.1f} MiB "
+                    f"(x{patched_peak / base_peak:.4f})"
+                )
             row += [shape, ratio, floor, decode_ratio]
             del model
         table.append(row)

@@ -705,6 +705,15 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         "the tensor a view was made from: the managers read the layers the families cut from one folded tensor as a "
         "view of it (`stacked_layers`) instead of copying them",
     ),
+    UpstreamAPI(
+        _TORCH,
+        "torch.distributed._tools.mem_tracker.MemTracker",
+        "signature",
+        "benchmarks/overhead.py",
+        "the peak memory of a prefill, base and patched, on any device (its track_external and "
+        "get_tracker_snapshot('peak'), whose per-device dicts hold a 'Total')",
+        mentions=("def track_external", "def get_tracker_snapshot", '"Total"'),
+    ),
     # ---- transformers: processors ------------------------------------------------------------------------------------
     UpstreamAPI(
         _T,

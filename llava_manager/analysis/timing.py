@@ -69,6 +69,15 @@ def rounds(fns: dict[str, Callable[[], float]], repeats: int, desc: str, warmup:
     return times
 
 
+def ratio_spread(times: dict[str, list[float]], reference: str) -> dict[str, tuple[float, float, float]]:
+    """(median, min, max) over rounds of each variant's time divided by the reference's time in the same round."""
+    result = {}
+    for name, values in times.items():
+        ratios = [t / r for t, r in zip(values, times[reference])]
+        result[name] = (statistics.median(ratios), min(ratios), max(ratios))
+    return result
+
+
 def ratio_to(times: dict[str, list[float]], reference: str) -> dict[str, float]:
     """Median over rounds of each variant's time divided by the reference's time in the same round."""
     return {name: statistics.median(t / r for t, r in zip(values, times[reference])) for name, values in times.items()}

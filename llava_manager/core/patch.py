@@ -8,7 +8,8 @@ What a patch adds to one model instance, and nothing else:
   features if it has any: a field that `generate()` repeats for beams and slices for chunked prefill) and of
   `get_placeholder_mask` (records where the image and video tokens are). The wrappers are re-entrant: an encoder
   that calls the other (Qwen3-VL's video encoder calls its image encoder) is recorded once, as the outer call;
-- forward pre-hooks on the managed decoder layers, which add the manager terms at those positions, and a pre/post
+- forward pre-hooks on the managed decoder layers, which add the manager terms at those positions (every manager's
+  term made at the first of them, in one pass over the aggregated layers: `ManagerStack`), and a pre/post
   hook pair on `model.model` that scopes the positions to one forward call; where the model has its own DeepStack,
   a pre-hook on its language model that hands it only its own features (or none, with `deepstack=False`);
 - `config.manager_config`, so that `save_pretrained` records the patch.

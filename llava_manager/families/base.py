@@ -245,6 +245,31 @@ def fold_layers(stacked: torch.Tensor) -> torch.Tensor:
     return stacked.flatten(-2)
 
 
+def pack_folded(
+    folded: torch.Tensor,
+    num_crops: Sequence[int],
+    pack: Callable[[list[torch.Tensor], torch.Tensor], list[torch.Tensor]],
+) -> list[torch.Tensor]:
+    """The model's packing (`pack(per-image crops, newline)` -> per-image `(tokens, channels)`) of the folded layers
+    `(crops, tokens, channels)`, newlines 0. Where the packing only moves and drops rows (NeXT's and OneVision's
+    unpadding and newlines), it runs once on the row numbers and the layers are gathered through that order: one
+    read of the layers instead of the packing's copies of them. Where it mixes rows (OneVision's anyres_max_9
+    bilinear downsampling), which a probe of random values shows, the folded layers themselves are packed."""
+    crops, tokens, channels = folded.shape
+    rows = torch.arange(crops * tokens, device=folded.device, dtype=torch.float64).view(crops, tokens, 1)
+    order = pack(list(torch.split(rows, list(num_crops))), rows.new_full((1,), -1.0))
+    probe = torch.rand(crops * tokens + 1, device=folded.device, dtype=torch.float64)
+    probe[-1] = -1.0  # the newline's row
+    packed_probe = pack(list(torch.split(probe[:-1].view(crops, tokens, 1), list(num_crops))), probe[-1:])
+    flat = torch.cat(order).squeeze(-1)
+    index = flat.long().where(flat >= 0, crops * tokens)
+    if torch.equal(flat, flat.round()) and torch.equal(torch.cat(packed_probe).squeeze(-1), probe[index]):
+        gathered = folded.reshape(-1, channels).index_select(0, index.clamp(max=crops * tokens - 1))
+        gathered = gathered.index_fill(0, (flat < 0).nonzero().squeeze(1), 0)
+        return list(torch.split(gathered, [len(group) for group in order]))
+    return pack(list(torch.split(folded, list(num_crops))), folded.new_zeros(channels))
+
+
 def unfold_groups(groups: Sequence[torch.Tensor], num_layers: int) -> GroupedFeatures:
     """Per-group `(tokens, layers * hidden)` tensors -> `grouped[layer][group]`."""
     split = [group.view(group.shape[0], num_layers, -1) for group in groups]

@@ -3,7 +3,6 @@ image newline after each row of grid tokens, the "default" strategy; no video.""
 
 from __future__ import annotations
 
-import torch
 from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextModel, LlavaNextProcessor
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
@@ -14,6 +13,7 @@ from .base import (
     fold_layers,
     grid_pixel_inputs,
     managed_crops,
+    pack_folded,
     project_crops,
     tiny_text,
     tiny_vision,
@@ -76,7 +76,8 @@ def tiny_config(
 
 
 def next_image_features(inner, hidden, call, manage) -> GroupedFeatures:
-    """NeXT's image layout (shared with NeXT-Video): per-image grids, packed with unpadding and a zero newline."""
+    """NeXT's image layout (shared with NeXT-Video): per-image grids, packed with unpadding and a zero newline
+    (gathered through the packing's row order: `pack_folded`)."""
     config, image_sizes = inner.config, call["image_sizes"]
     num_crops = [
         image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
@@ -84,13 +85,11 @@ def next_image_features(inner, hidden, call, manage) -> GroupedFeatures:
     ]
     strategy = call["vision_feature_select_strategy"]
     folded = fold_layers(project_crops(inner, hidden, strategy, managed_crops(num_crops, manage)))
-    packed, _ = inner.pack_image_features(
-        list(torch.split(folded, num_crops, dim=0)),
-        image_sizes,
-        strategy,
-        image_newline=folded.new_zeros(folded.shape[-1]),
-    )
-    return unfold_groups(packed, len(hidden))
+
+    def pack(crops, newline):
+        return inner.pack_image_features(crops, image_sizes, strategy, image_newline=newline)[0]
+
+    return unfold_groups(pack_folded(folded, num_crops, pack), len(hidden))
 
 
 class LlavaNextAdapter(Family):

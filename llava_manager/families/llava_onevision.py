@@ -22,6 +22,7 @@ from .base import (
     fold_layers,
     grid_pixel_inputs,
     managed_crops,
+    pack_folded,
     project_crops,
     tiny_text,
     tiny_vision,
@@ -155,13 +156,13 @@ class LlavaOnevisionAdapter(Family):
         num_crops = crops_per_image(inner.config, call["image_sizes"], call.get("batch_num_images"))
         stacked = project_crops(inner, hidden, call["vision_feature_select_strategy"], managed_crops(num_crops, manage))
         folded = fold_layers(stacked)
-        packed, _ = inner.pack_image_features(
-            list(torch.split(folded, num_crops, dim=0)),
-            call["image_sizes"],
-            image_newline=folded.new_zeros(folded.shape[-1]),
-            vision_aspect_ratio=call["vision_aspect_ratio"],
-        )
-        return unfold_groups(packed, len(hidden))
+
+        def pack(crops, newline):  # gathered through its row order unless anyres_max_9 downsamples: `pack_folded`
+            return inner.pack_image_features(
+                crops, call["image_sizes"], image_newline=newline, vision_aspect_ratio=call["vision_aspect_ratio"]
+            )[0]
+
+        return unfold_groups(pack_folded(folded, num_crops, pack), len(hidden))
 
     def video_features(self, inner, hidden, call) -> GroupedFeatures:
         batch, frames = call["pixel_values_videos"].shape[:2]
