@@ -144,7 +144,7 @@ def stacked_layers(layers: Sequence[torch.Tensor]) -> torch.Tensor:
 
 # Rows per block of the CPU kernel: a block of every layer (rows x layers x hidden) stays in the cache while every
 # manager reads it.
-_CACHE_BYTES = 1 << 20
+_CACHE_BYTES = 4 << 20
 
 
 class _AggregateAll(torch.autograd.Function):

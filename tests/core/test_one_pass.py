@@ -184,3 +184,17 @@ def test_aggregate_all_takes_weights_on_another_device_dtype_as_given():
     grouped = separate_features()
     weight = torch.stack([m.weight for m in stack]).detach()
     assert torch.equal(aggregate_all(grouped, weight), each_on_its_own(stack, grouped).detach())
+
+
+def test_the_benchmark_runs_and_prints_its_ratios():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "managers.py"
+    args = ["--tokens", "9", "4", "--layers", "3", "--hidden", "8", "--managers", "2", "5", "--repeats", "2"]
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True).stdout
+    lines = [line for line in out.splitlines() if "ratio x" in line]
+    assert len(lines) == 4  # 2 manager counts, without and with autograd
+    assert all(re.search(r"ratio x\d+\.\d+ \(x\d+\.\d+-x\d+\.\d+\)", line) for line in lines)
