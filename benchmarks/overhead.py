@@ -120,7 +120,15 @@ def published_or_default(adapter) -> dict:
     if adapter.published:
         return adapter.published
     name = f"{adapter.config_class.__name__} defaults (no published config on record)"
-    return {"defaults": (name, adapter.config_class)}
+
+    def defaults():
+        config = adapter.config_class()
+        vision = getattr(config, "vision_config", None)
+        if hasattr(vision, "out_hidden_size"):  # Qwen3.5's defaults merge into 3,584 channels for a 4,096-wide LLM
+            vision.out_hidden_size = config.text_config.hidden_size
+        return config
+
+    return {"defaults": (name, defaults)}
 
 
 def layer_kinds(text_config) -> list[str]:

@@ -254,12 +254,13 @@ def pack_folded(
     `(crops, tokens, channels)`, newlines 0. Where the packing only moves and drops rows (NeXT's and OneVision's
     unpadding and newlines), it runs once on the row numbers and the layers are gathered through that order: one
     read of the layers instead of the packing's copies of them. Where it mixes rows (OneVision's anyres_max_9
-    bilinear downsampling), which a probe of random values shows, the folded layers themselves are packed."""
+    bilinear downsampling), which a probe of other values shows, the folded layers themselves are packed."""
     crops, tokens, channels = folded.shape
     rows = torch.arange(crops * tokens, device=folded.device, dtype=torch.float64).view(crops, tokens, 1)
     order = pack(list(torch.split(rows, list(num_crops))), rows.new_full((1,), -1.0))
-    probe = torch.rand(crops * tokens + 1, device=folded.device, dtype=torch.float64)
-    probe[-1] = -1.0  # the newline's row
+    # not an affine function of the row (bilinear mixing of a ramp stays on it), and no draw from the global RNG
+    probe = torch.arange(1, crops * tokens + 2, device=folded.device, dtype=torch.float64).sin()
+    probe[-1] = -2.0  # the newline's row
     packed_probe = pack(list(torch.split(probe[:-1].view(crops, tokens, 1), list(num_crops))), probe[-1:])
     flat = torch.cat(order).squeeze(-1)
     index = flat.long().where(flat >= 0, crops * tokens)
