@@ -256,17 +256,19 @@ def pack_folded(
     read of the layers instead of the packing's copies of them. Where it mixes rows (OneVision's anyres_max_9
     bilinear downsampling), which a probe of other values shows, the folded layers themselves are packed."""
     crops, tokens, channels = folded.shape
-    rows = torch.arange(crops * tokens, device=folded.device, dtype=torch.float64).view(crops, tokens, 1)
+    # on the CPU in float64: exact row numbers, no device sync, and devices without float64 (MPS) alike
+    rows = torch.arange(crops * tokens, dtype=torch.float64).view(crops, tokens, 1)
     order = pack(list(torch.split(rows, list(num_crops))), rows.new_full((1,), -1.0))
     # not an affine function of the row (bilinear mixing of a ramp stays on it), and no draw from the global RNG
-    probe = torch.arange(1, crops * tokens + 2, device=folded.device, dtype=torch.float64).sin()
+    probe = torch.arange(1, crops * tokens + 2, dtype=torch.float64).sin()
     probe[-1] = -2.0  # the newline's row
     packed_probe = pack(list(torch.split(probe[:-1].view(crops, tokens, 1), list(num_crops))), probe[-1:])
     flat = torch.cat(order).squeeze(-1)
     index = flat.long().where(flat >= 0, crops * tokens)
     if torch.equal(flat, flat.round()) and torch.equal(torch.cat(packed_probe).squeeze(-1), probe[index]):
-        gathered = folded.reshape(-1, channels).index_select(0, index.clamp(max=crops * tokens - 1))
-        gathered = gathered.index_fill(0, (flat < 0).nonzero().squeeze(1), 0)
+        rows_of = index.clamp(max=crops * tokens - 1).to(folded.device)
+        gathered = folded.reshape(-1, channels).index_select(0, rows_of)
+        gathered = gathered.index_fill(0, (flat < 0).nonzero().squeeze(1).to(folded.device), 0)
         return list(torch.split(gathered, [len(group) for group in order]))
     return pack(list(torch.split(folded, list(num_crops))), folded.new_zeros(channels))
 
