@@ -34,7 +34,7 @@ import time
 import torch
 
 from llava_manager import apply_manager, manager_plan, remove_manager
-from llava_manager.analysis.timing import count_flops, ratio_spread, rounds, sync, timed
+from llava_manager.analysis.timing import count_flops, peak_tensor_bytes, ratio_spread, rounds, sync, timed
 from llava_manager.families import FAMILIES, get_family, random_inputs
 
 IMAGE_SIDE = {"llava_onevision": 384}  # others: 336
@@ -101,13 +101,7 @@ def counted(model, inputs, fn=prefill, **manager) -> tuple[int, int]:
 
 def peak_memory(model, inputs) -> int:
     """Peak bytes of tensors alive during one prefill, parameters included (torch's MemTracker, any device)."""
-    from torch.distributed._tools.mem_tracker import MemTracker  # upstream: see llava_manager/upstream.py
-
-    tracker = MemTracker()
-    tracker.track_external(model)
-    with tracker:
-        prefill(model, inputs)
-    return sum(device["Total"] for device in tracker.get_tracker_snapshot("peak").values())
+    return peak_tensor_bytes(lambda: prefill(model, inputs), model)
 
 
 def spread(stats) -> str:

@@ -707,12 +707,19 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
     ),
     UpstreamAPI(
         _TORCH,
+        "torch.distributed._tools",
+        "module",
+        "llava_manager/analysis/timing.py",
+        "the package of torch's memory tracker (MemTracker), imported from it",
+    ),
+    UpstreamAPI(
+        _TORCH,
         "torch.distributed._tools.mem_tracker.MemTracker",
         "signature",
-        "benchmarks/overhead.py",
+        "llava_manager/analysis/timing.py",
         "the peak memory of a prefill, base and patched, on any device (its track_external and "
         "get_tracker_snapshot('peak'), whose per-device dicts hold a 'Total')",
-        mentions=("def track_external", "def get_tracker_snapshot", '"Total"'),
+        mentions=("def track_external", "def get_tracker_snapshot"),
     ),
     # ---- transformers: processors ------------------------------------------------------------------------------------
     UpstreamAPI(

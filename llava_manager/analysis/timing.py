@@ -69,6 +69,18 @@ def rounds(fns: dict[str, Callable[[], float]], repeats: int, desc: str, warmup:
     return times
 
 
+def peak_tensor_bytes(fn: Callable[[], object], model: torch.nn.Module) -> int:
+    """Peak bytes of the tensors alive during one call of `fn`, `model`'s parameters and buffers included, on every
+    device together (torch's MemTracker, which counts tensors, so it works on a CPU too)."""
+    from torch.distributed._tools.mem_tracker import MemTracker  # upstream: see llava_manager/upstream.py
+
+    tracker = MemTracker()
+    tracker.track_external(model)
+    with tracker:
+        fn()
+    return sum(device["Total"] for device in tracker.get_tracker_snapshot("peak").values())
+
+
 def ratio_spread(times: dict[str, list[float]], reference: str) -> dict[str, tuple[float, float, float]]:
     """(median, min, max) over rounds of each variant's time divided by the reference's time in the same round."""
     result = {}
