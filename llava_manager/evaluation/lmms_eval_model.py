@@ -63,6 +63,7 @@ store's keys.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections import Counter
 from pathlib import Path
 
@@ -403,7 +404,7 @@ class LlavaManager(LlavaHf):
         for start in range(0, len(rows), width):
             chunk = rows[start : start + width]
             last = start + width >= len(rows)
-            later.update(self._continue_rows(inputs, positions, output.cache, chunk, targets, reuse=last))
+            later.update(self._continue_rows(inputs, positions, _cache_of(output), chunk, targets, reuse=last))
         return [
             [self._score(first[q], later.get((q, k)), target) for k, target in enumerate(question)]
             for q, question in enumerate(targets)
@@ -434,7 +435,7 @@ class LlavaManager(LlavaHf):
         step = self.model.prepare_inputs_for_generation(
             torch.cat([inputs["input_ids"][index], ids], dim=1),
             next_sequence_length=length,
-            cache=rows_cache,
+            **{_cache_argument(self.model): rows_cache},
             attention_mask=mask,
             position_ids=all_positions,
             use_cache=True,
@@ -583,3 +584,16 @@ class LlavaOvManager(LlavaManager):
 
     name = "llava_ov_manager"
     families = ("llava_onevision",)
+
+
+def _cache_of(output):
+    """The cache a forward returned: `cache` (transformers >= 5.24), `past_key_values` before."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _cache_argument(model) -> str:
+    """The name `prepare_inputs_for_generation` takes the cache under: `cache` (transformers >= 5.24),
+    `past_key_values` before."""
+    parameters = inspect.signature(model.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
