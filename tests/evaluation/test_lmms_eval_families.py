@@ -19,7 +19,7 @@ pytest.importorskip("lmms_eval")
 
 from support.family_models import FAMILIES as FAMILY_NAMES  # noqa: E402
 from support.family_models import PINPOINTS, SIZE, VOCAB, family_config, family_model
-from support.helpers import randomize
+from support.helpers import one_thread, randomize  # noqa: F401 (one_thread: an autouse fixture)
 from support.published import CHAT_TEMPLATE as ONEVISION_CHAT_TEMPLATE  # noqa: E402
 
 import llava_manager  # noqa: E402
@@ -161,15 +161,6 @@ def as_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, image).convert("RGB")
     return image.convert("RGB")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy machine they only contend (several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=FAMILY_NAMES)

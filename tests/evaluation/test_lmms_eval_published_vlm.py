@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.helpers import subprocess_env
+from support.helpers import one_thread, subprocess_env  # noqa: F401 (one_thread: an autouse fixture)
 from support.published_vlm import PUBLISHED_VLM, write_published_vlm
 
 pytest.importorskip("lmms_eval")
@@ -77,14 +77,6 @@ DOCS = [
     {"image": noise("L", 57, 111, 1)},
     {"image": noise("P", 300, 12, 2)},
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=NAMES)

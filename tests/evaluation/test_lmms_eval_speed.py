@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.helpers import randomize
+from support.helpers import one_thread, randomize  # noqa: F401 (one_thread: an autouse fixture)
 from support.published_vlm import PUBLISHED_VLM, write_published_vlm
 
 pytest.importorskip("lmms_eval")
@@ -40,14 +40,6 @@ def noise(width: int, height: int, seed: int) -> Image.Image:
 
 
 DOCS = [{"image": noise(w, h, seed)} for seed, (w, h) in enumerate([(80, 40), (57, 111), (40, 40), (96, 64), (30, 70)])]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=CASES)

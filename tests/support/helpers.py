@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -127,3 +128,13 @@ def randomize(model, seed: int = 3) -> dict:
         for m in get_managers(model):
             m.weight.copy_(torch.randn(m.weight.shape, generator=g))
     return {m.layer_idx: m.weight.detach().clone() for m in get_managers(model)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy machine they only contend (several times slower).
+    Autouse in every test module that imports it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
