@@ -6,9 +6,10 @@ its own. Pixtral-12B itself is a LLaVA model with a Pixtral tower: the LLaVA ada
 from __future__ import annotations
 
 import torch
-from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Mistral3Model, PixtralProcessor
+from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Mistral3Model
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
+from ..processing.pixtral import pixtral_processor_class
 from .base import Family, GroupedFeatures, resolve_feature_layer, tiny_text
 
 
@@ -86,7 +87,7 @@ class Mistral3Adapter(Family):
     model_class = Mistral3ForConditionalGeneration
     base_class = Mistral3Model
     config_class = Mistral3Config
-    processor_class = PixtralProcessor
+    processor_class = pixtral_processor_class()  # transformers' own, with or without torchvision
     image_processor_class = PixtralImageProcessorPil
     published = {
         "Mistral-Small-3.1-24B-Instruct-2503": (
