@@ -28,6 +28,7 @@ take videos, a 4-frame video, then a 40-token prompt.
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import time
 
@@ -68,17 +69,23 @@ def prefill(model, inputs):
 
 def decode(model, inputs, steps: int = 16) -> float:
     """Seconds per cached decode step after an untimed prefill (no media tokens: the managers must do nothing)."""
+    # transformers >= 5.24 takes and returns the cache as `cache` (`past_key_values` before, deprecated since)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def cache_of(out):
+        return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
     with torch.no_grad():
         out = model(**inputs, logits_to_keep=1, use_cache=True)
-        cache, token, mask = out.past_key_values, out.logits[:, -1:].argmax(-1), inputs["attention_mask"]
+        cache, token, mask = cache_of(out), out.logits[:, -1:].argmax(-1), inputs["attention_mask"]
         start = None
         for step in range(steps + 1):
             if step == 1:  # the first step builds what the cache needs; time the rest
                 sync(token.device)
                 start = time.perf_counter()
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=token, attention_mask=mask, use_cache=True, **{name: cache})
+            cache, token = cache_of(out), out.logits[:, -1:].argmax(-1)
         sync(token.device)
         return (time.perf_counter() - start) / steps
 

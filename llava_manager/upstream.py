@@ -663,6 +663,16 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
     ),
     UpstreamAPI(
         _T,
+        "transformers.models.pixtral.image_processing_pil_pixtral.get_resize_output_image_size",
+        "signature",
+        "llava_manager/processing/pixtral.py",
+        "without torchvision, the PIL image processor's module answers `processing_pixtral`'s one import from the "
+        "torchvision image processor's module (this helper, called by `PixtralProcessor._get_num_multimodal_tokens`)",
+        params=("input_image", "size", "patch_size"),
+        positional=3,
+    ),
+    UpstreamAPI(
+        _T,
         "transformers.models.mistral3.modeling_mistral3.Mistral3MultiModalProjector.forward",
         "signature",
         "llava_manager/families/mistral3.py",

@@ -3,8 +3,8 @@
 transformers' `LlavaOnevisionProcessor` and `LlavaNextVideoProcessor` insist on a video processor class, which needs
 torchvision; machines with only a CPU torch have none. For images the video processor is never used, so without
 torchvision we build the same processor with the PIL image processor and no video processor (images only). The
-LLaVA-1.5 and NeXT processors have no video processor and are used as they are. With torchvision, `AutoProcessor`
-is used as is.
+LLaVA-1.5 and NeXT processors have no video processor and are used as they are; Pixtral's (Mistral3, and
+Pixtral-12B's LLaVA) comes from `pixtral.py`. With torchvision, `AutoProcessor` is used as is.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 from ..families import FAMILIES, family_of_config
+from .pixtral import pixtral_processor_class
 
 _PARTS = ("image_processor", "tokenizer", "video_processor", "chat_template")
 # `from_pretrained` keywords that say where files come from; the rest configure the processor or its parts.
@@ -105,8 +106,11 @@ def load_processor(path: str | Path, **kwargs) -> ProcessorMixin:
     if is_torchvision_available():
         return AutoProcessor.from_pretrained(path, **kwargs)
     hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KEYS and k != "subfolder"}
-    adapter = family_of_config(AutoConfig.from_pretrained(path, **hub_kwargs))
-    return image_only(adapter.processor_class).from_pretrained(path, **kwargs)
+    config = AutoConfig.from_pretrained(path, **hub_kwargs)
+    processor_class = family_of_config(config).processor_class
+    if getattr(getattr(config, "vision_config", None), "model_type", None) == "pixtral":
+        processor_class = pixtral_processor_class()  # Pixtral-12B: a LLaVA model saved with Pixtral's processor
+    return image_only(processor_class).from_pretrained(path, **kwargs)
 
 
 def build_processor(image_processor, tokenizer, family: str = "llava_onevision", **kwargs) -> ProcessorMixin:

@@ -60,7 +60,7 @@ def template_prompt(processor, text: str, num_images: int, template: Template | 
         text = " ".join([placeholder] * num_images) + "\n" + text
     elif placeholder != image_token and placeholder not in text:
         text = text.replace(image_token, placeholder)
-    system = template.system.format(template.default_system) if template.system else ""
+    system = template.system.format(template.default_system) if template.system and template.default_system else ""
     bos = ""
     if template.bos and not getattr(tokenizer, "add_bos_token", False):
         bos = tokenizer.bos_token or ""

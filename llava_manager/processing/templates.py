@@ -21,7 +21,7 @@ class Template:
 
     name: str
     system: str  # the system block with "{}" for its text, or "" for none
-    default_system: str
+    default_system: str  # the system text where the data gives none; "" writes no system block then
     user: str  # with "{}" where the turn's text goes
     assistant: str  # the header before the assistant's text
     end_of_turn: str  # labelled: the model must learn to stop
@@ -106,7 +106,26 @@ GEMMA = Template(
     whole_text=True,
     special_tokens=("<start_of_turn>", "<end_of_turn>"),
 )
-TEMPLATES = {t.name: t for t in (QWEN, PLAIN, VICUNA_V1, MISTRAL_INSTRUCT, GEMMA)}
+# The v7 chat format of Mistral-Small-3.1 (Mistral3; the `chat_template` of
+# mistralai/Mistral-Small-3.1-24B-Instruct-2503, as transformers' tests/models/mistral3/test_processing_mistral3.py
+# quotes it): BOS once, a system turn as "[SYSTEM_PROMPT]" + text + "[/SYSTEM_PROMPT]", each user turn as "[INST]" +
+# text + "[/INST]", each answer followed by "</s>", with no spaces or newlines between them; an image is the
+# processor's "[IMG]". The published template writes its long default system message (with today's date) when a
+# conversation has none; this one writes a system block only where the data gives a system turn (an empty
+# `default_system`).
+MISTRAL_V7 = Template(
+    name="mistral_v7",
+    system="[SYSTEM_PROMPT]{}[/SYSTEM_PROMPT]",
+    default_system="",
+    user="[INST]{}[/INST]",
+    assistant="",
+    end_of_turn="</s>",
+    after_turn="",
+    bos=True,
+    whole_text=True,
+    special_tokens=("[INST]", "[/INST]", "</s>"),
+)
+TEMPLATES = {t.name: t for t in (QWEN, PLAIN, VICUNA_V1, MISTRAL_INSTRUCT, GEMMA, MISTRAL_V7)}
 
 # The chat template a checkpoint is fine-tuned with when --template is not given, by its LLM
 # (`config.text_config.model_type`): LLaVA-OneVision (Qwen2), LLaVA-1.5 / NeXT-Vicuna / NeXT-Video (Llama),
@@ -129,11 +148,15 @@ LLM_TEMPLATES = {
     **dict.fromkeys(QWEN_VL_LLMS, "qwen_1_5"),
     "gemma3_text": "gemma",
 }
+# Models whose chat format is not their LLM's (Mistral3's Mistral LLM speaks v7, not LLaVA-NeXT-Mistral's format).
+MODEL_TEMPLATES = {"mistral3": "mistral_v7"}
 
 
 def template_for_config(config) -> str:
     """The default chat template for a model config (by its LLM's model_type); an LLM without one is an error
     that names --template and its choices."""
+    if getattr(config, "model_type", None) in MODEL_TEMPLATES:
+        return MODEL_TEMPLATES[config.model_type]
     text_config = getattr(config, "text_config", None)
     model_type = getattr(text_config, "model_type", None)
     if model_type not in LLM_TEMPLATES:

@@ -185,7 +185,11 @@ GEMMA3_TOKENS = dict(
     words=("model",),
 )
 PIXTRAL_TOKENS = dict(
-    tokenizer={}, config={"image_token_index": "[IMG]"}, template=(), extra=("[IMG]", "[IMG_BREAK]", "[IMG_END]")
+    tokenizer={},
+    config={"image_token_index": "[IMG]"},
+    template=("[INST]", "[/INST]", "</s>"),
+    bos="<s>",
+    extra=("[IMG]", "[IMG_BREAK]", "[IMG_END]"),
 )
 FAMILY_TOKENS = {
     **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"), QWEN_VL_TOKENS),
@@ -194,9 +198,9 @@ FAMILY_TOKENS = {
     "mistral3": PIXTRAL_TOKENS,
 }
 # The conversation format the embedded default of a family trains in (and `score` prompts in): the family's own
-# chat format where the tiny tokenizer has its tokens (Gemma 3), else LLaVA-OneVision's ChatML ("qwen_1_5"), which
-# is also the chat format of the Qwen-VL and InternVL checkpoints.
-TINY_TEMPLATES = {"gemma3": "gemma"}
+# chat format where the tiny tokenizer has its tokens (Gemma 3, Mistral3), else LLaVA-OneVision's ChatML
+# ("qwen_1_5"), which is also the chat format of the Qwen-VL and InternVL checkpoints.
+TINY_TEMPLATES = {"gemma3": "gemma", "mistral3": "mistral_v7"}
 
 
 def tiny_template(family: str = "llava_onevision") -> str:

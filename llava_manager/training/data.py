@@ -204,7 +204,7 @@ def tokenize(
 
     pieces: list[tuple[str, bool]] = []  # (text, labelled)
     system = [text for role, text in turns if role == "system"]
-    if template.system:
+    if template.system and (system or template.default_system):  # no block where neither gives a system text
         pieces.append((template.system.format(system[0] if system else template.default_system), False))
     for role, text in turns:
         if role == "user":

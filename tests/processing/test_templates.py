@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-from transformers import LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig, PreTrainedTokenizerFast
+from transformers import LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig, Mistral3Config, PreTrainedTokenizerFast
 
 from llava_manager.processing.templates import LLM_TEMPLATES, TEMPLATES, template_for_config
 from llava_manager.synthetic.data import tiny_processor
@@ -138,11 +138,14 @@ def test_the_default_template_follows_the_checkpoints_llm(tmp_path):
         "qwen2": LlavaOnevisionConfig(),
         "llama": LlavaConfig(),
         "mistral": LlavaNextConfig(text_config={"model_type": "mistral"}),
+        "mistral3": Mistral3Config(),  # a Mistral LLM too, speaking Mistral-Small-3.1's v7 format
     }
+    assert Mistral3Config().text_config.model_type == "mistral"
     assert {llm: template_for_config(c) for llm, c in configs.items()} == {
         "qwen2": "qwen_1_5",
         "llama": "vicuna_v1",
         "mistral": "mistral_instruct",
+        "mistral3": "mistral_v7",
     }
     assert set(LLM_TEMPLATES.values()) <= set(TEMPLATES)
     with pytest.raises(ValueError, match=r"'gemma'.*--template: one of qwen_1_5, plain, vicuna_v1, mistral_instruct"):

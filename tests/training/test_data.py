@@ -241,7 +241,7 @@ def test_synthetic_data_answers_need_the_image(tmp_path):
     assert len(json.loads(paths["instruct"].read_text())) == 32
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mistral3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_tiny_processor_saved_with_its_model_loads_back_tokenising_the_same(family, tmp_path):
     """The embedded default's export is scored and evaluated through the processor loaded from its folder: it must
     tokenise as the one the model was trained with. transformers reloads some model types' tokenizers in a class of

@@ -1,9 +1,8 @@
 """The recipes train the families beyond LLaVA (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE,
-InternVL, Gemma 3): the tiny processor of each writes the tokens the tiny model's features fill, in the family's
-chat format with the loss on the answers only; the collator gives the forward its inputs (patch rows and grids,
+InternVL, Gemma 3, Mistral3): the tiny processor of each writes the tokens the tiny model's features fill, in the
+family's chat format with the loss on the answers only; the collator gives the forward its inputs (patch rows and grids,
 tiles, token types); the embedded default trains and exports (managers, processor); the trainable parts are the
-family's; packing keeps the padded losses (M-RoPE positions per sample) or is refused; the real script runs.
-Mistral3 is left out: its processor (PixtralProcessor) needs torchvision."""
+family's; packing keeps the padded losses (M-RoPE positions per sample) or is refused; the real script runs."""
 
 from __future__ import annotations
 
@@ -31,12 +30,12 @@ from llava_manager.training.train import run
 from llava_manager.training.train_args import _CHECKPOINTING, parse
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
-VLM = QWEN + ["internvl", "gemma3"]
+VLM = QWEN + ["internvl", "gemma3", "mistral3"]
 # The embedded default's short run, for the families first in line (the others share their paths).
-TRAINED = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "gemma3"]
+TRAINED = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "gemma3", "mistral3"]
 LINEAR_ATTENTION = ["qwen3_5", "qwen3_5_moe"]
 STEPS = 3
-END_OF_TURN = {"gemma3": "<end_of_turn>"}
+END_OF_TURN = {"gemma3": "<end_of_turn>", "mistral3": "</s>"}
 
 
 def tiny_model(family: str, seed: int = 0):
@@ -121,13 +120,17 @@ def test_the_collated_batch_is_what_the_family_forward_takes(family, folder):
             "image_grid_thw",
             "mm_token_type_ids",
         }
+    elif family == "mistral3":  # the images at their own sizes, padded to the largest, and their sizes
+        sizes = batch["image_sizes"]
+        assert sizes.shape == (3, 2) and pixels.shape == (3, 3, *sizes.max(0).values.tolist())
+        assert set(batch) == {"input_ids", "labels", "attention_mask", "pixel_values", "image_sizes"}
     else:  # InternVL's tiles (with a thumbnail), Gemma 3's one crop an image
         size = model.config.vision_config.image_size
         size = size[0] if isinstance(size, list) else size
         assert pixels.shape[1:] == (3, size, size) and (pixels.shape[0] > 3) == (family == "internvl")
         assert set(batch) == {"input_ids", "labels", "attention_mask", "pixel_values"} | ({key} if key else set())
     # The tokens the processor writes are the features the model produces.
-    image_inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
+    image_inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw", "image_sizes")}
     with torch.no_grad():
         features = model.model.get_image_features(**image_inputs).pooler_output
     rows = sum(len(f) for f in features) if isinstance(features, (list, tuple)) else features.shape[:-1].numel()
@@ -152,6 +155,8 @@ def test_the_family_chat_format_and_the_answers_only_labelled(family, folder):
     if family == "gemma3":
         assert text.startswith("<bos><start_of_turn>user\n") and "<start_of_turn>model\n" in text
         assert "<start_of_image>" + "<image_soft_token>" * 4 + "<end_of_image>" in text
+    elif family == "mistral3":  # v7: BOS, no system block, [INST] ... [/INST] then the answer and </s>
+        assert text.startswith("<s>[INST][IMG]") and text.endswith("[/INST]red.</s>")
     else:
         assert text.startswith("<|im_start|>system") and "<|im_start|>assistant\n" in text
     if family in QWEN:  # each image between its vision start and end tokens, as the chat template writes it
@@ -161,6 +166,8 @@ def test_the_family_chat_format_and_the_answers_only_labelled(family, folder):
         assert "<|vision_start|>" + "<|image_pad|>" * pads + "<|vision_end|>" in text
     if family == "internvl":
         assert "<img>" + "<IMG_CONTEXT>" * 4 in text
+    if family == "mistral3":  # 28 x 56 px, longest side to 32: 2 rows of 4 tokens of 8 x 8 px, a break after each
+        assert "[IMG]" * 4 + "[IMG_BREAK]" + "[IMG]" * 4 + "[IMG_END]" in text
     # the checkpoint's template follows from its LLM, and the embedded default's from the family
     assert template_for_config(model.config) == tiny_template(family)
 
@@ -176,7 +183,7 @@ def test_the_embedded_default_template_per_family():
 # Trainable parts
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "internvl", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "internvl", "gemma3", "mistral3"])
 def test_the_trainable_parts_are_the_family_own(family):
     _, model = tiny_model(family)
     apply_manager(model)
