@@ -147,8 +147,9 @@ def write_shapes_dataset(folder: str | Path, num_samples: int = 512, seed: int =
 
 # The special tokens of each family's tiny tokenizer, under the names the published tokenizers give them: the
 # tokenizer attributes the family's processor reads (`tokenizer` -> token), the tiny config's token-id fields
-# (`config` -> token), the tokens of the family's conversation template (`template`, with `bos`) and the words it
-# writes (`words`). Keyed by the adapter's `image_processor_class` family group through `tiny_tokens(family)`.
+# (`config` -> token), the tokens of the family's conversation template (`template`, with `bos`, and `eos` where it
+# is not `<|im_end|>`) and the words it writes (`words`). Keyed by the adapter's `image_processor_class` family group
+# through `tiny_tokens(family)`.
 # (A candidate adapter attribute: `Family.special_tokens`.)
 QWEN_VL_TOKENS = dict(
     tokenizer={
@@ -187,8 +188,9 @@ GEMMA3_TOKENS = dict(
 PIXTRAL_TOKENS = dict(
     tokenizer={},
     config={"image_token_index": "[IMG]"},
-    template=("[INST]", "[/INST]", "</s>"),
+    template=("[INST]", "[/INST]", "</s>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"),
     bos="<s>",
+    eos="</s>",
     extra=("[IMG]", "[IMG_BREAK]", "[IMG_END]"),
 )
 FAMILY_TOKENS = {
@@ -245,7 +247,7 @@ def tiny_tokenizer(family: str | None = None):
     kwargs = {"bos_token": tokens["bos"]} if tokens is not None and tokens.get("bos") else {}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        eos_token="<|im_end|>",
+        eos_token=(tokens or {}).get("eos", "<|im_end|>"),
         pad_token="<|endoftext|>",
         unk_token="<unk>",
         extra_special_tokens=dict(named_tokens),

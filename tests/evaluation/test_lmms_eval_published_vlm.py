@@ -1,11 +1,11 @@
 """`--model llava_manager` on checkpoints laid out like the published ones of the non-LLaVA families (Qwen2-VL,
-Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE, InternVL3-hf, Gemma 3; tests/support/published_vlm.py;
-Mistral 3 / Pixtral are left out: their processor needs torchvision): their config.json, processor files,
-chat template and tokenizer with the special tokens at their real ids. Loaded through the class lmms-eval resolves,
-prompted with the checkpoint's own chat template, generation and log-likelihoods checked against an independent
-computation (transformers' `processor.apply_chat_template` with the image in the message, full forwards without
-cache, the token types extended over the continuation by hand), and one real lmms-eval run per checkpoint on the
-package's shapes tasks (generation + multiple choice)."""
+Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE, InternVL3-hf, Gemma 3, Mistral 3 (Mistral-Small-3.1, whose
+`PixtralProcessor` runs on its PIL image processor without torchvision); tests/support/published_vlm.py): their
+config.json, processor files, chat template and tokenizer with the special tokens at their real ids. Loaded through
+the class lmms-eval resolves, prompted with the checkpoint's own chat template, generation and log-likelihoods
+checked against an independent computation (transformers' `processor.apply_chat_template` with the image in the
+message, full forwards without cache, the token types extended over the continuation by hand), and one real lmms-eval
+run per checkpoint on the package's shapes tasks (generation + multiple choice)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,18 @@ PROMPTS = {
     ),
     "InternVL3-1B-hf": f"<|im_start|>user\n<IMG_CONTEXT>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n",
     "gemma-3-4b-it": f"<bos><start_of_turn>user\n<start_of_image>{QUESTION}<end_of_turn>\n<start_of_turn>model\n",
+    # Mistral Small 3's default system turn, with the day the template renders it (`strftime_now`); no generation
+    # prompt: the answer follows [/INST].
+    "Mistral-Small-3.1-24B-Instruct-2503": (
+        "<s>[SYSTEM_PROMPT]You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI, a French "
+        "startup headquartered in Paris.\nYour knowledge base was last updated on 2023-10-01. The current date is "
+        "{today}.\n\nWhen you're not sure about some information, you say that you don't have the information and "
+        "don't make up anything.\nIf the user's question is not clear, ambiguous, or does not provide enough context "
+        "for you to accurately answer the question, you do not try to answer it right away and you rather ask the "
+        'user to clarify their request (e.g. "What are some good restaurants around me?" => "Where are you?" or '
+        '"When is the next flight to Tokyo" => "Where do you travel from?")[/SYSTEM_PROMPT]'
+        f"[INST][IMG]{QUESTION}[/INST]"
+    ),
 }
 PROMPTS["Qwen2.5-VL-3B-Instruct"] = PROMPTS["Qwen2-VL-7B-Instruct"]
 for _name in ("Qwen3-VL-30B-A3B-Instruct", "Qwen3.5-27B", "Qwen3.5-35B-A3B"):
@@ -61,10 +74,29 @@ IMAGE_TOKEN_IDS = {
     "Qwen3.5-35B-A3B": 248056,
     "InternVL3-1B-hf": 151667,
     "gemma-3-4b-it": 262144,
+    "Mistral-Small-3.1-24B-Instruct-2503": 10,
 }
+# Tekken's control tokens at their real ids (Mistral-Small-3.1), and two bytes of its regular vocabulary (byte b at
+# 1000 + b); transformers' Mistral 3 processor test shows <s>, [IMG], [IMG_BREAK], [IMG_END] and these bytes there.
+TOKEN_IDS = {
+    "Mistral-Small-3.1-24B-Instruct-2503": {
+        "<unk>": 0, "<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "[IMG]": 10, "<pad>": 11, "[IMG_BREAK]": 12,
+        "[IMG_END]": 13, "[SYSTEM_PROMPT]": 17, "[/SYSTEM_PROMPT]": 18,
+    },
+}  # fmt: skip
+BYTE_IDS = {"Mistral-Small-3.1-24B-Instruct-2503": {" ": [1032], "\n": [1010]}}
+# The image's tokens for DOCS[0] (80x40) where a checkpoint writes more than a run of image tokens: Pixtral at
+# longest_edge 32 with 8 px per token (4 px patches, 2 x 2 merge) resizes it to 32x16, 2 rows of 4 [IMG], each row
+# but the last closed by [IMG_BREAK], the image by [IMG_END].
+IMAGE_LAYOUTS = {"Mistral-Small-3.1-24B-Instruct-2503": [10, 10, 10, 10, 12, 10, 10, 10, 10, 13]}
 # <|im_start|>, <|im_end|>, <|vision_start|>, <|image_pad|> of the Qwen checkpoints: Qwen2's ids, or Qwen3.5's
 # (248045 and 248046 reconstructed; 248053 and 248056 as transformers' Qwen3.5 configs have them).
 QWEN_CHAT_IDS = {"Qwen3.5-27B": [248045, 248046, 248053, 248056], "Qwen3.5-35B-A3B": [248045, 248046, 248053, 248056]}
+
+
+def expected_prompt(name: str) -> str:
+    """PROMPTS[name] on the day a chat template's `strftime_now("%Y-%m-%d")` renders now."""
+    return PROMPTS[name].replace("{today}", datetime.now().strftime("%Y-%m-%d"))
 
 
 def noise(mode: str, width: int, height: int, seed: int) -> Image.Image:
@@ -193,9 +225,20 @@ def test_the_checkpoint_is_laid_out_as_published(published):
         tokens = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>"]
         assert tokenizer.convert_tokens_to_ids(tokens) == wanted and config["vision_start_token_id"] == wanted[2]
         assert len(tokenizer) <= config.get("text_config", config)["vocab_size"]  # every token has an embedding row
+    if name in TOKEN_IDS:
+        wanted = TOKEN_IDS[name]
+        assert tokenizer.convert_tokens_to_ids(list(wanted)) == list(wanted.values())
+        assert len(tokenizer) == config["text_config"]["vocab_size"]  # a token for each row of the published embedding
+        for text, byte_ids in BYTE_IDS[name].items():
+            assert tokenizer(text, add_special_tokens=False)["input_ids"] == byte_ids
     inputs = chat_inputs(processor, DOCS[0]["image"])
     ids = inputs["input_ids"][0]
     assert (ids == image_id).sum() > 0
+    if name in IMAGE_LAYOUTS:
+        start = int((ids == image_id).nonzero()[0])
+        layout = IMAGE_LAYOUTS[name]
+        assert ids[start : start + len(layout)].tolist() == layout
+        assert (ids == image_id).sum() == layout.count(image_id)  # no other image tokens
     key = FAMILIES[PUBLISHED_VLM[name][0]].token_type_key
     if key:
         assert inputs[key][0].tolist() == (ids == image_id).long().tolist()
@@ -206,7 +249,7 @@ def test_llava_manager_scores_a_published_layout_like_the_model(published):
     family = PUBLISHED_VLM[name][0]
     lm = lmms_model(directory, batch_size=2)
     assert lm.family is FAMILIES[family] and isinstance(lm.model, FAMILIES[family].model_class)
-    assert lm.prompt_format == "chat_template" and lm.prompt(QUESTION, 1) == PROMPTS[name]
+    assert lm.prompt_format == "chat_template" and lm.prompt(QUESTION, 1) == expected_prompt(name)
 
     model = llava_manager.from_pretrained(directory, dtype=torch.float32).eval()
     processor = load_processor(directory)

@@ -174,3 +174,30 @@ def test_the_embedded_default_keeps_qwen_1_5_for_every_family(family):
     for stage, expected in [("stage1", "plain"), ("stage1_5", "qwen_1_5"), ("stage2", "qwen_1_5")]:
         model_args, _, data_args, _ = parse(stage, ["--family", family])
         assert choose_template(model_args, data_args) == expected
+
+
+@pytest.mark.parametrize("with_system", [True, False])
+def test_mistral_v7_writes_what_mistral_small_3_1s_chat_template_writes(with_system):
+    """The training text of `mistral_v7` is the published chat template's rendering of the same conversation (its
+    text as transformers' Mistral3 processor test quotes it), token for token, with the answers and their </s>
+    labelled; with no system turn the published template writes its default system message, which this template
+    leaves out."""
+    from support.published_vlm import MISTRAL3_TEMPLATE
+
+    from llava_manager.training.data import tokenize
+
+    tokenizer = tiny_processor(family="mistral3").tokenizer
+    turns = [("user", "What colour is the shape ?"), ("assistant", "red ."), ("user", "Is it round ?")]
+    turns += [("assistant", "yes .")]
+    system = [("system", "Answer in one word .")] if with_system else []
+    # (the published template reads a system turn's text from typed content only)
+    messages = [{"role": "system", "content": [{"type": "text", "text": text}]} for _, text in system]
+    messages += [{"role": role, "content": text} for role, text in turns]
+    published = tokenizer.apply_chat_template(messages, chat_template=MISTRAL3_TEMPLATE, tokenize=False)
+    ids, labels = tokenize(system + turns, TEMPLATES["mistral_v7"], tokenizer, [])
+    if not with_system:  # the published default system block, then the same conversation
+        start, end = published.index("[SYSTEM_PROMPT]"), published.index("[/SYSTEM_PROMPT]") + len("[/SYSTEM_PROMPT]")
+        published = published[:start] + published[end:]
+    assert ids == tokenizer(published, add_special_tokens=False)["input_ids"]
+    labelled = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert labelled.replace(" ", "") == "red.</s>yes.</s>"

@@ -7,8 +7,9 @@ under their published names (preprocessor_config.json, processor_config.json whe
 chat_template.json or chat_template.jinja), and a tokenizer (tokenizer.json, tokenizer_config.json,
 special_tokens_map.json; vocab.json / merges.txt for the Qwen tokenizers) whose special tokens sit at their REAL ids:
 the vocabularies are padded with unreachable filler entries to the published sizes (Qwen 151,643 regular tokens,
-Qwen3.5 248,044, Gemma 3 262,144), so the model's embedding has the published number of rows (Qwen2-VL-7B 152,064,
-Qwen2.5-VL-3B and Qwen3-VL 151,936, Qwen3.5 248,320, InternVL3-1B 151,674, Gemma 3 262,208). Ordinary words get
+Qwen3.5 248,044, Gemma 3 262,144, Tekken 131,072 with its 1000 control tokens), so the model's embedding has the
+published number of rows (Qwen2-VL-7B 152,064, Qwen2.5-VL-3B and Qwen3-VL 151,936, Qwen3.5 248,320, InternVL3-1B
+151,674, Gemma 3 262,208, Mistral-Small-3.1 131,072). Ordinary words get
 made-up ids (a tiny BPE over the words the tests use, byte fallback for the rest); only the special tokens' ids are
 the real ones. Everything is built offline in code; nothing is downloaded. The sizes are shrunk further for the
 Qwen3.5 ones (4 decoder layers, so that one is full attention) and the MoE ones (4 experts).
@@ -64,8 +65,43 @@ Real vs reconstructed (sources: /tmp/published_vlm/fixtures.md of this work, its
   248044], pad 248044), the processor (Qwen3VLProcessor, transformers' mapping for both model types, with
   Qwen3-VL's processor files) and the chat template (Qwen3-VL's reconstructed one: the real Qwen3.5 template, with
   its thinking block, is not reproduced): reconstructed by analogy with Qwen3-VL.
-- Mistral 3 (Mistral-Small-3.1) and Pixtral are not written: their PixtralProcessor needs torchvision, which the
-  test environment does not have.
+- Mistral-Small-3.1-24B-Instruct-2503 (mistral3; transformers' own PixtralProcessor, which
+  `llava_manager.processing.pixtral` imports without torchvision, on the PIL image processor). config.json: the
+  published file as a stored NVIDIA/TensorRT-LLM test quotes it
+  (tests/unittest/_torch/modeling/test_modeling_mistral.py, code index id 66981536: image_token_index 10,
+  multimodal_projector_bias false, gelu projector, spatial_merge_size 2, vision_feature_layer -1, torch_dtype
+  bfloat16, transformers_version 4.50.0.dev0, the text and vision fields), the shape of
+  `families.mistral3.mistral_small_3_1_config`, sizes shrunk: Mistral 2 layers of 32 (4 heads of 8, 2 KV), vocab
+  131072; Pixtral 2 layers of 24 (3 heads of 8), patch 14 -> 4, image_size 1540 (110 patches a side) -> 32 (8). It
+  names no tie_word_embeddings: transformers 5's Mistral3Config then says True, and keeps the checkpoint's own lm_head
+  apart with a warning, as for the real one (the fixture's lm_head is its own too). Its transformers_version (< 5)
+  also draws transformers' warning that the tokenizer has Mistral's old, incorrect split regex (the one written here
+  is already the corrected one). chat_template.json: VERBATIM: the template text of transformers'
+  tests/models/mistral3/test_processing_mistral3.py (code index id 702005480, given there to the processor of
+  hf-internal-testing/Mistral-Small-3.1-24B-Instruct-2503-only-processor) and of a stored chat_template.json (code
+  index id 37629121341), identical (default system turn "You are Mistral Small 3 ..." with `strftime_now`, `[IMG]` per
+  image, no generation prompt); transformers' integration tests of the published repo patch that
+  `strftime_now("%Y-%m-%d")` in its processor's template (test_modeling_mistral3.py, code index id 54820432189).
+  processor_config.json: the keys of the published file as mlx-vlm's conversion test quotes it (Blaizzy/mlx-vlm
+  mlx_vlm/tests/test_convert.py, code index id 19716133365: image / break / end tokens, patch_size 14,
+  PixtralProcessor) plus spatial_merge_size 2 (the config's; transformers PR 37019 made the processor read it [memory,
+  that the published file has it]); patch 14 -> 4. preprocessor_config.json: the 2503 file was NOT found; written as a
+  stored verbatim Magistral-Small-2509 preprocessor_config.json (code index id 59544285694: the same
+  PixtralImageProcessor, CLIP mean / std, resample 3, patch_size {14, 14}, longest_edge 1540) with patch 14 -> 4 and
+  longest_edge 1540 -> 32, the tiny tower's image_size [partly reconstructed]. generation_config.json: bos 1, eos 2,
+  pad 11 [memory; Mistral-Small-24B-Instruct-2501's file (github OpenMOSE/RWKV-LM-RLHF
+  main/tokenizer/mistralsmall3/generation_config.json, code index id 5451230696) has bos 1 / eos 2, plus sampling
+  fields]. Tokenizer: real ids for Tekken v7's 1000 control tokens (<unk> 0, <s> 1, </s> 2, [INST] 3, [/INST] 4,
+  [AVAILABLE_TOOLS] 5 .. [TOOL_CALLS] 9, [IMG] 10, <pad> 11, [IMG_BREAK] 12, [IMG_END] 13, [PREFIX] 14 .. [SUFFIX] 16,
+  [SYSTEM_PROMPT] 17, [/SYSTEM_PROMPT] 18, [TOOL_CONTENT] 19 as meta-pytorch/tokenizers src/tekken.cpp lists them,
+  code index id 7517730328, and <SPECIAL_20> .. <SPECIAL_999> as it fills the rest), and for the 256 bytes (byte b at
+  1000 + b), the split pattern and the 131,072 ids of Mistral-Small-24B-Instruct-2501's tekken.json
+  (OpenMOSE/RWKV-LM-RLHF main/tokenizer/mistralsmall3/tekken.json, code index id 66408240780; the same v7 tokenizer);
+  transformers' processor test confirms <s> 1, [IMG] 10, [IMG_BREAK] 12, [IMG_END] 13 and the bytes "\\n" 1010, " "
+  1032, ":" 1058, "?" 1063. tokenizer.json's pipeline (the pattern's Split, ByteLevel, `<s>` prepended),
+  tokenizer_config.json (LlamaTokenizerFast, add_bos_token, pad <pad>: transformers' integration test pads batches
+  with the published processor) and special_tokens_map.json: RECONSTRUCTED [memory]. tekken.json, params.json and the
+  consolidated weights of the repo are not written.
 - InternVL3-1B-hf. config.json: the transformers 5 layout of `families.internvl.internvl3_1b_config` (top level and
   text part from hf-internal-testing/tiny-processor-internvl; vision defaults [TFD]), sizes shrunk, image_token_id
   151667, vocab 151674. Tokens: Qwen2.5's 151643..151664, then <img> 151665, </img> 151666, <IMG_CONTEXT> 151667
@@ -89,9 +125,16 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
-from support.published import QWEN2_PRETOKENIZE_REGEX, _bpe, tiny_vocab_and_merges
+from support.published import (
+    MERGED_WORDS,
+    QWEN2_PRETOKENIZE_REGEX,
+    _bpe,
+    _bytes_to_unicode,
+    tiny_vocab_and_merges,
+)
 
 # name -> (family, published repo)
 PUBLISHED_VLM = {
@@ -103,6 +146,7 @@ PUBLISHED_VLM = {
     "Qwen3.5-35B-A3B": ("qwen3_5_moe", "Qwen/Qwen3.5-35B-A3B"),
     "InternVL3-1B-hf": ("internvl", "OpenGVLab/InternVL3-1B-hf"),
     "gemma-3-4b-it": ("gemma3", "google/gemma-3-4b-it"),
+    "Mistral-Small-3.1-24B-Instruct-2503": ("mistral3", "mistralai/Mistral-Small-3.1-24B-Instruct-2503"),
 }
 _FLAGS = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
 
@@ -160,6 +204,67 @@ GEMMA3_TEMPLATE = (
     "{%- endfor -%}\n{%- if add_generation_prompt -%}\n    {{'<start_of_turn>model\n'}}\n{%- endif -%}\n"
 )
 
+# Mistral-Small-3.1's chat_template.json (verbatim text; see the module doc): a default system turn with today's
+# date (`strftime_now`), `[IMG]` per image, no generation prompt (the turn ends with `[/INST]`).
+MISTRAL3_TEMPLATE = (
+    "{%- set today = strftime_now(\"%Y-%m-%d\") %}\n"
+    "{%- set default_system_message = \"You are Mistral Small 3, a Large Language Model (LLM) "
+    "created by Mistral AI, a French startup headquartered in Paris.\\nYour knowledge base was last "
+    "updated on 2023-10-01. The current date is \" + today + \".\\n\\nWhen you're not sure about some "
+    "information, you say that you don't have the information and don't make up anything.\\nIf the "
+    "user's question is not clear, ambiguous, or does not provide enough context for you to "
+    "accurately answer the question, you do not try to answer it right away and you rather ask the "
+    "user to clarify their request (e.g. \\\"What are some good restaurants around me?\\\" => \\\"Where "
+    "are you?\\\" or \\\"When is the next flight to Tokyo\\\" => \\\"Where do you travel from?\\\")\" %}\n"
+    "\n"
+    "{{- bos_token }}\n"
+    "\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- if messages[0] is string %}\n"
+    "        {%- set system_message = messages[0]['content'] %}\n"
+    "        {%- set loop_messages = messages[1:] %}\n"
+    "    {%- else %} \n"
+    "        {%- set system_message = messages[0]['content'][0]['text'] %}\n"
+    "        {%- set loop_messages = messages[1:] %}\n"
+    "    {%- endif %}\n"
+    "{%- else %}\n"
+    "    {%- set system_message = default_system_message %}\n"
+    "    {%- set loop_messages = messages %}\n"
+    "{%- endif %}\n"
+    "{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}\n"
+    "\n"
+    "{%- for message in loop_messages %}\n"
+    "    {%- if message['role'] == 'user' %}\n"
+    "            {%- if message['content'] is string %}\n"
+    "            {{- '[INST]' + message['content'] + '[/INST]' }}\n"
+    "            {%- else %}\n"
+    "                    {{- '[INST]' }}\n"
+    "                    {%- for block in message['content'] %}\n"
+    "                            {%- if block['type'] == 'text' %}\n"
+    "                                    {{- block['text'] }}\n"
+    "                            {%- elif block['type'] == 'image' or block['type'] == 'image_url' %}\n"
+    "                                    {{- '[IMG]' }}\n"
+    "                                {%- else %}\n"
+    "                                    {{- raise_exception('Only text and image blocks are "
+    "supported in message content!') }}\n"
+    "                                {%- endif %}\n"
+    "                        {%- endfor %}\n"
+    "                    {{- '[/INST]' }}\n"
+    "                {%- endif %}\n"
+    "    {%- elif message['role'] == 'system' %}\n"
+    "        {{- '[SYSTEM_PROMPT]' + message['content'] + '[/SYSTEM_PROMPT]' }}\n"
+    "    {%- elif message['role'] == 'assistant' %}\n"
+    "        {%- if message['content'] is string %}\n"
+    "            {{- message['content'] + eos_token }}\n"
+    "        {%- else %}\n"
+    "            {{- message['content'][0]['text'] + eos_token }}\n"
+    "        {%- endif %}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception('Only user, system and assistant roles are supported!') }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}"
+)
+
 # ---- special tokens ------------------------------------------------------------------------------------------------
 QWEN2_VL_SPECIALS = {
     151643: "<|endoftext|>",
@@ -215,6 +320,39 @@ GEMMA3_SPECIALS = {
     262144: "<image_soft_token>",
 }
 GEMMA3_REGULAR = 262144  # the SentencePiece vocabulary; <image_soft_token> is added after it
+# Tekken v7 (Mistral-Small-3.1): the first 1000 ids are control tokens, these 20 named and the rest <SPECIAL_i>; the
+# regular vocabulary follows, its 256 single bytes first, in byte order (byte b at id 1000 + b), 131,072 ids in all.
+TEKKEN_SPECIALS = {
+    0: "<unk>",
+    1: "<s>",
+    2: "</s>",
+    3: "[INST]",
+    4: "[/INST]",
+    5: "[AVAILABLE_TOOLS]",
+    6: "[/AVAILABLE_TOOLS]",
+    7: "[TOOL_RESULTS]",
+    8: "[/TOOL_RESULTS]",
+    9: "[TOOL_CALLS]",
+    10: "[IMG]",
+    11: "<pad>",
+    12: "[IMG_BREAK]",
+    13: "[IMG_END]",
+    14: "[PREFIX]",
+    15: "[MIDDLE]",
+    16: "[SUFFIX]",
+    17: "[SYSTEM_PROMPT]",
+    18: "[/SYSTEM_PROMPT]",
+    19: "[TOOL_CONTENT]",
+}
+TEKKEN_NUM_SPECIAL = 1000
+TEKKEN_SPECIALS.update({i: f"<SPECIAL_{i}>" for i in range(len(TEKKEN_SPECIALS), TEKKEN_NUM_SPECIAL)})
+TEKKEN_VOCAB = 131072
+# The split pattern of tekken.json's config (Mistral-Small-24B-Instruct-2501's, the same v7 tokenizer).
+TEKKEN_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+    r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")  # Qwen3VLProcessor, no default system turn
 QWEN3_5_FAMILIES = ("qwen3_5", "qwen3_5_moe")
 # Qwen3.5's 248,320-row vocabulary: RECONSTRUCTED as Qwen3's added tokens moved up by 248044 - 151643, which puts
@@ -560,6 +698,51 @@ def config_dict(name: str) -> dict:
                 "vision_use_head": False,
             },
         }
+    if family == "mistral3":
+        return {
+            "architectures": ["Mistral3ForConditionalGeneration"],
+            "image_token_index": 10,
+            "model_type": "mistral3",
+            "multimodal_projector_bias": False,
+            "projector_hidden_act": "gelu",
+            "spatial_merge_size": 2,
+            "text_config": {
+                "attention_dropout": 0.0,
+                "head_dim": 8,  # published 128
+                "hidden_act": "silu",
+                "hidden_size": 32,  # published 5120
+                "initializer_range": 0.02,
+                "intermediate_size": 64,  # published 32768
+                "max_position_embeddings": 131072,
+                "model_type": "mistral",
+                "num_attention_heads": 4,  # published 32
+                "num_hidden_layers": 2,  # published 40
+                "num_key_value_heads": 2,  # published 8
+                "rms_norm_eps": 1e-05,
+                "rope_theta": 1000000000.0,
+                "sliding_window": None,
+                "use_cache": True,
+                "vocab_size": 131072,
+            },
+            "torch_dtype": "bfloat16",
+            "transformers_version": "4.50.0.dev0",
+            "vision_config": {
+                "attention_dropout": 0.0,
+                "head_dim": 8,  # published 64
+                "hidden_act": "silu",
+                "hidden_size": 24,  # published 1024
+                "image_size": 32,  # published 1540 = 110 patches of 14 a side; here 8 patches of 4
+                "initializer_range": 0.02,
+                "intermediate_size": 48,  # published 4096
+                "model_type": "pixtral",
+                "num_attention_heads": 3,  # published 16
+                "num_channels": 3,
+                "num_hidden_layers": 2,  # published 24
+                "patch_size": 4,  # published 14
+                "rope_theta": 10000.0,
+            },
+            "vision_feature_layer": -1,
+        }
     raise KeyError(name)
 
 
@@ -580,6 +763,13 @@ GENERATION_CONFIGS = {
     "qwen3_5_moe": {"bos_token_id": 248044, "eos_token_id": [248046, 248044], "pad_token_id": 248044},
     "internvl": {"_from_model_config": True, "bos_token_id": 151643, "eos_token_id": 151645},
     "gemma3": {"bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 106], "pad_token_id": 0},
+    "mistral3": {
+        "_from_model_config": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 11,
+        "transformers_version": "4.50.0.dev0",
+    },
 }
 
 QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 256, 4096  # published 3136 / 12845056 at 14 px patches; here 4 px patches
@@ -654,6 +844,41 @@ def processor_files(name: str) -> dict[str, dict]:
             "preprocessor_config.json": preprocessor,
             "processor_config.json": {"image_seq_length": 4, "processor_class": "Gemma3Processor"},
             "chat_template.json": {"chat_template": GEMMA3_TEMPLATE},
+        }
+    if family == "mistral3":
+        preprocessor = {
+            "crop_size": None,
+            "data_format": "channels_first",
+            "default_to_square": True,
+            "device": None,
+            "do_center_crop": None,
+            "do_convert_rgb": True,
+            "do_normalize": True,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_processor_type": "PixtralImageProcessor",
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "input_data_format": None,
+            "patch_size": {"height": 4, "width": 4},  # published 14
+            "processor_class": "PixtralProcessor",
+            "resample": 3,
+            "rescale_factor": 0.00392156862745098,
+            "return_tensors": None,
+            "size": {"longest_edge": 32},  # published 1540, the tower's image_size
+        }
+        processor = {
+            "image_break_token": "[IMG_BREAK]",
+            "image_end_token": "[IMG_END]",
+            "image_token": "[IMG]",
+            "patch_size": 4,  # published 14
+            "processor_class": "PixtralProcessor",
+            "spatial_merge_size": 2,
+        }
+        return {
+            "preprocessor_config.json": preprocessor,
+            "processor_config.json": processor,
+            "chat_template.json": {"chat_template": MISTRAL3_TEMPLATE},
         }
     raise KeyError(name)
 
@@ -850,6 +1075,81 @@ def _gemma_tokenizer_config() -> dict:
     }
 
 
+def _mistral3_words() -> list[str]:
+    """The words that get whole-word merges in the Tekken fixture: the tests' words and those of the chat template's
+    default system message (so that the prompt is not spelled out byte by byte)."""
+    system = MISTRAL3_TEMPLATE.split('default_system_message = "')[1].split('" %}')[0].replace("\\n", " ")
+    return sorted(set(MERGED_WORDS) | set(re.findall(r"[A-Za-z]+", system)))
+
+
+@functools.lru_cache(maxsize=1)
+def _tekken_tokenizer_json() -> str:
+    """A byte-level BPE laid out as Tekken v7's tokenizer.json: the 1000 control tokens at ids 0-999, the 256 bytes
+    at 1000 + byte value (their Tekken ranks + 1000), tekken's split pattern, `<s>` prepended; 131,072 entries.
+    Ordinary words get made-up ids after the bytes (a tiny BPE over `_mistral3_words`), the rest is unreachable
+    filler."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    byte_symbols = _bytes_to_unicode()
+    vocab = {token: i for i, token in TEKKEN_SPECIALS.items()}
+    for b in range(256):
+        vocab[byte_symbols[b]] = TEKKEN_NUM_SPECIAL + b
+    merges, ranks = [], {}
+    for word in _mistral3_words():
+        for form in (word, " " + word):
+            symbols = [byte_symbols[b] for b in form.encode("utf-8")]
+            pieces = _bpe(symbols, ranks)
+            while len(pieces) > 1:
+                pair = (pieces[0], pieces[1])
+                ranks[pair] = len(merges)
+                merges.append(pair)
+                vocab.setdefault(pair[0] + pair[1], len(vocab))
+                pieces = _bpe(symbols, ranks)
+    filler = 0
+    while len(vocab) < TEKKEN_VOCAB:  # unreachable entries: no merge produces them
+        vocab[f"<unused_filler_{filler}>"] = len(vocab)
+        filler += 1
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(TEKKEN_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
+    backend.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    backend.add_special_tokens(
+        [AddedToken(TEKKEN_SPECIALS[i], special=True, normalized=False) for i in sorted(TEKKEN_SPECIALS)]
+    )
+    for i, token in TEKKEN_SPECIALS.items():
+        assert backend.token_to_id(token) == i, (token, i)
+    assert backend.get_vocab_size() == TEKKEN_VOCAB
+    return backend.to_str()
+
+
+def _tekken_tokenizer_config() -> dict:
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": {
+            str(i): {"content": c, **_FLAGS, "special": True} for i, c in sorted(TEKKEN_SPECIALS.items())
+        },
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "extra_special_tokens": {},
+        "legacy": True,
+        "model_max_length": 1000000000000000019884624838656,
+        "pad_token": "<pad>",
+        "processor_class": "PixtralProcessor",
+        "tokenizer_class": "LlamaTokenizerFast",
+        "unk_token": "<unk>",
+        "use_default_system_prompt": False,
+    }
+
+
 # ---- the checkpoint ----------------------------------------------------------------------------------------------
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -865,6 +1165,10 @@ def build_model(name: str, seed: int = 0):
     family, _ = PUBLISHED_VLM[name]
     adapter = FAMILIES[family]
     config = adapter.config_class.from_dict(config_dict(name))
+    if family == "mistral3":
+        # The published checkpoint has its own lm_head (its config.json says nothing of tying; transformers 5's
+        # Mistral3Config defaults to tying, and keeps two different saved matrices apart, with a warning).
+        config.tie_word_embeddings = False
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = adapter.model_class(config)
@@ -902,6 +1206,10 @@ def write_published_vlm(directory: str | Path, name: str, seed: int = 0) -> Path
         special = {"boi_token": "<start_of_image>", "bos_token": "<bos>", "eoi_token": "<end_of_image>",
                    "eos_token": "<eos>", "image_token": "<image_soft_token>", "pad_token": "<pad>",
                    "unk_token": "<unk>"}  # fmt: skip
+    elif family == "mistral3":
+        (directory / "tokenizer.json").write_text(_tekken_tokenizer_json(), encoding="utf-8")
+        _write_json(directory / "tokenizer_config.json", _tekken_tokenizer_config())
+        special = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
     else:
         tokenizer_json, vocab_json, merges_txt = _qwen_tokenizer_json(family)
         (directory / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
