@@ -594,6 +594,11 @@ def _cache_of(output):
 
 def _cache_argument(model) -> str:
     """The name `prepare_inputs_for_generation` takes the cache under: `cache` (transformers >= 5.24),
-    `past_key_values` before."""
-    parameters = inspect.signature(model.prepare_inputs_for_generation).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+    `past_key_values` before; where it takes the cache through `**kwargs` only (Gemma 3's), the name of `forward`'s
+    (the old name there warns that it is deprecated, and is to go)."""
+    for method in (model.prepare_inputs_for_generation, model.forward):
+        parameters = inspect.signature(method).parameters
+        for name in ("cache", "past_key_values"):
+            if name in parameters:
+                return name
+    return "past_key_values"
