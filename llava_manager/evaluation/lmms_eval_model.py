@@ -39,7 +39,9 @@ families were supported); it refuses other checkpoints before loading them. What
   tokenised without special tokens, as `apply_chat_template` does.
   A document whose image the model cannot represent, or that fails on its image, is refused with a logged message
   naming the task, doc_id and reason, and the rest of the batch is scored: it gets "" in generation and a +inf
-  negative log-likelihood (never preferred over a scored choice) in loglikelihood, for each of its requests.
+  negative log-likelihood (never preferred over a scored choice) in loglikelihood, for each of its requests. When the
+  first documents all fail at run time, before any has scored, the third failure stops the evaluation with an error
+  instead (a failure of every document is the model's or its setup's, not an image's).
 Videos are not scored: a video visual is refused like any other visual that is not an image.
 
 Response store (`response_cache=auto|none|FOLDER`, see `llava_manager.evaluation.responses`): every answer is
@@ -54,7 +56,8 @@ memory), which run again.
 
 Batch size: answers do not depend on `--batch_size` (tested through the command line at 1 and 8 on documents of
 different prompt lengths and image sizes, `tests/evaluation/test_lmms_eval.py`): generation pads on the left with
-an attention mask (transformers derives the position ids from it), each document's image tokens are laid out by the
+an attention mask (transformers derives the position ids from it; a tokenizer without a pad token, e.g. Pixtral-12B's,
+pads with its EOS token), each document's image tokens are laid out by the
 processor for its own image, and loglikelihood pads its batches of prompts on the left in the same way (the
 continuations on the right, where nothing before them attends to the padding). The batch size is not part of the
 store's keys.
@@ -104,6 +107,9 @@ ARGS = (
     "max_batch_size",
     "response_cache",
 )
+# A document refused on a run-time failure is one image's problem only while others score: this many such refusals
+# before any document has scored stop the evaluation instead (`LlavaManager._run_time_failure`).
+RUN_TIME_FAILURES = 3
 LOGLIKELIHOOD_GROUP = 16  # loglikelihood answers are written to the response store in groups of this many
 
 
@@ -170,6 +176,9 @@ class LlavaManager(LlavaHf):
         self._image_processor = load_processor(pretrained, revision=revision)
         self._tokenizer = self._image_processor.tokenizer
         self._tokenizer.padding_side = "left"
+        self._scored_documents = self._run_time_failures = 0  # so far; see _run_time_failure
+        if self._tokenizer.pad_token is None:  # e.g. Pixtral-12B's: batches pad with EOS, under the attention mask
+            self._tokenizer.pad_token = self._tokenizer.eos_token
         if chat_template and Path(chat_template).is_file():
             chat_template = Path(chat_template).read_text()
         # The family's own format by default (OneVision: qwen_1_5, as lmms-eval's `llava_onevision`; the others:
@@ -356,6 +365,7 @@ class LlavaManager(LlavaHf):
                 usable[k] = self.visuals(doc_to_visual, doc_id, task, split)
             except ImageError as error:
                 refused += self._refuse(args, question, error, answers)
+        failures = []
         try:
             scores = self._score_questions(args, [batch[k] for k in usable], list(usable.values()))
         except Exception:  # a run-time failure the checks did not foresee: each question on its own
@@ -366,9 +376,13 @@ class LlavaManager(LlavaHf):
                 except Exception as error:
                     if not usable[k]:
                         raise  # a document without images: not an image problem
+                    failures.append(error)
                     refused += self._refuse(args, batch[k], error, answers)
                     transient.update(batch[k])
                     del usable[k]
+        self._scored_documents += len(usable)
+        for error in failures:
+            self._run_time_failure(error)
         for k, question_scores in zip(usable, scores):
             answers.update(zip(batch[k], question_scores))
         return answers, transient, refused
@@ -486,7 +500,7 @@ class LlavaManager(LlavaHf):
                 except ImageError as error:
                     refused += 1
                     self._log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
-            generated = []
+            generated, failures = [], []
             if usable:
                 try:
                     generated = self._generate([contexts[k] for k in usable], list(usable.values()), kwargs)
@@ -497,10 +511,14 @@ class LlavaManager(LlavaHf):
                         except Exception as error:
                             if not usable[k]:
                                 raise  # a document without images: not an image problem
+                            failures.append(error)
                             del usable[k]
                             refused += 1
                             transient.add(k)
                             self._log_refusal(tasks[k], splits[k], doc_ids[k], error, 'it gets an empty answer ("")')
+            self._scored_documents += len(usable)
+            for error in failures:
+                self._run_time_failure(error)
             for k, text in zip(list(usable), generated):
                 for stop in until:
                     if stop:
@@ -565,9 +583,22 @@ class LlavaManager(LlavaHf):
             )
         return self._tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
+    def _run_time_failure(self, error: Exception) -> None:
+        """Counts a document refused on a run-time failure; raises when RUN_TIME_FAILURES of them have failed before
+        any document scored: a failure of every document is the model's or its setup's (a tokenizer that cannot
+        pad, a device out of memory for any image), not one image's, and refusing them all would give a score of
+        nothing but refusals."""
+        self._run_time_failures += 1
+        if not self._scored_documents and self._run_time_failures >= RUN_TIME_FAILURES:
+            raise RuntimeError(
+                f"{self.name}: the first {self._run_time_failures} documents with images all failed at run time, "
+                f"the last with {error!r}; that is not one image's problem, so nothing is refused and the evaluation "
+                "stops (the failing call's traceback is above this one)."
+            ) from error
+
     def _log_refusal(self, task, split, doc_id, error: Exception, outcome: str) -> None:
         """A refused document, named so it can be found (and excluded) in the results."""
-        why = str(error) if isinstance(error, ImageError) else f"it failed on its image: {error!r}"
+        why = str(error) if isinstance(error, ImageError) else f"it failed at run time on its image: {error!r}"
         eval_logger.error(f"{self.name}: refusing document {doc_id} of task {task} (split {split}): {why}; {outcome}.")
 
     def _log_refusal_count(self, kind: str, refused: int, total: int) -> None:

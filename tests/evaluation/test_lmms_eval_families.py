@@ -407,3 +407,41 @@ def test_stored_answers_come_back_without_the_model(saved, tmp_path, monkeypatch
     other = lmms_model("llava_manager", directory, response_cache=str(store), prompt_format="chat_template")
     other.loglikelihood(choice_requests([1]))
     assert calls == [1, "nll"]  # the two choices of one question: one prompt
+
+
+@pytest.mark.parametrize("saved", ["llava_onevision"], indirect=True)
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_run_time_failure_of_every_document_stops_instead_of_refusing_them_all(saved, batch_size, monkeypatch):
+    """A failure at run time refuses its document while others score (one bad image must not stop 20 data sets);
+    when the first documents all fail, before any has scored (a tokenizer that cannot pad, say), the evaluation
+    stops with an error instead of scoring nothing but refusals."""
+    from llava_manager.evaluation import lmms_eval_model
+    from llava_manager.evaluation.lmms_eval_model import LlavaManager
+
+    _, directory = saved
+    generate, score = LlavaManager._generate, LlavaManager._score_questions
+    bad = {"size": None}  # calls with an image of this size fail; None: every call
+
+    def failing(real):
+        def call(self, *args):
+            images = args[1] if real is generate else args[2]  # (contexts, images, kwargs) / (args, questions, images)
+            if bad["size"] is None or any(image.size == bad["size"] for doc in images for image in doc):
+                raise ValueError("Asking to pad but the tokenizer does not have a padding token.")
+            return real(self, *args)
+
+        return call
+
+    monkeypatch.setattr(LlavaManager, "_generate", failing(generate))
+    monkeypatch.setattr(LlavaManager, "_score_questions", failing(score))
+    monkeypatch.setattr(lmms_eval_model, "RUN_TIME_FAILURES", 3)
+    with pytest.raises(RuntimeError, match=r"first 3 documents with images all failed at run time.*padding token"):
+        lmms_model("llava_manager", directory, batch_size=batch_size).generate_until(generation_requests([0, 1, 2, 3]))
+    with pytest.raises(RuntimeError, match=r"first 3 documents with images all failed at run time.*padding token"):
+        lmms_model("llava_manager", directory, batch_size=batch_size).loglikelihood(choice_requests([0, 1, 2, 3]))
+
+    bad["size"] = DOCS[0]["image"].size  # the first document's image fails; the others score
+    lm = lmms_model("llava_manager", directory, batch_size=batch_size)
+    answers = lm.generate_until(generation_requests([0, 1, 2, 3]))
+    assert answers[0] == "" and all(answers[1:])
+    losses = [r.text[0] for r in lm.loglikelihood(choice_requests([0, 1, 2]))]
+    assert losses[:2] == [math.inf, math.inf] and all(math.isfinite(n) for n in losses[2:])

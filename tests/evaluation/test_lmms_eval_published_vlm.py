@@ -1,6 +1,8 @@
 """`--model llava_manager` on checkpoints laid out like the published ones of the non-LLaVA families (Qwen2-VL,
 Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE, InternVL3-hf, Gemma 3, Mistral 3 (Mistral-Small-3.1, whose
-`PixtralProcessor` runs on its PIL image processor without torchvision); tests/support/published_vlm.py): their
+`PixtralProcessor` runs on its PIL image processor without torchvision), and Pixtral-12B (a LLaVA model with a Pixtral
+tower and the same processor, no 2 x 2 merge, a tokenizer that adds no BOS and has no pad token);
+tests/support/published_vlm.py): their
 config.json, processor files, chat template and tokenizer with the special tokens at their real ids. Loaded through
 the class lmms-eval resolves, prompted with the checkpoint's own chat template, generation and log-likelihoods
 checked against an independent computation (transformers' `processor.apply_chat_template` with the image in the
@@ -60,6 +62,8 @@ PROMPTS = {
         '"When is the next flight to Tokyo" => "Where do you travel from?")[/SYSTEM_PROMPT]'
         f"[INST][IMG]{QUESTION}[/INST]"
     ),
+    # Pixtral-12B: no system turn, no generation prompt; the template writes <s> (its tokenizer adds none).
+    "pixtral-12b": f"<s>[INST][IMG]{QUESTION}[/INST]",
 }
 PROMPTS["Qwen2.5-VL-3B-Instruct"] = PROMPTS["Qwen2-VL-7B-Instruct"]
 for _name in ("Qwen3-VL-30B-A3B-Instruct", "Qwen3.5-27B", "Qwen3.5-35B-A3B"):
@@ -75,20 +79,36 @@ IMAGE_TOKEN_IDS = {
     "InternVL3-1B-hf": 151667,
     "gemma-3-4b-it": 262144,
     "Mistral-Small-3.1-24B-Instruct-2503": 10,
+    "pixtral-12b": 10,
 }
-# Tekken's control tokens at their real ids (Mistral-Small-3.1), and two bytes of its regular vocabulary (byte b at
-# 1000 + b); transformers' Mistral 3 processor test shows <s>, [IMG], [IMG_BREAK], [IMG_END] and these bytes there.
+# Tekken's control tokens at their real ids (Mistral-Small-3.1, Pixtral-12B), and bytes of its regular vocabulary (byte
+# b at 1000 + b); transformers' Mistral 3 and Pixtral processor tests show <s>, [IMG], [IMG_BREAK], [IMG_END] and
+# these bytes there (Pixtral's: "\n" 1010, " " 1032, ":" 1058, "?" 1063, with no <s> in front).
 TOKEN_IDS = {
     "Mistral-Small-3.1-24B-Instruct-2503": {
         "<unk>": 0, "<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "[IMG]": 10, "<pad>": 11, "[IMG_BREAK]": 12,
         "[IMG_END]": 13, "[SYSTEM_PROMPT]": 17, "[/SYSTEM_PROMPT]": 18,
     },
+    "pixtral-12b": {
+        "<unk>": 0, "<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "[IMG]": 10, "<pad>": 11, "[IMG_BREAK]": 12,
+        "[IMG_END]": 13,
+    },
 }  # fmt: skip
-BYTE_IDS = {"Mistral-Small-3.1-24B-Instruct-2503": {" ": [1032], "\n": [1010]}}
+BYTE_IDS = {
+    "Mistral-Small-3.1-24B-Instruct-2503": {" ": [1032], "\n": [1010]},
+    "pixtral-12b": {" ": [1032], "\n": [1010], ":": [1058], "?": [1063]},
+}
+# Whether the tokenizer puts <s> first by itself (Mistral-Small-3.1's LlamaTokenizerFast does; Pixtral-12B's converted
+# tokenizer does not: transformers' Pixtral processor test tokenises "USER: [IMG]..." to 21510, 1058, 1032, 10, ...).
+ADDS_BOS = {"Mistral-Small-3.1-24B-Instruct-2503": True, "pixtral-12b": False}
 # The image's tokens for DOCS[0] (80x40) where a checkpoint writes more than a run of image tokens: Pixtral at
 # longest_edge 32 with 8 px per token (4 px patches, 2 x 2 merge) resizes it to 32x16, 2 rows of 4 [IMG], each row
 # but the last closed by [IMG_BREAK], the image by [IMG_END].
-IMAGE_LAYOUTS = {"Mistral-Small-3.1-24B-Instruct-2503": [10, 10, 10, 10, 12, 10, 10, 10, 10, 13]}
+# Pixtral-12B at longest_edge 32 with 8 px patches and no merge gives the same 2 rows of 4.
+IMAGE_LAYOUTS = {
+    "Mistral-Small-3.1-24B-Instruct-2503": [10, 10, 10, 10, 12, 10, 10, 10, 10, 13],
+    "pixtral-12b": [10, 10, 10, 10, 12, 10, 10, 10, 10, 13],
+}
 # <|im_start|>, <|im_end|>, <|vision_start|>, <|image_pad|> of the Qwen checkpoints: Qwen2's ids, or Qwen3.5's
 # (248045 and 248046 reconstructed; 248053 and 248056 as transformers' Qwen3.5 configs have them).
 QWEN_CHAT_IDS = {"Qwen3.5-27B": [248045, 248046, 248053, 248056], "Qwen3.5-35B-A3B": [248045, 248046, 248053, 248056]}
@@ -231,9 +251,12 @@ def test_the_checkpoint_is_laid_out_as_published(published):
         assert len(tokenizer) == config["text_config"]["vocab_size"]  # a token for each row of the published embedding
         for text, byte_ids in BYTE_IDS[name].items():
             assert tokenizer(text, add_special_tokens=False)["input_ids"] == byte_ids
+            assert tokenizer(text)["input_ids"] == [1] * ADDS_BOS[name] + byte_ids
     inputs = chat_inputs(processor, DOCS[0]["image"])
     ids = inputs["input_ids"][0]
     assert (ids == image_id).sum() > 0
+    if name in TOKEN_IDS:  # one <s>, first, whether the template or the tokenizer writes it
+        assert ids[0] == 1 and (ids == 1).sum() == 1
     if name in IMAGE_LAYOUTS:
         start = int((ids == image_id).nonzero()[0])
         layout = IMAGE_LAYOUTS[name]

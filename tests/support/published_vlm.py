@@ -1,5 +1,6 @@
-"""Tiny random checkpoints of the non-LLaVA families laid out like their published Hub repos, for the load / train /
-evaluate paths (`write_published_vlm(directory, name)`; `PUBLISHED_VLM` lists the names and families).
+"""Tiny random checkpoints of the non-LLaVA families, and of Pixtral-12B (a LLaVA model with a Pixtral tower and
+Pixtral's processor), laid out like their published Hub repos, for the load / train / evaluate paths
+(`write_published_vlm(directory, name)`; `PUBLISHED_VLM` lists the names and families).
 
 What is written for each: config.json in the published layout (the published field names and token ids; only sizes
 shrunk: 2 decoder layers of 32, 2 vision layers of 24, small patches), generation_config.json, the processor files
@@ -9,7 +10,7 @@ special_tokens_map.json; vocab.json / merges.txt for the Qwen tokenizers) whose 
 the vocabularies are padded with unreachable filler entries to the published sizes (Qwen 151,643 regular tokens,
 Qwen3.5 248,044, Gemma 3 262,144, Tekken 131,072 with its 1000 control tokens), so the model's embedding has the
 published number of rows (Qwen2-VL-7B 152,064, Qwen2.5-VL-3B and Qwen3-VL 151,936, Qwen3.5 248,320, InternVL3-1B
-151,674, Gemma 3 262,208, Mistral-Small-3.1 131,072). Ordinary words get
+151,674, Gemma 3 262,208, Mistral-Small-3.1 and Pixtral-12B 131,072). Ordinary words get
 made-up ids (a tiny BPE over the words the tests use, byte fallback for the rest); only the special tokens' ids are
 the real ones. Everything is built offline in code; nothing is downloaded. The sizes are shrunk further for the
 Qwen3.5 ones (4 decoder layers, so that one is full attention) and the MoE ones (4 experts).
@@ -119,6 +120,50 @@ Real vs reconstructed (sources: /tmp/published_vlm/fixtures.md of this work, its
   (image_seq_length 256 -> 4) and preprocessor_config.json (Gemma3ImageProcessor, 896 -> 16, mean/std 0.5,
   resample 2, pan and scan off): NOT found: RECONSTRUCTED [memory of the published files and transformers'
   Gemma3Processor].
+- pixtral-12b (mistral-community/pixtral-12b; family llava: `LlavaForConditionalGeneration`, Pixtral tower, Mistral
+  text model, `PixtralProcessor` with no 2 x 2 merge). NO stored copy of the repo's own files was found; what is
+  written comes from these stored sources: a conversion script of Pixtral-12B-2409 to this layout (code index id
+  14260955010, its repository not named by the index; by its content the HF conversion of that time: MistralConfig
+  head_dim 128, hidden 5120, intermediate 14336, 40 layers, 32 heads, 8 KV heads, max_position_embeddings 1024000,
+  rms_norm_eps 1e-5, rope_theta 1e9, no sliding window, untied, vocab 131072, bos 1 / eos 2; PixtralVisionConfig's
+  defaults; image_token_index 10, vision_feature_layer -1, vision_feature_select_strategy "full", image_seq_length
+  1; a PreTrainedTokenizerFast over the Tekken ranks with the control tokens first, a Split + ByteLevel
+  pre-tokenizer with the converter's default pattern, a ByteLevel post-processor, model_input_names input_ids /
+  attention_mask), transformers' `convert_tekken_tokenizer` (code
+  index id 263359846, the same converter), transformers' tests/models/pixtral/test_processing_pixtral.py (code index
+  id 236848584: with the published processor a 500x316 image gives 640 [IMG] = 32 x 20 patches of 16 px, no merge;
+  "USER: [IMG]\\nWhat's ..." tokenises to 21510, 1058 (":"), 1032 (" "), 10, 10, 12, 10, 10, 13 ([IMG], [IMG_BREAK],
+  [IMG_END]), 1010 ("\\n"), ..., 1063 ("?"): bytes at 1000 + b and NO <s> put first by the tokenizer; it sets a pad
+  token before padding) and tests/models/llava/test_modeling_llava.py (code index id 53414208379: the Pixtral
+  integration tests write "<s>[INST]...[/INST]" themselves and set pad_token_id = eos_token_id before a batch), and
+  the package's `families.llava.pixtral_12b_config` (from config.json copies on huggingface.co).
+  config.json: those values in the transformers 4.45 layout (nested configs with their non-default fields only,
+  transformers_version 4.45.0.dev0, ignore_index, projector_hidden_act gelu, torch_dtype bfloat16) [layout: memory],
+  sizes shrunk: Mistral 2 layers of 32 (4 heads of 8, 2 KV; num_attention_heads is written because 4 is not the
+  default), vocab 131072; Pixtral 2 layers of 24 (3 heads of 8), patch 16 -> 8, image_size 1024 (64 patches a side)
+  -> 32 (4). The tower's hidden_act is the package factory's "gelu" (PixtralVisionConfig's default) [unverified:
+  Mistral-Small-3.1's published vision_config says "silu"]. generation_config.json: bos 1, eos 2, as transformers
+  derives it from that config [reconstructed]. preprocessor_config.json: PixtralImageProcessor as transformers 4.45
+  saved it (CLIP mean / std, resample 3, patch_size {16, 16}, longest_edge 1024: the processor test's 640 tokens)
+  with patch 16 -> 8 and longest_edge 1024 -> 32, the tiny tower's image_size [key set: memory].
+  processor_config.json: the keys the Mistral-Small-3.1 file has (above; written before transformers PR 37019, so
+  without spatial_merge_size: the processor's default 1 applies), patch_size 16 -> 8 [reconstructed by analogy].
+  chat_template.json: the template text of transformers' convert_mistral3_weights_to_hf.py (code index id 840818590,
+  VERBATIM, there on one line): `<s>`, an optional system message folded into the last user turn, per user turn
+  `[INST]` + `[IMG]` per image and a text part's "content" or "text" + `[/INST]`, no default system turn, no
+  generation prompt. That it is Pixtral-12B's current file (the same text over several lines; every tag trims the
+  whitespace before it, so the rendering is the same) is memory: the repo's first template (a verbatim multi-line copy
+  labelled "Chat template for Pixtral-12B-Instruct", code index id 1966125856) read a text part's "content" only,
+  which vLLM PR 11891 replaced for "text" parts (vllm examples/template_pixtral_hf.jinja, code index id 343905311);
+  a stored variant with both keys (code index id 19840093899) differs elsewhere. Tokenizer: tokenizer.json as that
+  converter writes it (the pattern verbatim from the two converters, ByteLevel post-processor: no <s>), with Tekken's
+  control tokens at their real ids: mistral_common's Tekkenizer list (code index id 1404795171) up to [SUFFIX] 16,
+  then <SPECIAL_17> .. <SPECIAL_999> [17-19: memory, that the v7 tokens [SYSTEM_PROMPT], [/SYSTEM_PROMPT],
+  [TOOL_CONTENT] postdate the conversion], the 256 bytes at 1000 + b; the words' ids are made up (the Mistral
+  fixture's BPE, without the converter's ignore_merges). tokenizer_config.json (PreTrainedTokenizerFast, bos <s>,
+  eos </s>, unk <unk>, no pad token, no chat template) and special_tokens_map.json: RECONSTRUCTED [memory, consistent
+  with the tests above]. tekken.json, params.json and the consolidated weights of mistralai/Pixtral-12B-2409 are not
+  part of the repo and are not written.
 """
 
 from __future__ import annotations
@@ -147,6 +192,7 @@ PUBLISHED_VLM = {
     "InternVL3-1B-hf": ("internvl", "OpenGVLab/InternVL3-1B-hf"),
     "gemma-3-4b-it": ("gemma3", "google/gemma-3-4b-it"),
     "Mistral-Small-3.1-24B-Instruct-2503": ("mistral3", "mistralai/Mistral-Small-3.1-24B-Instruct-2503"),
+    "pixtral-12b": ("llava", "mistral-community/pixtral-12b"),
 }
 _FLAGS = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
 
@@ -265,6 +311,28 @@ MISTRAL3_TEMPLATE = (
     "{%- endfor %}"
 )
 
+# Pixtral-12B's chat template (the text of transformers' convert_mistral3_weights_to_hf.py, on one line; see the module
+# doc): `<s>`, then per user turn `[INST]` + its parts (`[IMG]` per image, a text part's "content" or "text") +
+# `[/INST]`; no default system turn, no generation prompt. Every tag trims the whitespace before it.
+PIXTRAL_TEMPLATE = (
+    '{%- if messages[0]["role"] == "system" %}{%- set system_message = messages[0]["content"] %}'
+    "{%- set loop_messages = messages[1:] %}\n{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token }}{%- for message in loop_messages %}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{- raise_exception('After the optional system message, conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{%- endif %}"
+    '{%- if message["role"] == "user" %}{%- if loop.last and system_message is defined %}'
+    '{{- "[INST]" + system_message + "\n\n" }}{%- else %}{{ "[INST]" }}{%- endif %}{%- endif %}'
+    '{%- if message["content"] is not string %}{%- for chunk in message["content"] %}'
+    '{%- if chunk["type"] == "text" %}{%- if "content" in chunk %}{{- chunk["content"] }}'
+    '{%- elif "text" in chunk %}{{- chunk["text"] }}{%- endif %}'
+    '{%- elif chunk["type"] == "image" %}{{- "[IMG]" }}{%- else %}{{- raise_exception("Unrecognized content type!") }}'
+    '{%- endif %}{%- endfor %}{%- else %}{{- message["content"] }}{%- endif %}'
+    '{%- if message["role"] == "user" %}{{- "[/INST]" }}{%- elif message["role"] == "assistant" %}{{- eos_token}}'
+    '{%- else %}{{- raise_exception("Only user and assistant roles are supported, with the exception of an initial '
+    'optional system message!") }}{%- endif %}{%- endfor %}'
+)
+
 # ---- special tokens ------------------------------------------------------------------------------------------------
 QWEN2_VL_SPECIALS = {
     151643: "<|endoftext|>",
@@ -345,12 +413,22 @@ TEKKEN_SPECIALS = {
     19: "[TOOL_CONTENT]",
 }
 TEKKEN_NUM_SPECIAL = 1000
+# Pixtral-12B's Tekken (tekken.json of 2024-09, converted with mistral_common of then): the same control tokens up to
+# [SUFFIX] 16; [SYSTEM_PROMPT], [/SYSTEM_PROMPT] and [TOOL_CONTENT] came with v7, so 17-19 are fillers there.
+PIXTRAL_SPECIALS = {i: token for i, token in TEKKEN_SPECIALS.items() if i <= 16}
+PIXTRAL_SPECIALS.update({i: f"<SPECIAL_{i}>" for i in range(len(PIXTRAL_SPECIALS), TEKKEN_NUM_SPECIAL)})
 TEKKEN_SPECIALS.update({i: f"<SPECIAL_{i}>" for i in range(len(TEKKEN_SPECIALS), TEKKEN_NUM_SPECIAL)})
 TEKKEN_VOCAB = 131072
 # The split pattern of tekken.json's config (Mistral-Small-24B-Instruct-2501's, the same v7 tokenizer).
 TEKKEN_PATTERN = (
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
     r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+# The split pattern of Pixtral-12B's tokenizer.json: the default of the converter that wrote it (the Llama-3-like
+# regex transformers later called Mistral's incorrect one; see the module doc).
+PIXTRAL_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
 )
 QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")  # Qwen3VLProcessor, no default system turn
@@ -743,6 +821,45 @@ def config_dict(name: str) -> dict:
             },
             "vision_feature_layer": -1,
         }
+    if family == "llava":  # Pixtral-12B: LLaVA with a Pixtral tower and a Mistral-Nemo text model
+        return {
+            "architectures": ["LlavaForConditionalGeneration"],
+            "ignore_index": -100,
+            "image_seq_length": 1,
+            "image_token_index": 10,
+            "model_type": "llava",
+            "projector_hidden_act": "gelu",
+            "text_config": {
+                "head_dim": 8,  # published 128
+                "hidden_size": 32,  # published 5120
+                "intermediate_size": 64,  # published 14336
+                "max_position_embeddings": 1024000,
+                "model_type": "mistral",
+                "num_attention_heads": 4,  # published: not written (MistralConfig's default, 32)
+                "num_hidden_layers": 2,  # published 40
+                "num_key_value_heads": 2,  # published 8
+                "rms_norm_eps": 1e-05,
+                "rope_theta": 1000000000.0,
+                "sliding_window": None,
+                "vocab_size": 131072,
+            },
+            "torch_dtype": "bfloat16",
+            "transformers_version": "4.45.0.dev0",
+            "vision_config": {
+                "head_dim": 8,  # published 64
+                "hidden_act": "gelu",
+                "hidden_size": 24,  # published: not written (PixtralVisionConfig's default, 1024)
+                "image_size": 32,  # published 1024 = 64 patches of 16 a side; here 4 patches of 8
+                "intermediate_size": 48,  # published: not written (default 4096)
+                "model_type": "pixtral",
+                "num_attention_heads": 3,  # published: not written (default 16)
+                "num_hidden_layers": 2,  # published: not written (default 24)
+                "patch_size": 8,  # published 16
+                "rope_theta": 10000.0,
+            },
+            "vision_feature_layer": -1,
+            "vision_feature_select_strategy": "full",
+        }
     raise KeyError(name)
 
 
@@ -770,6 +887,7 @@ GENERATION_CONFIGS = {
         "pad_token_id": 11,
         "transformers_version": "4.50.0.dev0",
     },
+    "llava": {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "transformers_version": "4.45.0.dev0"},
 }
 
 QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 256, 4096  # published 3136 / 12845056 at 14 px patches; here 4 px patches
@@ -879,6 +997,33 @@ def processor_files(name: str) -> dict[str, dict]:
             "preprocessor_config.json": preprocessor,
             "processor_config.json": processor,
             "chat_template.json": {"chat_template": MISTRAL3_TEMPLATE},
+        }
+    if family == "llava":  # Pixtral-12B: PixtralProcessor, no 2 x 2 merge (its default spatial_merge_size 1)
+        preprocessor = {
+            "do_convert_rgb": True,
+            "do_normalize": True,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_processor_type": "PixtralImageProcessor",
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "patch_size": {"height": 8, "width": 8},  # published 16
+            "processor_class": "PixtralProcessor",
+            "resample": 3,
+            "rescale_factor": 0.00392156862745098,
+            "size": {"longest_edge": 32},  # published 1024, the tower's image_size
+        }
+        processor = {
+            "image_break_token": "[IMG_BREAK]",
+            "image_end_token": "[IMG_END]",
+            "image_token": "[IMG]",
+            "patch_size": 8,  # published 16
+            "processor_class": "PixtralProcessor",
+        }
+        return {
+            "preprocessor_config.json": preprocessor,
+            "processor_config.json": processor,
+            "chat_template.json": {"chat_template": PIXTRAL_TEMPLATE},
         }
     raise KeyError(name)
 
@@ -1082,16 +1227,18 @@ def _mistral3_words() -> list[str]:
     return sorted(set(MERGED_WORDS) | set(re.findall(r"[A-Za-z]+", system)))
 
 
-@functools.lru_cache(maxsize=1)
-def _tekken_tokenizer_json() -> str:
+@functools.lru_cache(maxsize=2)
+def _tekken_tokenizer_json(pixtral: bool = False) -> str:
     """A byte-level BPE laid out as Tekken v7's tokenizer.json: the 1000 control tokens at ids 0-999, the 256 bytes
     at 1000 + byte value (their Tekken ranks + 1000), tekken's split pattern, `<s>` prepended; 131,072 entries.
     Ordinary words get made-up ids after the bytes (a tiny BPE over `_mistral3_words`), the rest is unreachable
-    filler."""
+    filler. `pixtral`: laid out as Pixtral-12B's instead (its control tokens, its converter's split pattern, no
+    `<s>` prepended: the chat template writes it)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
+    specials, pattern = (PIXTRAL_SPECIALS, PIXTRAL_PATTERN) if pixtral else (TEKKEN_SPECIALS, TEKKEN_PATTERN)
     byte_symbols = _bytes_to_unicode()
-    vocab = {token: i for i, token in TEKKEN_SPECIALS.items()}
+    vocab = {token: i for i, token in specials.items()}
     for b in range(256):
         vocab[byte_symbols[b]] = TEKKEN_NUM_SPECIAL + b
     merges, ranks = [], {}
@@ -1112,21 +1259,40 @@ def _tekken_tokenizer_json() -> str:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(TEKKEN_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
-    )
+    if pixtral:  # as its converter wrote it: byte-level offsets only
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    else:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+        )
     backend.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    backend.add_special_tokens(
-        [AddedToken(TEKKEN_SPECIALS[i], special=True, normalized=False) for i in sorted(TEKKEN_SPECIALS)]
-    )
-    for i, token in TEKKEN_SPECIALS.items():
+    backend.add_special_tokens([AddedToken(specials[i], special=True, normalized=False) for i in sorted(specials)])
+    for i, token in specials.items():
         assert backend.token_to_id(token) == i, (token, i)
     assert backend.get_vocab_size() == TEKKEN_VOCAB
     return backend.to_str()
+
+
+def _pixtral_tokenizer_config() -> dict:
+    """Pixtral-12B's tokenizer_config.json: a PreTrainedTokenizerFast without a pad token (transformers' own Pixtral
+    tests set one before padding) and without a chat template (the processor's chat_template.json has it)."""
+    return {
+        "added_tokens_decoder": {
+            str(i): {"content": c, **_FLAGS, "special": True} for i, c in sorted(PIXTRAL_SPECIALS.items())
+        },
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": 1000000000000000019884624838656,
+        "processor_class": "PixtralProcessor",
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": "<unk>",
+    }
 
 
 def _tekken_tokenizer_config() -> dict:
@@ -1210,6 +1376,10 @@ def write_published_vlm(directory: str | Path, name: str, seed: int = 0) -> Path
         (directory / "tokenizer.json").write_text(_tekken_tokenizer_json(), encoding="utf-8")
         _write_json(directory / "tokenizer_config.json", _tekken_tokenizer_config())
         special = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    elif family == "llava":  # Pixtral-12B
+        (directory / "tokenizer.json").write_text(_tekken_tokenizer_json(pixtral=True), encoding="utf-8")
+        _write_json(directory / "tokenizer_config.json", _pixtral_tokenizer_config())
+        special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     else:
         tokenizer_json, vocab_json, merges_txt = _qwen_tokenizer_json(family)
         (directory / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
