@@ -592,8 +592,8 @@ class LlavaManager(LlavaHf):
         if not self._scored_documents and self._run_time_failures >= RUN_TIME_FAILURES:
             raise RuntimeError(
                 f"{self.name}: the first {self._run_time_failures} documents with images all failed at run time, "
-                f"the last with {error!r}; that is not one image's problem, so nothing is refused and the evaluation "
-                "stops (the failing call's traceback is above this one)."
+                f"the last with {error!r}; that is not one image's problem, so the evaluation stops here (their "
+                "refusals logged above are not stored; the failing call's traceback is above this one)."
             ) from error
 
     def _log_refusal(self, task, split, doc_id, error: Exception, outcome: str) -> None:
