@@ -665,7 +665,7 @@ REGISTRY: tuple[UpstreamAPI, ...] = (
         _T,
         "transformers.models.pixtral.image_processing_pil_pixtral.get_resize_output_image_size",
         "signature",
-        "llava_manager/processing/pixtral.py",
+        "llava_manager/families/pixtral.py",
         "without torchvision, the PIL image processor's module answers `processing_pixtral`'s one import from the "
         "torchvision image processor's module (this helper, called by `PixtralProcessor._get_num_multimodal_tokens`)",
         params=("input_image", "size", "patch_size"),
@@ -1665,6 +1665,9 @@ OWN_PRIVATE_HELPERS: dict[str, tuple[str, ...]] = {
         "_score",
         "_log_refusal",
         "_log_refusal_count",
+        "_run_time_failure",
+        "_run_time_failures",
+        "_scored_documents",
         "_keys",
         "_answers_from_store",
         "_store",

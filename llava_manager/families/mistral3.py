@@ -9,8 +9,8 @@ import torch
 from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Mistral3Model
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
-from ..processing.pixtral import pixtral_processor_class
 from .base import Family, GroupedFeatures, resolve_feature_layer, tiny_text
+from .pixtral import pixtral_processor_class
 
 
 def mistral_small_3_1_config(**overrides) -> Mistral3Config:

@@ -4,7 +4,7 @@ transformers' `LlavaOnevisionProcessor` and `LlavaNextVideoProcessor` insist on 
 torchvision; machines with only a CPU torch have none. For images the video processor is never used, so without
 torchvision we build the same processor with the PIL image processor and no video processor (images only). The
 LLaVA-1.5 and NeXT processors have no video processor and are used as they are; Pixtral's (Mistral3, and
-Pixtral-12B's LLaVA) comes from `pixtral.py`. With torchvision, `AutoProcessor` is used as is.
+Pixtral-12B's LLaVA) comes from `families/pixtral.py`. With torchvision, `AutoProcessor` is used as is.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 from ..families import FAMILIES, family_of_config
-from .pixtral import pixtral_processor_class
+from ..families.pixtral import pixtral_processor_class
 
 _PARTS = ("image_processor", "tokenizer", "video_processor", "chat_template")
 # `from_pretrained` keywords that say where files come from; the rest configure the processor or its parts.

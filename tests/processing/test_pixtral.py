@@ -15,7 +15,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 from llava_manager.families import get_family
-from llava_manager.processing.pixtral import pixtral_processor_class
+from llava_manager.families.pixtral import pixtral_processor_class
 from llava_manager.processing.processors import family_of_processor, load_processor
 
 # Mistral-Small-3.1's control tokens at their real ids (transformers' tests/models/mistral3/test_processing_mistral3.py

@@ -67,7 +67,7 @@ Real vs reconstructed (sources: /tmp/published_vlm/fixtures.md of this work, its
   Qwen3-VL's processor files) and the chat template (Qwen3-VL's reconstructed one: the real Qwen3.5 template, with
   its thinking block, is not reproduced): reconstructed by analogy with Qwen3-VL.
 - Mistral-Small-3.1-24B-Instruct-2503 (mistral3; transformers' own PixtralProcessor, which
-  `llava_manager.processing.pixtral` imports without torchvision, on the PIL image processor). config.json: the
+  `llava_manager.families.pixtral` imports without torchvision, on the PIL image processor). config.json: the
   published file as a stored NVIDIA/TensorRT-LLM test quotes it
   (tests/unittest/_torch/modeling/test_modeling_mistral.py, code index id 66981536: image_token_index 10,
   multimodal_projector_bias false, gelu projector, spatial_merge_size 2, vision_feature_layer -1, torch_dtype
