@@ -281,6 +281,22 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
+def merge_whole(forms, vocab: dict, merges: list, ranks: dict, new_id=None) -> None:
+    """Adds to `merges` (and `ranks`) what joins each symbol sequence of `forms` into one token, and each joined piece
+    to `vocab` (at `new_id()`, else at the next index): each form is segmented with the merges so far, then its pieces
+    are joined left to right with new, lowest-ranked merges, so words added earlier keep their own (higher-ranked)
+    merges and stay whole."""
+    for symbols in forms:
+        pieces = _bpe(symbols, ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            assert pair not in ranks, pair  # BPE would have applied it
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], new_id() if new_id else len(vocab))
+            pieces = _bpe(symbols, ranks)
+
+
 def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A byte-level BPE vocabulary of exactly NUM_REGULAR_TOKENS entries and its merges; every word of
     MERGED_WORDS (alone or after a space) becomes one token."""
@@ -288,19 +304,8 @@ def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab = {symbol: i for i, symbol in enumerate(byte_symbols.values())}
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
-    for word in MERGED_WORDS:
-        for form in (word, " " + word):
-            # Segment with the merges so far, then join the pieces left to right with new, lowest-ranked merges:
-            # words added earlier keep their own (higher-ranked) merges, so they stay whole.
-            symbols = [byte_symbols[b] for b in form.encode("utf-8")]
-            pieces = _bpe(symbols, ranks)
-            while len(pieces) > 1:
-                pair = (pieces[0], pieces[1])
-                assert pair not in ranks, pair  # BPE would have applied it
-                ranks[pair] = len(merges)
-                merges.append(pair)
-                vocab.setdefault(pair[0] + pair[1], len(vocab))
-                pieces = _bpe(symbols, ranks)
+    forms = [[byte_symbols[b] for b in form.encode("utf-8")] for w in MERGED_WORDS for form in (w, " " + w)]
+    merge_whole(forms, vocab, merges, ranks)
     filler = 0
     while len(vocab) < NUM_REGULAR_TOKENS:  # unreachable entries: no merge produces them
         vocab[f"<|unused_{filler}|>"] = len(vocab)

@@ -176,8 +176,8 @@ from pathlib import Path
 from support.published import (
     MERGED_WORDS,
     QWEN2_PRETOKENIZE_REGEX,
-    _bpe,
     _bytes_to_unicode,
+    merge_whole,
     tiny_vocab_and_merges,
 )
 
@@ -1163,16 +1163,7 @@ def _gemma_tokenizer_json() -> str:
     for c in chars:
         vocab.setdefault(c, next(free))
     merges, ranks = [("\n", "\n")], {("\n", "\n"): 0}
-    for word in GEMMA_WORDS:
-        for form in (word, "▁" + word):
-            symbols = list(form)
-            pieces = _bpe(symbols, ranks)
-            while len(pieces) > 1:
-                pair = (pieces[0], pieces[1])
-                ranks[pair] = len(merges)
-                merges.append(pair)
-                vocab.setdefault(pair[0] + pair[1], next(free))
-                pieces = _bpe(symbols, ranks)
+    merge_whole([list(form) for w in GEMMA_WORDS for form in (w, "▁" + w)], vocab, merges, ranks, lambda: next(free))
     used = set(vocab.values())
     filler = 0
     for i in range(GEMMA3_REGULAR):
@@ -1242,16 +1233,8 @@ def _tekken_tokenizer_json(pixtral: bool = False) -> str:
     for b in range(256):
         vocab[byte_symbols[b]] = TEKKEN_NUM_SPECIAL + b
     merges, ranks = [], {}
-    for word in _mistral3_words():
-        for form in (word, " " + word):
-            symbols = [byte_symbols[b] for b in form.encode("utf-8")]
-            pieces = _bpe(symbols, ranks)
-            while len(pieces) > 1:
-                pair = (pieces[0], pieces[1])
-                ranks[pair] = len(merges)
-                merges.append(pair)
-                vocab.setdefault(pair[0] + pair[1], len(vocab))
-                pieces = _bpe(symbols, ranks)
+    forms = [[byte_symbols[b] for b in form.encode("utf-8")] for w in _mistral3_words() for form in (w, " " + w)]
+    merge_whole(forms, vocab, merges, ranks)
     filler = 0
     while len(vocab) < TEKKEN_VOCAB:  # unreachable entries: no merge produces them
         vocab[f"<unused_filler_{filler}>"] = len(vocab)
