@@ -13,9 +13,10 @@ With no model or data arguments it trains the embedded default (a tiny model, sy
 
     python recipes/stage1.py
 
-A tiny model of another family (llava, llava_next, llava_next_video; default llava_onevision):
+A tiny model of another family (default llava_onevision; `--help` lists them all: the LLaVA family, Qwen-VL,
+InternVL, Gemma 3, Mistral3):
 
-    python recipes/stage1.py --family llava_next
+    python recipes/stage1.py --family qwen2_5_vl
 
 The model may be of any of these families; its config says which.
 """

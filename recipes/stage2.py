@@ -14,9 +14,10 @@ on a CPU-only machine, with or without DeepSpeed:
     python recipes/stage2.py
     deepspeed --num_gpus 2 recipes/stage2.py --deepspeed recipes/zero2.json
 
-A tiny model of another family (llava, llava_next, llava_next_video; default llava_onevision):
+A tiny model of another family (default llava_onevision; `--help` lists them all: the LLaVA family, Qwen-VL,
+InternVL, Gemma 3, Mistral3):
 
-    python recipes/stage2.py --family llava_next
+    python recipes/stage2.py --family qwen2_5_vl
 
 The model may be of any of these families; its config says which.
 """

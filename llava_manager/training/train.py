@@ -186,12 +186,16 @@ def _run(stage, model_args, manager_args, data_args, training_args) -> ManagerTr
         processor.save_pretrained(training_args.output_dir)
         (Path(training_args.output_dir) / SkipReport.FILE).write_text(json.dumps(skips, indent=1))
         trainer.nonfinite.save(training_args.output_dir)
-        logger.warning(
-            "data: %d samples skipped %s%s",
-            skips["skipped"],
-            skips["by_reason"],
-            "" if not skips["skipped"] else f"; see {training_args.output_dir}/data_skipped.json",
-        )
+        if skips["skipped"]:
+            logger.warning(
+                "data: %d samples skipped %s; see %s/%s",
+                skips["skipped"],
+                skips["by_reason"],
+                training_args.output_dir,
+                SkipReport.FILE,
+            )
+        else:
+            logger.info("data: no sample skipped")
         logger.info("exported model: %s (load it with llava_manager.from_pretrained)", training_args.output_dir)
         if model_args.model_name_or_path is None and data_args.data_path is None:
             score_heldout(training_args, data_args)

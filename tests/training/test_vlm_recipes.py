@@ -172,6 +172,25 @@ def test_the_family_chat_format_and_the_answers_only_labelled(family, folder):
     assert template_for_config(model.config) == tiny_template(family)
 
 
+def test_the_tiny_mistral3_projector_keeps_the_scale_of_its_input():
+    """The tiny Mistral3 draws its projector (patch merger, linear_1, linear_2) from the top-level config's
+    `initializer_range`, which transformers reads for that module only: unit-scale tower outputs stay near unit scale
+    (at transformers' 0.02 they came out at rms ~0.001 and the embedded default learnt two colours of four), while the
+    LLM and the vision tower keep their own 0.02."""
+    _, model = tiny_model("mistral3")
+    projector = model.model.multi_modal_projector
+    vision = model.config.vision_config
+    side = vision.image_size // vision.patch_size
+    features = torch.randn(side * side, vision.hidden_size)
+    with torch.no_grad():
+        out = projector(features, torch.tensor([[vision.image_size, vision.image_size]]))
+    assert out.shape == (side * side // 4, model.config.text_config.hidden_size)
+    assert 0.2 < out.pow(2).mean().sqrt().item() < 5.0
+    for part in (model.model.language_model, model.model.vision_tower):
+        weights = [p for name, p in part.named_parameters() if name.endswith("proj.weight")]
+        assert weights and all(abs(p.std().item() - 0.02) < 0.01 for p in weights)
+
+
 def test_the_embedded_default_template_per_family():
     assert parse("stage2", ["--family", "gemma3"])[2].template == "gemma"
     assert parse("stage2", ["--family", "qwen2_vl"])[2].template == "qwen_1_5"
