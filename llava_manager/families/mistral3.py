@@ -5,9 +5,13 @@ its own. Pixtral-12B itself is a LLaVA model with a Pixtral tower: the LLaVA ada
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Mistral3Model
-from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+from transformers.models.pixtral.image_processing_pil_pixtral import (
+    PixtralImageProcessorPil,
+    get_resize_output_image_size,
+)
 
 from .base import Family, GroupedFeatures, resolve_feature_layer, tiny_text
 from .pixtral import pixtral_processor_class
@@ -118,8 +122,12 @@ class Mistral3Adapter(Family):
         return mistral3_tiny_config(**overrides)
 
     def pixel_inputs(self, config, height, width, batch_size, grid, dtype, device):
-        size = config.vision_config.image_size
+        """One `height` x `width` image at its own size, as the Pixtral image processor sizes it (the processor's
+        own helper: scaled down to the tower's `image_size` at most, sides rounded up to whole patches)."""
+        vision = config.vision_config
+        shape = np.empty((height, width, 3), dtype=np.uint8)  # only its shape is read
+        h, w = get_resize_output_image_size(shape, vision.image_size, vision.patch_size, "channels_last")
         return {
-            "pixel_values": torch.randn(batch_size, 3, size, size, dtype=dtype, device=device),
-            "image_sizes": torch.tensor([[size, size]] * batch_size, device=device),
+            "pixel_values": torch.randn(batch_size, 3, h, w, dtype=dtype, device=device),
+            "image_sizes": torch.tensor([[h, w]] * batch_size, device=device),
         }

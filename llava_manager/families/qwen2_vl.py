@@ -127,16 +127,16 @@ def precomputed(call: dict[str, Any], modality: str, name: str) -> Any:
 def merged_layers(
     inner: torch.nn.Module, hidden: Sequence[torch.Tensor], grid_thw: torch.Tensor, order: torch.Tensor | None = None
 ) -> GroupedFeatures:
-    """Each recorded layer through the model's own merger, in token order (`order`), split per image or video."""
+    """Each recorded layer through the model's own merger, in token order (`order`), split per image or video. The
+    merger works on groups of `spatial_merge_size**2` consecutive rows, so the layers go through it stacked, in one
+    call (one matmul of all layers' rows, not one a layer), and back to token order in one gather."""
     visual = inner.visual
     sizes = (torch.as_tensor(grid_thw).prod(-1) // visual.spatial_merge_size**2).tolist()
-    grouped = []
-    for layer in hidden:
-        merged = visual.merger(layer)
-        if order is not None:
-            merged = merged[order.to(merged.device)]
-        grouped.append(list(torch.split(merged, sizes)))
-    return grouped
+    merged = visual.merger(torch.cat(list(hidden)))
+    merged = merged.view(len(hidden), -1, merged.shape[-1])
+    if order is not None:
+        merged = merged.index_select(1, order.to(merged.device))
+    return [list(torch.split(layer, sizes)) for layer in merged]
 
 
 class QwenVLFamily(Family):

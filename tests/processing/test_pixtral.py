@@ -7,14 +7,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import Mistral3ForConditionalGeneration, PreTrainedTokenizerFast
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
-from llava_manager.families import get_family
+from llava_manager.families import get_family, random_inputs
+from llava_manager.families.mistral3 import mistral3_tiny_config, mistral_small_3_1_config
 from llava_manager.families.pixtral import pixtral_processor_class
 from llava_manager.processing.processors import family_of_processor, load_processor
 
@@ -122,3 +125,24 @@ def test_a_pixtral_12b_layout_loads_pixtral_processor_whose_tokens_the_model_fil
     assert rows == (8 // patch) * (16 // patch)  # one [IMG] per 4 x 4 px patch, rows closed by [IMG_BREAK]
     with torch.no_grad():
         assert torch.isfinite(model(**inputs).logits).all()
+
+
+@pytest.mark.parametrize("height, width", [(336, 336), (336, 500), (3000, 1000), (20, 30)])
+def test_random_inputs_size_an_image_as_the_published_image_processor_does(height, width):
+    """Benchmarks and analyses take a `height` x `width` image at its own size, as Mistral-Small-3.1's image processor
+    sizes it (longest edge 1540, 14 px patches: its preprocessor_config.json, tests/support/published_vlm.py), not
+    at the tower's largest size."""
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": 1540}, patch_size={"height": 14, "width": 14})
+    expected = image_processor(images=[Image.new("RGB", (width, height))], return_tensors="pt")
+    got = get_family("mistral3").pixel_inputs(mistral_small_3_1_config(), height, width, 2, True, torch.float32, "cpu")
+    assert got["pixel_values"].shape == (2, *expected["pixel_values"].shape[1:])
+    assert got["image_sizes"].tolist() == expected["image_sizes"].tolist() * 2
+
+
+def test_random_inputs_fill_a_tiny_mistral3_with_an_image_of_their_size():
+    model = Mistral3ForConditionalGeneration(mistral3_tiny_config()).eval()
+    inputs = random_inputs(model, 8, 16, 5)  # 2 x 4 patches of 4 px: one row of two merged tokens
+    assert inputs["image_sizes"].tolist() == [[8, 16]]
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 2
+    with torch.no_grad():
+        model(**inputs)
