@@ -9,14 +9,10 @@ packed rows without their restarting positions (the samples then attend to each 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, set_seed
+from support.packing_cases import patched_model, per_token_losses, shapes_samples
 
-from llava_manager import apply_manager, get_managers
-from llava_manager.synthetic.data import tiny_model_config, tiny_processor, write_shapes_dataset
 from llava_manager.training.data import IGNORE_INDEX, Collator, SupervisedDataset, model_inputs
 from llava_manager.training.packing import PackingCollator, pack_rows
 
@@ -39,38 +35,12 @@ def flash_available() -> str | None:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    """Real samples of the embedded shapes data: several images, two turns, one image, text only."""
-    paths = write_shapes_dataset(tmp_path_factory.mktemp("shapes"), 16, seed=0)
-    records = json.loads(paths["instruct"].read_text())
-    two_images = {
-        "id": "two",
-        "image": [records[1]["image"], records[2]["image"]],
-        "conversations": [
-            {"from": "human", "value": "<image>\n<image>\nWhat colour is the first shape ?"},
-            {"from": "gpt", "value": "red ."},
-        ],
-    }
-    return paths["image_folder"], [two_images, records[0], records[2], records[15], records[3]]
+    return shapes_samples(tmp_path_factory.mktemp("shapes"))
 
 
-def patched_model(family: str, attention: str, device):
-    processor = tiny_processor(family=family)
-    set_seed(0)
-    model = AutoModelForImageTextToText.from_config(tiny_model_config(processor))
-    model.set_attn_implementation({"text_config": attention})  # the LLM's attention; the vision tower's stays SDPA
-    apply_manager(model)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for m in get_managers(model):
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
-    return model.to(device, torch.bfloat16).eval(), processor
-
-
-def per_token_losses(logits, labels):
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="none", ignore_index=IGNORE_INDEX
-    )
-    return loss.view(labels.shape[0], -1)
+def bf16_model(family: str, attention: str, device):
+    model, processor = patched_model(family, attention)
+    return model.to(device, torch.bfloat16), processor
 
 
 def sample_slices(rows, lengths) -> dict[int, tuple[int, int]]:
@@ -104,7 +74,7 @@ def step(model, batch, device, drop=()):
 def test_packed_batches_equal_padded_ones(shapes, device, attention, family):
     if attention == "flash_attention_2" and (reason := flash_available()):
         pytest.skip(reason)
-    model, processor = patched_model(family, attention, device)
+    model, processor = bf16_model(family, attention, device)
     folder, records = shapes
     dataset = SupervisedDataset(records, processor, folder, model_config=model.config)
     samples = [dataset[i] for i in range(len(records))]

@@ -15,12 +15,12 @@ import pytest
 import torch
 from support.family_models import FAMILIES
 from support.helpers import logged_losses
-from transformers import AttentionInterface, AutoModelForImageTextToText, set_seed
+from support.packing_cases import patched_model, per_token_losses, shapes_samples
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
-from llava_manager import apply_manager, get_managers
-from llava_manager.synthetic.data import tiny_model_config, tiny_processor, write_shapes_dataset
+from llava_manager.synthetic.data import tiny_model_config, tiny_processor
 from llava_manager.training.data import BATCH_INFO, IGNORE_INDEX, Collator, SupervisedDataset, model_inputs
 from llava_manager.training.packing import (
     AUTO,
@@ -80,34 +80,7 @@ ATTENTION = ["sdpa", "eager", "varlen_reference"]
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    paths = write_shapes_dataset(tmp_path_factory.mktemp("shapes"), 16, seed=0)
-    records = json.loads(paths["instruct"].read_text())
-    two_images = {
-        "id": "two",
-        "image": [records[1]["image"], records[2]["image"]],
-        "conversations": [
-            {"from": "human", "value": "<image>\n<image>\nWhat colour is the first shape ?"},
-            {"from": "gpt", "value": "red ."},
-        ],
-    }
-    text_only = records[15]
-    assert "image" not in text_only and len(records[0]["conversations"]) == 4  # and a two-turn one
-    # arrival order: several images, two turns, one image, text only, one image
-    return paths["image_folder"], [two_images, records[0], records[2], text_only, records[3]]
-
-
-def patched_model(family: str, attention: str = "sdpa"):
-    """The family's tiny model with managers of random (non-zero) weights, eval mode (no jitter)."""
-    processor = tiny_processor(family=family)
-    set_seed(0)
-    model = AutoModelForImageTextToText.from_config(tiny_model_config(processor))
-    model.set_attn_implementation({"text_config": attention})  # the LLM's attention; the vision tower's stays SDPA
-    apply_manager(model)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for m in get_managers(model):
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
-    return model.eval(), processor
+    return shapes_samples(tmp_path_factory.mktemp("shapes"))
 
 
 def samples_of(shapes, processor, model):
@@ -116,14 +89,6 @@ def samples_of(shapes, processor, model):
     samples = [dataset[i] for i in range(len(records))]
     assert all(s["skipped"] == [] for s in samples)
     return samples
-
-
-def per_token_losses(logits, labels):
-    """Cross-entropy of every position against the next label (0 where that label is -100), as transformers shifts."""
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="none", ignore_index=IGNORE_INDEX
-    )
-    return loss.view(labels.shape[0], -1)
 
 
 def step(model, batch):
