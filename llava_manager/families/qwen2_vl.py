@@ -132,7 +132,8 @@ def merged_layers(
     call (one matmul of all layers' rows, not one a layer), and back to token order in one gather."""
     visual = inner.visual
     sizes = (torch.as_tensor(grid_thw).prod(-1) // visual.spatial_merge_size**2).tolist()
-    merged = visual.merger(torch.cat(list(hidden)))
+    # on the last block's device, where the model's own merger input is (a device map may split the blocks)
+    merged = visual.merger(torch.cat([layer.to(hidden[-1].device) for layer in hidden]))
     merged = merged.view(len(hidden), -1, merged.shape[-1])
     if order is not None:
         merged = merged.index_select(1, order.to(merged.device))
