@@ -9,6 +9,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaModel,
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
 from .base import Family, GroupedFeatures, fold_layers, project_crops, tiny_text, tiny_vision, unfold_groups
+from .pixtral import pixtral_pixel_inputs
 
 # openai/clip-vit-large-patch14-336, the vision tower of every published LLaVA-1.5 / NeXT checkpoint.
 CLIP_L_336 = dict(
@@ -126,6 +127,11 @@ class LlavaAdapter(Family):
         "llava-1.5-7b": ("llava-hf/llava-1.5-7b-hf", llava_1_5_7b_config),
         "pixtral-12b": ("mistral-community/pixtral-12b", pixtral_12b_config),
     }
+
+    def pixel_inputs(self, config, height, width, batch_size, grid, dtype, device):
+        if config.vision_config.model_type == "pixtral":  # Pixtral-12B: images at their own sizes
+            return pixtral_pixel_inputs(config.vision_config, height, width, batch_size, dtype, device)
+        return super().pixel_inputs(config, height, width, batch_size, grid, dtype, device)
 
     def image_features(self, inner, hidden, call, manage) -> GroupedFeatures:
         folded = fold_layers(project_crops(inner, hidden, call["vision_feature_select_strategy"]))

@@ -5,16 +5,12 @@ its own. Pixtral-12B itself is a LLaVA model with a Pixtral tower: the LLaVA ada
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Mistral3Model
-from transformers.models.pixtral.image_processing_pil_pixtral import (
-    PixtralImageProcessorPil,
-    get_resize_output_image_size,
-)
+from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
 from .base import Family, GroupedFeatures, resolve_feature_layer, tiny_text
-from .pixtral import pixtral_processor_class
+from .pixtral import pixtral_pixel_inputs, pixtral_processor_class
 
 
 def mistral_small_3_1_config(**overrides) -> Mistral3Config:
@@ -122,12 +118,4 @@ class Mistral3Adapter(Family):
         return mistral3_tiny_config(**overrides)
 
     def pixel_inputs(self, config, height, width, batch_size, grid, dtype, device):
-        """One `height` x `width` image at its own size, as the Pixtral image processor sizes it (the processor's
-        own helper: scaled down to the tower's `image_size` at most, sides rounded up to whole patches)."""
-        vision = config.vision_config
-        shape = np.empty((height, width, 3), dtype=np.uint8)  # only its shape is read
-        h, w = get_resize_output_image_size(shape, vision.image_size, vision.patch_size, "channels_last")
-        return {
-            "pixel_values": torch.randn(batch_size, 3, h, w, dtype=dtype, device=device),
-            "image_sizes": torch.tensor([[h, w]] * batch_size, device=device),
-        }
+        return pixtral_pixel_inputs(config.vision_config, height, width, batch_size, dtype, device)

@@ -1,4 +1,5 @@
-"""transformers' `PixtralProcessor` (Mistral3, Pixtral-12B), importable with or without torchvision.
+"""What the families with a Pixtral tower (Mistral3, Pixtral-12B) share: transformers' `PixtralProcessor`,
+importable with or without torchvision, and random pixels of one image sized as its image processor sizes it.
 
 The processor itself runs on its PIL image processor (`PixtralImageProcessorPil`), but its module imports one helper,
 `get_resize_output_image_size`, from the torchvision image processor's module, so on a machine with only a CPU torch
@@ -13,6 +14,9 @@ import importlib
 import sys
 from functools import cache
 
+import numpy as np
+import torch
+from transformers.models.pixtral.image_processing_pil_pixtral import get_resize_output_image_size
 from transformers.utils import is_torchvision_available
 
 _MODULE = "transformers.models.pixtral.processing_pixtral"
@@ -36,3 +40,15 @@ def pixtral_processor_class() -> type:
         else:
             sys.modules[_TORCHVISION_MODULE] = held
     return module.PixtralProcessor
+
+
+def pixtral_pixel_inputs(vision_config, height: int, width: int, batch_size: int, dtype, device) -> dict:
+    """Random pixels of one `height` x `width` image per sample at its own size, as the Pixtral image processor sizes
+    it (its own helper: scaled down to the tower's `image_size` at most, sides rounded up to whole patches), with the
+    `image_sizes` the model splits them by."""
+    shape = np.empty((height, width, 3), dtype=np.uint8)  # only its shape is read
+    h, w = get_resize_output_image_size(shape, vision_config.image_size, vision_config.patch_size, "channels_last")
+    return {
+        "pixel_values": torch.randn(batch_size, 3, h, w, dtype=dtype, device=device),
+        "image_sizes": torch.tensor([[h, w]] * batch_size, device=device),
+    }

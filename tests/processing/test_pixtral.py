@@ -11,12 +11,18 @@ import pytest
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import Mistral3ForConditionalGeneration, PreTrainedTokenizerFast
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    Mistral3ForConditionalGeneration,
+    PreTrainedTokenizerFast,
+)
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 from llava_manager.families import get_family, random_inputs
+from llava_manager.families.llava import pixtral_12b_config
 from llava_manager.families.mistral3 import mistral3_tiny_config, mistral_small_3_1_config
 from llava_manager.families.pixtral import pixtral_processor_class
 from llava_manager.processing.processors import family_of_processor, load_processor
@@ -94,9 +100,6 @@ def test_saved_with_its_model_it_loads_back_the_same(tmp_path):
 def test_a_pixtral_12b_layout_loads_pixtral_processor_whose_tokens_the_model_fills(tmp_path):
     """Pixtral-12B is a LLaVA model saved with `PixtralProcessor` (no 2 x 2 merge): `load_processor` reads the
     processor the checkpoint carries, not LLaVA-1.5's, and its [IMG] tokens are the patched model's image features."""
-    from PIL import Image
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
     from llava_manager import apply_manager
     from llava_manager.synthetic.data import tiny_processor
 
@@ -127,22 +130,43 @@ def test_a_pixtral_12b_layout_loads_pixtral_processor_whose_tokens_the_model_fil
         assert torch.isfinite(model(**inputs).logits).all()
 
 
+# (family, published config, image processor's longest edge and patch as the checkpoint's preprocessor_config.json
+# says: tests/support/published_vlm.py)
+PUBLISHED_PIXTRAL = [("mistral3", mistral_small_3_1_config, 1540, 14), ("llava", pixtral_12b_config, 1024, 16)]
+
+
+@pytest.mark.parametrize("family, make_config, longest_edge, patch", PUBLISHED_PIXTRAL)
 @pytest.mark.parametrize("height, width", [(336, 336), (336, 500), (3000, 1000), (20, 30)])
-def test_random_inputs_size_an_image_as_the_published_image_processor_does(height, width):
-    """Benchmarks and analyses take a `height` x `width` image at its own size, as Mistral-Small-3.1's image processor
-    sizes it (longest edge 1540, 14 px patches: its preprocessor_config.json, tests/support/published_vlm.py), not
-    at the tower's largest size."""
-    image_processor = PixtralImageProcessorPil(size={"longest_edge": 1540}, patch_size={"height": 14, "width": 14})
+def test_random_inputs_size_an_image_as_the_published_image_processor_does(
+    family, make_config, longest_edge, patch, height, width
+):
+    """Benchmarks and analyses take a `height` x `width` image at its own size, as Mistral-Small-3.1's and
+    Pixtral-12B's image processors size it, not at the tower's largest size."""
+    image_processor = PixtralImageProcessorPil(
+        size={"longest_edge": longest_edge}, patch_size={"height": patch, "width": patch}
+    )
     expected = image_processor(images=[Image.new("RGB", (width, height))], return_tensors="pt")
-    got = get_family("mistral3").pixel_inputs(mistral_small_3_1_config(), height, width, 2, True, torch.float32, "cpu")
+    got = get_family(family).pixel_inputs(make_config(), height, width, 2, True, torch.float32, "cpu")
     assert got["pixel_values"].shape == (2, *expected["pixel_values"].shape[1:])
     assert got["image_sizes"].tolist() == expected["image_sizes"].tolist() * 2
 
 
-def test_random_inputs_fill_a_tiny_mistral3_with_an_image_of_their_size():
-    model = Mistral3ForConditionalGeneration(mistral3_tiny_config()).eval()
-    inputs = random_inputs(model, 8, 16, 5)  # 2 x 4 patches of 4 px: one row of two merged tokens
-    assert inputs["image_sizes"].tolist() == [[8, 16]]
-    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 2
-    with torch.no_grad():
-        model(**inputs)
+def test_random_inputs_fill_a_tiny_mistral3_and_pixtral_llava_with_an_image_of_their_size():
+    mistral3 = mistral3_tiny_config()
+    pixtral_llava = LlavaConfig(
+        vision_config=mistral3.vision_config.to_dict(),
+        text_config=mistral3.text_config.to_dict(),
+        image_token_index=mistral3.image_token_index,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    # 8 x 16 px, 2 x 4 patches of 4 px: Mistral3 merges them 2 x 2 into 2 tokens, the LLaVA model keeps all 8
+    for model, tokens in (
+        (Mistral3ForConditionalGeneration(mistral3), 2),
+        (LlavaForConditionalGeneration(pixtral_llava), 8),
+    ):
+        inputs = random_inputs(model.eval(), 8, 16, 5)
+        assert inputs["image_sizes"].tolist() == [[8, 16]]
+        assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == tokens
+        with torch.no_grad():
+            assert torch.isfinite(model(**inputs).logits).all()
