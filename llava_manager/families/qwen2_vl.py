@@ -124,20 +124,31 @@ def precomputed(call: dict[str, Any], modality: str, name: str) -> Any:
     return extra.get(name) if value is None else value
 
 
+# Merged rows per merger call when layers are stacked: calls tall enough for an efficient matmul (a 336 px image gives
+# 144 rows a layer, so all 16 of Qwen2.5-VL-7B's aggregated layers go in one call), while a long video's layers still
+# go one at a time, so the merger's intermediate activations stay within what one layer's call needs.
+MAX_STACKED_ROWS = 8192
+
+
 def merged_layers(
     inner: torch.nn.Module, hidden: Sequence[torch.Tensor], grid_thw: torch.Tensor, order: torch.Tensor | None = None
 ) -> GroupedFeatures:
     """Each recorded layer through the model's own merger, in token order (`order`), split per image or video. The
-    merger works on groups of `spatial_merge_size**2` consecutive rows, so the layers go through it stacked, in one
-    call (one matmul of all layers' rows, not one a layer), and back to token order in one gather."""
+    merger works on groups of `spatial_merge_size**2` consecutive rows, so the layers go through it stacked, as many
+    in one call as fit `MAX_STACKED_ROWS` merged rows, and back to token order in one gather a call."""
     visual = inner.visual
     sizes = (torch.as_tensor(grid_thw).prod(-1) // visual.spatial_merge_size**2).tolist()
-    # on the last block's device, where the model's own merger input is (a device map may split the blocks)
-    merged = visual.merger(torch.cat([layer.to(hidden[-1].device) for layer in hidden]))
-    merged = merged.view(len(hidden), -1, merged.shape[-1])
-    if order is not None:
-        merged = merged.index_select(1, order.to(merged.device))
-    return [list(torch.split(layer, sizes)) for layer in merged]
+    per_call = max(1, MAX_STACKED_ROWS // max(1, sum(sizes)))
+    device = hidden[-1].device  # the last block's, where the model's own merger input is (a device map may split)
+    grouped = []
+    for start in range(0, len(hidden), per_call):
+        layers = hidden[start : start + per_call]
+        merged = visual.merger(torch.cat([layer.to(device) for layer in layers]))
+        merged = merged.view(len(layers), -1, merged.shape[-1])
+        if order is not None:
+            merged = merged.index_select(1, order.to(merged.device))
+        grouped += [list(torch.split(layer, sizes)) for layer in merged]
+    return grouped
 
 
 class QwenVLFamily(Family):

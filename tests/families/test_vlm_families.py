@@ -27,6 +27,7 @@ from transformers.vision_utils import get_vision_window_index
 
 from llava_manager import ManagerConfig, apply_manager, get_managers
 from llava_manager.core.managers import ManagerStack
+from llava_manager.families import qwen2_vl as qwen2_vl_family
 
 # Every tiny tower has 6 vision layers and feeds the LLM from the last (Qwen: the merger reads the last block;
 # InternVL, Mistral3, Pixtral: vision_feature_layer=-1; Gemma 3: last_hidden_state), so f = 6 and the top half is
@@ -198,6 +199,16 @@ def test_formula_matches_independent_reference(family, config):
     _remove(handles)
     assert not torch.allclose(patched, base, atol=1e-3)  # the managers do something
     torch.testing.assert_close(patched, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_rows", [1, 40])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_merger_calls_of_any_height_give_the_reference(family, max_rows, monkeypatch):
+    """The aggregated layers go through the merger stacked, up to `MAX_STACKED_ROWS` merged rows a call. One layer a
+    call (1), and calls of two layers then one (40: the batch's videos have 20 merged rows a layer, its images 28),
+    give the independent reference's logits, as all layers in one call (the default) do."""
+    monkeypatch.setattr(qwen2_vl_family, "MAX_STACKED_ROWS", max_rows)
+    test_formula_matches_independent_reference(family, ManagerConfig())
 
 
 def test_internvl_layernorm_tower_formula():
