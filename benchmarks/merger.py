@@ -1,5 +1,6 @@
-"""The Qwen-VL families' aggregated layers through the merger, side by side: one merger call a layer vs every layer
-stacked in one call (`llava_manager.families.qwen2_vl.merged_layers`, the package's path), at a published shape.
+"""The Qwen-VL families' aggregated layers through the merger, side by side: one merger call a layer vs the layers
+stacked, up to `MAX_STACKED_ROWS` merged rows a call (`llava_manager.families.qwen2_vl.merged_layers`, the package's
+path; at the default 576 patches all layers go in one call), at a published shape.
 
     python benchmarks/merger.py                         # Qwen2.5-VL-7B: 16 layers of 576 patches x 1280 -> 3,584
     python benchmarks/merger.py --family qwen3_vl --patches 1024 --dtype bfloat16
