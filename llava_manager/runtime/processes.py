@@ -3,11 +3,16 @@
 A process that exits with its process group still open can abort in the group's destructor ("terminate called
 without an active exception", SIGABRT) while the others are still writing the export, and the launcher then reports
 the whole run failed. The recipes' `main` calls `finish` after `run`: `close`, then the requeue status of a preempted
-run.
+run. A preempted process of a multi-process run leaves without the interpreter's teardown (`os._exit`, logs and
+streams flushed first): its checkpoint is saved and the group closed, yet a torch.distributed thread still alive at
+teardown has aborted such a process now and then, and the launcher then reported SIGABRT instead of the requeue
+status.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 from transformers import Trainer
@@ -18,8 +23,14 @@ from .preemption import REQUEUE_STATUS
 def finish(trainer: Trainer) -> None:
     """A recipe's end: `close`, then exit with `preemption.REQUEUE_STATUS` if the run was preempted."""
     close(trainer)
-    if trainer.preemption.stopped_at is not None:
-        sys.exit(REQUEUE_STATUS)
+    if trainer.preemption.stopped_at is None:
+        return
+    if trainer.args.world_size > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(REQUEUE_STATUS)
+    sys.exit(REQUEUE_STATUS)
 
 
 def close(trainer: Trainer) -> None:
