@@ -12,8 +12,8 @@ status.
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from os import _exit  # os._exit: leave without the interpreter's teardown
 
 from transformers import Trainer
 
@@ -29,7 +29,7 @@ def finish(trainer: Trainer) -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(REQUEUE_STATUS)
+        _exit(REQUEUE_STATUS)
     sys.exit(REQUEUE_STATUS)
 
 
