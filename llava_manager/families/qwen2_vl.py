@@ -124,21 +124,37 @@ def precomputed(call: dict[str, Any], modality: str, name: str) -> Any:
     return extra.get(name) if value is None else value
 
 
-# Merged rows per merger call when layers are stacked: calls tall enough for an efficient matmul (a 336 px image gives
-# 144 rows a layer, so all 16 of Qwen2.5-VL-7B's aggregated layers go in one call), while a long video's layers still
-# go one at a time, so the merger's intermediate activations stay within what one layer's call needs.
-MAX_STACKED_ROWS = 8192
+# Bytes of the merger's widest buffer per call when layers are stacked: calls tall enough for an efficient matmul (in
+# fp32 a 336 px image's 16 layers of 144 merged rows go in four calls at Qwen2.5-VL-7B's widths), while each call's
+# buffers stay small enough for the CPU allocator to serve from memory it already holds. Larger buffers are fresh
+# pages on every call: `benchmarks/merger.py` counts the page faults. A long video's layers go one a call, so the
+# merger's activations never exceed what the model's own call on one layer needs.
+MAX_CALL_BYTES = 16 << 20
+
+
+def merged_row_bytes(inner: torch.nn.Module, layer: torch.Tensor) -> int:
+    """Bytes a merged row takes in the merger's widest buffer: its `spatial_merge_size**2` input rows (the MLP's
+    hidden width is the same) or its output in the LLM's width, whichever is wider."""
+    visual = inner.visual
+    width = max(layer.shape[-1] * visual.spatial_merge_size**2, inner.config.text_config.hidden_size)
+    return width * layer.element_size()
 
 
 def merged_layers(
-    inner: torch.nn.Module, hidden: Sequence[torch.Tensor], grid_thw: torch.Tensor, order: torch.Tensor | None = None
+    inner: torch.nn.Module,
+    hidden: Sequence[torch.Tensor],
+    grid_thw: torch.Tensor,
+    order: torch.Tensor | None = None,
+    max_call_bytes: int | None = None,
 ) -> GroupedFeatures:
     """Each recorded layer through the model's own merger, in token order (`order`), split per image or video. The
     merger works on groups of `spatial_merge_size**2` consecutive rows, so the layers go through it stacked, as many
-    in one call as fit `MAX_STACKED_ROWS` merged rows, and back to token order in one gather a call."""
+    in one call as keep its widest buffer within `max_call_bytes` (default `MAX_CALL_BYTES`), and back to token order
+    in one gather a call."""
     visual = inner.visual
     sizes = (torch.as_tensor(grid_thw).prod(-1) // visual.spatial_merge_size**2).tolist()
-    per_call = max(1, MAX_STACKED_ROWS // max(1, sum(sizes)))
+    budget = MAX_CALL_BYTES if max_call_bytes is None else max_call_bytes
+    per_call = max(1, budget // max(1, sum(sizes) * merged_row_bytes(inner, hidden[-1])))
     device = hidden[-1].device  # the last block's, where the model's own merger input is (a device map may split)
     grouped = []
     for start in range(0, len(hidden), per_call):

@@ -201,14 +201,45 @@ def test_formula_matches_independent_reference(family, config):
     torch.testing.assert_close(patched, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("max_rows", [1, 40])
+# A merged row of the tiny Qwen models in the merger's widest buffer: 2 x 2 patches of 32 channels, fp32.
+TINY_MERGED_ROW_BYTES = 4 * 32 * 4
+
+
+@pytest.mark.parametrize("max_rows", [0, 40])
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_qwen_merger_calls_of_any_height_give_the_reference(family, max_rows, monkeypatch):
-    """The aggregated layers go through the merger stacked, up to `MAX_STACKED_ROWS` merged rows a call. One layer a
-    call (1), and calls of two layers then one (40: the batch's videos have 20 merged rows a layer, its images 28),
-    give the independent reference's logits, as all layers in one call (the default) do."""
-    monkeypatch.setattr(qwen2_vl_family, "MAX_STACKED_ROWS", max_rows)
+    """The aggregated layers go through the merger stacked, up to `MAX_CALL_BYTES` of its widest buffer a call. One
+    layer a call (a budget of 0), and calls of two layers then one (40 merged rows' bytes: the batch's videos have 20
+    merged rows a layer, its images 28), give the independent reference's logits, as all layers in one call (the
+    default, for a batch this small) do."""
+    monkeypatch.setattr(qwen2_vl_family, "MAX_CALL_BYTES", max_rows * TINY_MERGED_ROW_BYTES)
     test_formula_matches_independent_reference(family, ManagerConfig())
+
+
+@pytest.mark.parametrize(
+    ("max_rows", "calls"),
+    [
+        (0, [1, 1, 1]),  # one layer a call
+        (28, [2, 1]),  # the videos' 14 merged rows a layer: two layers, then the third
+        (42, [3]),
+        (None, [3]),  # the default budget holds the whole tiny batch
+    ],
+)
+def test_qwen_merger_call_heights_follow_the_byte_budget(max_rows, calls, monkeypatch):
+    """The merger's input heights of the managers' calls for a batch of two videos (14 merged rows a layer, 3
+    aggregated layers), in layers a call; the model's own call on the last block comes first."""
+    if max_rows is not None:
+        monkeypatch.setattr(qwen2_vl_family, "MAX_CALL_BYTES", max_rows * TINY_MERGED_ROW_BYTES)
+    model = apply_manager(vlm_model("qwen2_vl"))
+    batch = build_vlm_batch(model, [{"video": (2, 4, 4)}, {"video": (1, 6, 4)}])
+    heights = []
+    handle = model.model.visual.merger.register_forward_pre_hook(lambda module, args: heights.append(len(args[0])))
+    with torch.no_grad():
+        model(**batch)
+    handle.remove()
+    rows = int(batch["video_grid_thw"].prod(-1).sum())  # input rows a layer: the videos' patches
+    assert rows == 14 * 4
+    assert heights == [rows] + [rows * layers for layers in calls]
 
 
 def test_internvl_layernorm_tower_formula():
