@@ -3,6 +3,8 @@ LLaVA with a Pixtral tower), on tiny models built in code: the reference and bat
 default layout, identity at init, the formula against an independent reference (tests/support/vlm_models.py),
 the feature layer reproducing the model's own image tokens, decode steps doing no manager work, and DeepStack."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from support.helpers import randomize
@@ -240,6 +242,24 @@ def test_qwen_merger_call_heights_follow_the_byte_budget(max_rows, calls, monkey
     rows = int(batch["video_grid_thw"].prod(-1).sum())  # input rows a layer: the videos' patches
     assert rows == 14 * 4
     assert heights == [rows] + [rows * layers for layers in calls]
+
+
+@pytest.mark.parametrize(
+    ("vision_width", "text_width", "dtype", "expected"),
+    [
+        (1280, 3584, torch.float32, 4 * 1280 * 4),  # Qwen2.5-VL-7B: the 2 x 2 patches are the widest
+        (1280, 3584, torch.bfloat16, 4 * 1280 * 2),
+        (1280, 8192, torch.bfloat16, 8192 * 2),  # Qwen2.5-VL-72B: its output in the LLM's width is
+    ],
+)
+def test_merged_row_bytes_take_the_widest_buffer(vision_width, text_width, dtype, expected):
+    """A merged row's bytes in the merger's widest buffer, which sets how many layers share a call: its 2 x 2 input
+    patches (the MLP's hidden width is the same) or its output in the LLM's width, in the layers' dtype."""
+    inner = SimpleNamespace(
+        visual=SimpleNamespace(spatial_merge_size=2),
+        config=SimpleNamespace(text_config=SimpleNamespace(hidden_size=text_width)),
+    )
+    assert qwen2_vl_family.merged_row_bytes(inner, torch.empty(0, vision_width, dtype=dtype)) == expected
 
 
 def test_internvl_layernorm_tower_formula():
