@@ -30,7 +30,7 @@ except ImportError:  # Windows
     resource = None
 
 import torch
-from overhead import build, inputs_for, prefill, published_or_default
+from overhead import build, inputs_for, prefill, published_or_default  # the script beside this one
 
 from llava_manager import apply_manager, remove_manager
 from llava_manager.analysis.timing import ratio_spread, rounds
