@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.packing_cases import patched_model, per_token_losses, shapes_samples
+from support.packing_cases import patched_model, per_token_losses, sample_slices, shapes_samples
 
 from llava_manager.training.data import IGNORE_INDEX, Collator, SupervisedDataset, model_inputs
 from llava_manager.training.packing import PackingCollator, pack_rows
@@ -41,17 +41,6 @@ def shapes(tmp_path_factory):
 def bf16_model(family: str, attention: str, device):
     model, processor = patched_model(family, attention)
     return model.to(device, torch.bfloat16), processor
-
-
-def sample_slices(rows, lengths) -> dict[int, tuple[int, int]]:
-    """{sample: (row, first column)} of a packing."""
-    where = {}
-    for r, row in enumerate(rows):
-        column = 0
-        for i in row:
-            where[i] = (r, column)
-            column += lengths[i]
-    return where
 
 
 def step(model, batch, device, drop=()):

@@ -1,6 +1,7 @@
 """What the packing tests share, on the CPU (`tests/training/test_packing.py`) and on the GPU
 (`tests/gpu/test_packing_flash.py`): real samples of the embedded shapes data in arrival order, a family's tiny model
-with managers of random (non-zero) weights, and per-token losses as transformers shifts them."""
+with managers of random (non-zero) weights, per-token losses as transformers shifts them, and where each sample
+lies in a packing."""
 
 from __future__ import annotations
 
@@ -53,3 +54,14 @@ def per_token_losses(logits, labels):
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="none", ignore_index=IGNORE_INDEX
     )
     return loss.view(labels.shape[0], -1)
+
+
+def sample_slices(rows, lengths) -> dict[int, tuple[int, int]]:
+    """{sample: (row, first column)} of a packing."""
+    where = {}
+    for r, row in enumerate(rows):
+        column = 0
+        for i in row:
+            where[i] = (r, column)
+            column += lengths[i]
+    return where

@@ -15,7 +15,7 @@ import pytest
 import torch
 from support.family_models import FAMILIES
 from support.helpers import logged_losses
-from support.packing_cases import patched_model, per_token_losses, shapes_samples
+from support.packing_cases import patched_model, per_token_losses, sample_slices, shapes_samples
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
@@ -102,17 +102,6 @@ def step(model, batch):
     mean.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return losses.detach(), out.loss.detach(), grads
-
-
-def sample_slices(rows, lengths):
-    """{sample: (row, first column)} of a packing."""
-    where = {}
-    for r, row in enumerate(rows):
-        column = 0
-        for i in row:
-            where[i] = (r, column)
-            column += lengths[i]
-    return where
 
 
 # ---------------------------------------------------------------------------------------------------------------------
