@@ -11,9 +11,10 @@ variant runs once per round, the order rotated every round; printed: the median 
 over rounds of the per-round ratio to the first variant, and the median page faults of a run (Linux and macOS), the
 cost of buffers too large for the allocator to keep between calls. The merger alone is checked equal first.
 
-With --prefill, whole patched prefills are timed instead, next to the base model's, at `benchmarks/overhead.py`'s
-reduced depth (the real widths and tower, 4 decoder layers, one 336 x 336 image and a 4-frame video, a 40-token
-prompt): the merger's calls inside the forward the managers run in, where the rest of the model's buffers are too.
+With --prefill, whole patched prefills (all layers in one call, and the package's calls) are timed instead, next to
+the base model's, at `benchmarks/overhead.py`'s reduced depth (the real widths and tower, 4 decoder layers, one
+336 x 336 image and a 4-frame video, a 40-token prompt): the merger's calls inside the forward the managers run in,
+where the rest of the model's buffers are too.
 """
 
 from __future__ import annotations
