@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -34,7 +33,7 @@ import torch
 from overhead import build, inputs_for, prefill, published_or_default  # the script beside this one
 
 from llava_manager import apply_manager, remove_manager
-from llava_manager.analysis.timing import ratio_spread, rounds
+from llava_manager.analysis.timing import ratio_spread, rounds, timed
 from llava_manager.families import get_family, qwen2_vl
 from llava_manager.families.qwen2_vl import MAX_CALL_BYTES, merged_layers
 
@@ -95,7 +94,8 @@ def in_prefill(adapter, make_config, dtype) -> dict[str, Callable[[], object]]:
 
     def patched(budget):
         def run():
-            default, qwen2_vl.MAX_CALL_BYTES = qwen2_vl.MAX_CALL_BYTES, budget or qwen2_vl.MAX_CALL_BYTES
+            default = qwen2_vl.MAX_CALL_BYTES
+            qwen2_vl.MAX_CALL_BYTES = default if budget is None else budget
             apply_manager(model)
             try:
                 return prefill(model, inputs)
@@ -117,9 +117,7 @@ def compare(variants: dict[str, Callable[[], object]], repeats: int) -> None:
     def measured(variant):
         def call():
             before = page_faults()
-            start = time.perf_counter()
-            variants[variant]()
-            seconds = time.perf_counter() - start
+            seconds = timed(variants[variant], torch.device("cpu"))
             faults[variant].append(page_faults() - before)
             return seconds
 
